@@ -1,0 +1,147 @@
+"""FastAPI dependencies: where every request is authenticated and authorised.
+
+Shared services are read from ``request.app.state`` (set by the ingress at start,
+or by tests): ``db`` (storage.db.Database), ``kv`` (storage.kv.KV) and
+``settings``; ``auth`` (auth.service.AuthService) is created on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from auth.api_keys import ApiKeyError, verify_api_key
+from auth.principal import Principal, can_access_system
+from auth.roles import Role
+from auth.service import AuthError, AuthService
+from auth.tokens import TokenError
+from storage.models import System
+from storage.repositories import systems as systems_repo
+from storage.repositories import users as users_repo
+
+BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+# Declared for the OpenAPI docs ("Authorize" button); the headers are checked below.
+bearer_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
+api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+def unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers=BEARER_CHALLENGE)
+
+
+def http_error(error: AuthError) -> HTTPException:
+    headers = {**BEARER_CHALLENGE, **error.headers} if error.status_code == 401 else error.headers
+    return HTTPException(error.status_code, detail=error.detail, headers=headers or None)
+
+
+def get_auth_service(request: Request) -> AuthService:
+    state = request.app.state
+    if getattr(state, "auth", None) is None:
+        state.auth = AuthService(state.kv, state.settings)
+    return state.auth
+
+
+async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.db.sessionmaker() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_db_session)]
+AuthServiceDep = Annotated[AuthService, Depends(get_auth_service)]
+
+
+async def current_principal(
+    request: Request,
+    session: SessionDep,
+    auth: AuthServiceDep,
+    _bearer: Annotated[str | None, Depends(bearer_scheme)],
+    x_api_key: Annotated[str | None, Depends(api_key_scheme)],
+) -> Principal:
+    """The caller, from ``Authorization: Bearer <jwt>`` or ``X-API-Key: hdx_...``; 401 otherwise."""
+    authorization = request.headers.get("authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise unauthorized("malformed Authorization header; expected 'Bearer <token>'")
+        return await _principal_from_token(session, auth, token.strip())
+    if x_api_key is not None:
+        return await _principal_from_api_key(session, x_api_key.strip())
+    raise unauthorized("missing credentials; send 'Authorization: Bearer <token>' or 'X-API-Key: <key>'")
+
+
+async def _principal_from_token(session: AsyncSession, auth: AuthService, token: str) -> Principal:
+    try:
+        claims = await auth.verify_access_token(token)
+    except TokenError as error:
+        raise unauthorized(str(error)) from error
+    user = await users_repo.get_user(session, claims.user_id)
+    if user is None or not user.is_active:
+        raise unauthorized("token's user no longer exists or is disabled")
+    # Role and tier come from the database, so a change applies without a new login.
+    return Principal(user.id, user.username, Role(user.role), user.tier, via="jwt", token=claims)
+
+
+async def _principal_from_api_key(session: AsyncSession, plaintext: str) -> Principal:
+    try:
+        key, owner = await verify_api_key(session, plaintext)
+    except ApiKeyError as error:
+        raise unauthorized(str(error)) from error
+    await session.commit()  # last_used_at
+    return Principal(
+        owner.id,
+        owner.username,
+        Role(owner.role),
+        key.tier,
+        via="api_key",
+        api_key_id=key.id,
+        system_scope=frozenset(key.system_scope),
+    )
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+def require_role(*roles: Role | str) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency that lets only the given roles through (403 for others)."""
+    allowed = {Role(role) for role in roles}
+
+    async def dependency(principal: PrincipalDep) -> Principal:
+        if principal.role not in allowed:
+            needed = " or ".join(sorted(allowed))
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, detail=f"this needs the {needed} role; you are {principal.role}"
+            )
+        return principal
+
+    return dependency
+
+
+async def load_accessible_system(
+    session: AsyncSession, principal: Principal, system_id: str, *, write: bool = False
+) -> System:
+    """The system, or 404 when it is unknown or deleted, or 403 when the caller may not use it."""
+    system = await systems_repo.get_system(session, system_id)
+    if system is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"system {system_id!r} not found")
+    membership = await systems_repo.get_membership(session, system_id, principal.user_id)
+    if not can_access_system(principal, system, membership, write=write):
+        out_of_scope = principal.system_scope is not None and system_id not in principal.system_scope
+        scope = " (outside this API key's scope)" if out_of_scope else ""
+        action = "change" if write else "access"
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, detail=f"you may not {action} system {system_id!r}{scope}"
+        )
+    return system
+
+
+async def system_access(system_id: str, principal: PrincipalDep, session: SessionDep) -> System:
+    """For routes with a ``{system_id}`` path parameter: ``system: System = Depends(system_access)``."""
+    return await load_accessible_system(session, principal, system_id)
+
+
+async def system_write_access(system_id: str, principal: PrincipalDep, session: SessionDep) -> System:
+    return await load_accessible_system(session, principal, system_id, write=True)

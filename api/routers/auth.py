@@ -1,0 +1,122 @@
+"""Login, token refresh and logout: ``/api/v1/auth``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
+
+from api.deps import AuthServiceDep, PrincipalDep, SessionDep, http_error
+from auth.service import AuthError, TokenPair
+
+router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
+
+
+class LoginRequest(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: str = Field(min_length=1)
+
+
+class LogoutRequest(BaseModel):
+    refresh_token: str | None = Field(None, description="Also end the session this refresh token belongs to.")
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: str = "bearer"
+    expires_in: int = Field(description="Seconds until the access token expires.")
+
+    @classmethod
+    def of(cls, pair: TokenPair) -> TokenResponse:
+        return cls(
+            access_token=pair.access_token,
+            refresh_token=pair.refresh_token,
+            token_type=pair.token_type,
+            expires_in=pair.expires_in,
+        )
+
+
+class PrincipalResponse(BaseModel):
+    user_id: int
+    username: str
+    role: str
+    tier: str
+    via: str
+    api_key_id: int | None = None
+    system_scope: list[str] | None = None
+
+
+_LOGIN_SCHEMA = LoginRequest.model_json_schema()
+
+
+async def _login_body(request: Request) -> LoginRequest:
+    """JSON, or the OAuth2 password form that the /docs "Authorize" button sends."""
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+            form = await request.form()
+            return LoginRequest.model_validate({k: form.get(k) for k in ("username", "password")})
+        return LoginRequest.model_validate_json(await request.body())
+    except ValidationError as error:
+        raise RequestValidationError(error.errors(include_url=False, include_context=False)) from error
+
+
+@router.post(
+    "/token",
+    response_model=TokenResponse,
+    summary="Log in with username and password",
+    responses={401: {"description": "Wrong credentials"}, 429: {"description": "Too many failed logins"}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _LOGIN_SCHEMA},
+                "application/x-www-form-urlencoded": {"schema": _LOGIN_SCHEMA},
+            },
+        }
+    },
+)
+async def login(request: Request, session: SessionDep, auth: AuthServiceDep) -> TokenResponse:
+    body = await _login_body(request)
+    try:
+        return TokenResponse.of(await auth.login(session, body.username, body.password))
+    except AuthError as error:
+        raise http_error(error) from error
+
+
+@router.post("/refresh", response_model=TokenResponse, summary="Swap a refresh token for a new token pair")
+async def refresh(body: RefreshRequest, session: SessionDep, auth: AuthServiceDep) -> TokenResponse:
+    try:
+        return TokenResponse.of(await auth.refresh(session, body.refresh_token))
+    except AuthError as error:
+        raise http_error(error) from error
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, summary="End this session")
+async def logout(
+    principal: PrincipalDep, session: SessionDep, auth: AuthServiceDep, body: LogoutRequest | None = None
+) -> Response:
+    if principal.token is None:
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, detail="logout needs a bearer token; API keys are revoked with 'hdx keys revoke'"
+        )
+    await auth.logout(session, principal.token, body.refresh_token if body else None)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/me", response_model=PrincipalResponse, summary="Who the credentials belong to")
+async def me(principal: PrincipalDep) -> PrincipalResponse:
+    return PrincipalResponse(
+        user_id=principal.user_id,
+        username=principal.username,
+        role=principal.role,
+        tier=principal.tier,
+        via=principal.via,
+        api_key_id=principal.api_key_id,
+        system_scope=sorted(principal.system_scope) if principal.system_scope is not None else None,
+    )

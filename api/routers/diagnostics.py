@@ -1,0 +1,64 @@
+"""/api/v1/diagnostics: one cycle or a batch of cycles → diagnosis."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, status
+
+from api.deps import PrincipalDep, SessionDep, load_accessible_system
+from api.schemas.diagnostics import (
+    BatchItem,
+    BatchPredictRequest,
+    BatchPredictResponse,
+    PredictRequest,
+    PredictResponse,
+)
+from deployments.ensemble import NoModelAvailable
+
+router = APIRouter(prefix="/api/v1/diagnostics", tags=["diagnostics"])
+
+UNAVAILABLE_RETRY_S = "5"
+
+
+async def run_ensemble(request: Request, cycles: list[dict], use_cache: bool) -> list[dict]:
+    try:
+        return await request.app.state.ensemble.diagnose.remote(cycles, use_cache)
+    except NoModelAvailable as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc),
+                            headers={"Retry-After": UNAVAILABLE_RETRY_S}) from exc
+
+
+@router.post("/predict", response_model=PredictResponse)
+async def predict(body: PredictRequest, request: Request, principal: PrincipalDep, session: SessionDep) -> dict:
+    """Diagnose one cycle of one system."""
+    await load_accessible_system(session, principal, body.system_id)
+    [result] = await run_ensemble(request, [body.sensor_data], body.use_cache)
+    if not result["ok"]:
+        err = result["error"]
+        loc = ["body", "sensor_data"] + ([err["channel"]] if err["channel"] else [])
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            detail=[{"loc": loc, "msg": err["message"], "type": "sensor_data"}])
+    request.state.prediction = result
+    return {"system_id": body.system_id, "trace_id": request.state.trace_id, **result}
+
+
+@router.post("/predict/batch", response_model=BatchPredictResponse)
+async def predict_batch(body: BatchPredictRequest, request: Request, principal: PrincipalDep,
+                        session: SessionDep) -> dict:
+    """Diagnose several cycles of one system; each item succeeds or fails on its own."""
+    limit = request.app.state.settings.max_batch_items
+    if len(body.items) > limit:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            detail=[{"loc": ["body", "items"], "type": "too_long",
+                                     "msg": f"at most {limit} items per batch, got {len(body.items)}"}])
+    await load_accessible_system(session, principal, body.system_id)
+    results = await run_ensemble(request, body.items, body.use_cache)
+    trace_id = request.state.trace_id
+    items = []
+    for i, r in enumerate(results):
+        if r["ok"]:
+            items.append(BatchItem(index=i, ok=True, result={"system_id": body.system_id, "trace_id": trace_id, **r}))
+        else:
+            items.append(BatchItem(index=i, ok=False, error=r["error"]))
+    ok = sum(1 for it in items if it.ok)
+    return {"system_id": body.system_id, "items": items, "succeeded": ok, "failed": len(items) - ok,
+            "trace_id": trace_id}

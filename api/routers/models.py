@@ -1,0 +1,18 @@
+"""/api/v1/models: the model versions in service and how they scored."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from api.deps import PrincipalDep
+
+router = APIRouter(prefix="/api/v1", tags=["models"])
+
+
+@router.get("/models")
+async def list_models(request: Request, principal: PrincipalDep) -> dict:
+    """Each model deployment's loaded bundle: version, feature set, training data and metrics."""
+    info = await request.app.state.ensemble.models_info.remote()
+    settings = request.app.state.settings
+    return {"feature_set": settings.feature_set, "ensemble_weights": settings.ensemble_weights,
+            "models": list(info.values())}

@@ -1,0 +1,124 @@
+"""The maintenance assistant: ``POST /api/v1/rag/query``.
+
+Authenticated like every route (``current_principal``); a ``system_id`` must be a
+system the caller may access, and its latest diagnosis (if the ingress provides
+``app.state.latest_diagnosis``, an async ``system_id -> dict | None``) steers
+retrieval towards the flagged component. The RagPipeline handle is
+``app.state.rag``; with ``stream: true`` the answer arrives as Server-Sent Events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import AsyncIterator
+
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+
+from api.deps import PrincipalDep, SessionDep, load_accessible_system
+from configs.settings import get_settings
+
+logger = logging.getLogger(__name__)
+router = APIRouter(prefix="/api/v1/rag", tags=["assistant"])
+
+
+class RagQueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    query: StrictStr = Field(description="The question, plain text.")
+    system_id: StrictStr | None = Field(None, min_length=1, max_length=128,
+                                        description="Ground the answer in this system's latest diagnosis.")
+    max_results: StrictInt = Field(5, ge=1, le=10, description="How many source documents to retrieve.")
+    stream: StrictBool = Field(False, description="Answer as Server-Sent Events.")
+
+    @field_validator("query")
+    @classmethod
+    def _plain_text_within_limit(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("query must not be empty")
+        limit = get_settings().max_query_chars
+        if len(value) > limit:
+            raise ValueError(f"query is {len(value)} characters long; the limit is {limit}")
+        if any(ord(ch) < 32 and ch not in "\n\r\t" for ch in value):
+            raise ValueError("query must be plain text without control characters")
+        return value
+
+
+class Source(BaseModel):
+    document_id: str
+    title: str
+    heading_path: str = ""
+    snippet: str
+    score: float
+
+
+class RagMetadata(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    processing_time_ms: float
+    retrieval_ms: float
+    tokens_used: int
+    index_version: str | None
+    degraded: bool = False
+    degraded_reason: str | None = None
+
+
+class RagQueryResponse(BaseModel):
+    response: str = Field(description="The answer; [n] cites sources[n-1].")
+    sources: list[Source]
+    metadata: RagMetadata
+
+
+def _pipeline(request: Request):
+    rag = getattr(request.app.state, "rag", None)
+    if rag is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="the maintenance assistant is not deployed")
+    return rag
+
+
+async def _latest_diagnosis(request: Request, system_id: str) -> dict | None:
+    lookup = getattr(request.app.state, "latest_diagnosis", None)
+    if lookup is None:
+        return None
+    try:
+        return await lookup(system_id)
+    except Exception:  # the answer is still useful without the diagnosis
+        logger.exception("latest diagnosis for %s unavailable", system_id)
+        return None
+
+
+@router.post("/query", response_model=RagQueryResponse,
+             responses={200: {"content": {"text/event-stream": {"description": "with stream: true"}}}})
+async def query(body: RagQueryRequest, request: Request, principal: PrincipalDep, session: SessionDep):
+    diagnosis = None
+    if body.system_id is not None:
+        await load_accessible_system(session, principal, body.system_id)  # 404 / 403
+        diagnosis = await _latest_diagnosis(request, body.system_id)
+    rag = _pipeline(request)
+    if body.stream:
+        events = rag.options(stream=True).stream.remote(body.query, body.max_results, body.system_id, diagnosis)
+        return StreamingResponse(sse_events(events), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return await rag.query.remote(body.query, body.max_results, body.system_id, diagnosis)
+
+
+async def sse_events(events: AsyncIterator[dict]) -> AsyncIterator[str]:
+    """Pipeline events -> SSE: ``data: {"token": ...}`` per piece, then ``event: done``."""
+    done = False
+    try:
+        async for event in events:
+            if event.get("event") == "done":
+                done = True
+                payload = {"sources": event["sources"], "metadata": event["metadata"]}
+                yield f"event: done\ndata: {json.dumps(payload)}\n\n"
+            else:
+                yield f"data: {json.dumps({'token': event['text']})}\n\n"
+    except Exception as exc:  # the stream is already open: report in-band, then end it properly
+        logger.exception("assistant stream failed")
+        yield f"event: error\ndata: {json.dumps({'detail': f'{type(exc).__name__}: the assistant failed'})}\n\n"
+    if not done:
+        yield f"event: done\ndata: {json.dumps({'sources': [], 'metadata': {'degraded': True}})}\n\n"

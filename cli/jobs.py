@@ -1,0 +1,53 @@
+"""Data-team and deployment commands: ``hdx batch-predict`` and ``hdx k8s-manifests``.
+
+Mounted into the ``hdx`` app by ``register(app)``; the commands call the same
+functions as ``python -m pipelines.batch_predict`` and ``configs/k8s/generate.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def batch_predict(
+    source: str = typer.Option(..., help="cycles: .parquet/.csv file, directory or URI, or a UCI folder"),
+    output: str = typer.Option(..., help="output directory or URI (predictions/, errors/, summary.json)"),
+    model_version: str = typer.Option("latest", help="bundle version of all four families, or 'latest'"),
+    system_id: str = typer.Option(None, help="system id for inputs without a system_id column"),
+    batch_size: int = typer.Option(0, help="cycles per model call (default from settings)"),
+    workers: int = typer.Option(0, help="max actors in the pool (default from settings)"),
+    cycles: str = typer.Option(None, help="only these cycle ids, e.g. '0-99,150'"),
+) -> None:
+    """Diagnose stored cycles with Ray Data; write predictions and rejected rows as Parquet."""
+    from configs.settings import get_settings
+    from pipelines.batch_predict import format_summary, parse_cycles, run_batch_predict
+
+    summary = run_batch_predict(source, output, model_version, get_settings(), batch_size or None, workers or None,
+                                system_id, parse_cycles(cycles))
+    typer.echo(format_summary(summary))
+
+
+def k8s_manifests(
+    out_dir: Path = typer.Option(None, help="where to write (default: configs/k8s)"),
+    image: str = typer.Option(None, help="container image with HDX installed"),
+    check: bool = typer.Option(False, "--check", help="only verify the committed manifests are up to date"),
+) -> None:
+    """Generate the KubeRay RayService and RayJob manifests from serve_config.yaml."""
+    from configs.k8s import generate
+
+    if check:
+        stale = generate.stale(out_dir or generate.K8S_DIR)
+        if stale:
+            typer.echo(f"stale: {', '.join(stale)}; run `hdx k8s-manifests`", err=True)
+            raise typer.Exit(1)
+        typer.echo("KubeRay manifests are up to date with serve_config.yaml")
+        return
+    for path in generate.write(out_dir or generate.K8S_DIR, image or generate.DEFAULT_IMAGE):
+        typer.echo(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("batch-predict")(batch_predict)
+    app.command("k8s-manifests")(k8s_manifests)

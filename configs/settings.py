@@ -1,0 +1,139 @@
+"""All HDX settings, in one place.
+
+Values come from (highest priority first): keyword arguments, ``HDX_*``
+environment variables, an optional ``configs/local.yaml``, ``configs/hdx.yaml``,
+and the defaults below. Nested values use ``__`` in environment variables, e.g.
+``HDX_ENSEMBLE_WEIGHTS__ADAPTIVE=0.5``.
+
+The embedded defaults need nothing installed: SQLite under ``var/``, an
+in-process cache and local directories for the model and index stores.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = PROJECT_ROOT / "configs"
+DEFAULT_HOME = PROJECT_ROOT / "var"
+DEV_JWT_SECRET = "hdx-dev-secret-change-me-hdx-dev-secret"  # refused unless dev_mode
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HDX_",
+        env_nested_delimiter="__",
+        yaml_file=[CONFIG_DIR / "hdx.yaml", CONFIG_DIR / "local.yaml"],
+        extra="ignore",
+    )
+
+    # --- where things live -------------------------------------------------
+    home: Path = Field(DEFAULT_HOME, description="Root for embedded state (SQLite, stores).")
+    model_store_uri: str = Field("", description="Model bundle store; default <home>/models.")
+    index_store_uri: str = Field("", description="Retrieval index store; default <home>/indexes.")
+    uci_data_dir: Path = Field(
+        PROJECT_ROOT.parent / "shared" / "data" / "uci_hydraulic",
+        description="UCI rig data in its folder format.",
+    )
+    knowledge_dirs: list[Path] = Field(
+        default_factory=lambda: [PROJECT_ROOT / "knowledge" / "docs"],
+        description="Folders of maintenance documents indexed for the assistant.",
+    )
+
+    # --- features and models ----------------------------------------------
+    feature_set: str = "rig_1hz"
+    ensemble_weights: dict[str, float] = Field(
+        default_factory=lambda: {"catboost": 1.0, "xgboost": 1.0, "random_forest": 1.0, "adaptive": 1.0}
+    )
+    anomaly_threshold: float = Field(0.5, ge=0.0, le=1.0, description="anomaly_score at or above this flags an anomaly")
+    simulator_cycles_per_condition: int = Field(12, ge=1)
+    batch_predict_batch_size: int = Field(500, ge=1, description="cycles per model call in batch prediction")
+    batch_predict_workers: int = Field(2, ge=1, description="max actors in the batch prediction pool")
+    random_seed: int = 0
+
+    # --- state ---------------------------------------------------------------
+    database_url: str = Field("", description="SQLAlchemy async URL; default SQLite under <home>.")
+    redis_url: str | None = Field(None, description="Redis for cache, rate limits and revocation.")
+    cache_max_entries: int = 10_000
+    cache_ttl_s: int = 3_600
+
+    # --- auth ------------------------------------------------------------------
+    dev_mode: bool = Field(False, description="Allows the built-in development JWT secret.")
+    jwt_secret: str = ""
+    jwt_algorithm: str = "HS256"
+    jwt_issuer: str = "hdx"
+    jwt_audience: str = "hdx-api"
+    access_token_ttl_s: int = 900
+    refresh_token_ttl_s: int = 14 * 24 * 3600
+    login_max_failures: int = Field(5, description="failed logins per username within the window before throttling")
+    login_failure_window_s: int = 300
+
+    # --- serving ------------------------------------------------------------
+    max_body_bytes: int = 2_000_000
+    max_batch_items: int = 64
+    request_timeout_s: float = 10.0
+    model_call_timeout_s: float = 5.0
+
+    # --- assistant ----------------------------------------------------------
+    llm_backend: str = Field("extractive", pattern="^(extractive|ollama|vllm)$")
+    llm_model: str = "llama3.2"
+    ollama_url: str = "http://127.0.0.1:11434"
+    vllm_model_path: str = ""
+    llm_timeout_s: float = 30.0
+    max_query_chars: int = 2_000
+    prompt_template_path: Path = CONFIG_DIR / "prompts" / "maintenance_assistant.txt"
+
+    # --- platform -------------------------------------------------------------
+    tiers_path: Path = CONFIG_DIR / "tiers.yaml"
+    audit_flush_interval_s: float = 1.0
+    adaptive_sync_interval_s: float = 5.0
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> "Settings":
+        self.home = Path(self.home).resolve()
+        if not self.model_store_uri:
+            self.model_store_uri = str(self.home / "models")
+        if not self.index_store_uri:
+            self.index_store_uri = str(self.home / "indexes")
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.home / 'hdx.db'}"
+        return self
+
+    def effective_jwt_secret(self) -> str:
+        """The signing secret, or an error saying why the service must not start."""
+        if self.jwt_secret and self.jwt_secret != DEV_JWT_SECRET:
+            if len(self.jwt_secret.encode()) < 32:
+                raise ValueError("HDX_JWT_SECRET must be at least 32 bytes")
+            return self.jwt_secret
+        if self.dev_mode:
+            return DEV_JWT_SECRET
+        raise ValueError(
+            "HDX_JWT_SECRET is missing or is the development default; set a secret of at least "
+            "32 bytes, or HDX_DEV_MODE=true for local development"
+        )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls), file_secret_settings)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (read once; tests build their own ``Settings``)."""
+    return Settings()

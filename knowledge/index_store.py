@@ -1,0 +1,176 @@
+"""Versioned FAISS indexes in the index store (a local folder, or any fsspec URI).
+
+Layout under ``index_store_uri``::
+
+    LATEST                      the serving version's name (one line)
+    <version>/index.faiss       FAISS index over L2-normalised vectors (inner product)
+    <version>/chunks.parquet    chunk metadata, row i <-> vector i
+    <version>/manifest.json     version, created, model, dims, n_chunks, corpus fingerprint, ...
+
+Publishing writes everything into a hidden temporary folder, renames it to its
+version name, and only then replaces ``LATEST``; a build that fails at any point
+before that leaves the serving index untouched. On object stores the rename is a
+copy, but the ``LATEST`` write (a single object PUT) is still the commit point.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+MANIFEST_VERSION = 1
+LATEST = "LATEST"
+IVF_THRESHOLD = 20_000  # below this an exact flat index is both faster to build and exact
+
+
+class IndexNotFound(LookupError):
+    pass
+
+
+@dataclass
+class LoadedIndex:
+    version: str
+    index: "object"  # faiss.Index
+    chunks: "object"  # pandas.DataFrame, row i describes vector i
+    manifest: dict
+
+
+def build_faiss_index(vectors: np.ndarray, ivf_threshold: int = IVF_THRESHOLD, nlist: int | None = None):
+    """Flat inner-product index, or IVF (inner product) once the corpus is large."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, dims = vectors.shape
+    if n >= ivf_threshold:
+        nlist = nlist or max(1, int(4 * np.sqrt(n)))
+        nlist = min(nlist, n)  # k-means needs at least one point per list
+        quantizer = faiss.IndexFlatIP(dims)
+        index = faiss.IndexIVFFlat(quantizer, dims, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+        index.nprobe = min(nlist, max(8, nlist // 8))
+    else:
+        index = faiss.IndexFlatIP(dims)
+    index.add(vectors)
+    return index
+
+
+class IndexStore:
+    def __init__(self, uri: str | Path):
+        import fsspec
+
+        self.uri = str(uri)
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri)
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self._local = "file" in protocols
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    # --- reading -------------------------------------------------------------
+    def list_versions(self) -> list[str]:
+        """Published versions, oldest first (names sort by creation time)."""
+        if not self.fs.exists(self.root):
+            return []
+        names = []
+        for entry in self.fs.ls(self.root, detail=True):
+            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            if entry["type"] == "directory" and not name.startswith(".") and self.fs.exists(
+                    self._path(name, "manifest.json")):
+                names.append(name)
+        return sorted(names)
+
+    def latest_version(self) -> str | None:
+        path = self._path(LATEST)
+        if not self.fs.exists(path):
+            return None
+        return self.fs.cat_file(path).decode().strip() or None
+
+    def resolve(self, version: str = "latest") -> str:
+        if version in (None, "", "latest"):
+            resolved = self.latest_version()
+            if resolved is None:
+                raise IndexNotFound(
+                    f"no index has been published under {self.uri}; build one with "
+                    f"`python -m pipelines.build_index`")
+            return resolved
+        if not self.fs.exists(self._path(version, "manifest.json")):
+            raise IndexNotFound(f"index version {version!r} not found under {self.uri}; "
+                                f"available: {self.list_versions()}")
+        return version
+
+    def manifest(self, version: str = "latest") -> dict:
+        version = self.resolve(version)
+        return json.loads(self.fs.cat_file(self._path(version, "manifest.json")))
+
+    def load(self, version: str = "latest") -> LoadedIndex:
+        import faiss
+        import pandas as pd
+
+        version = self.resolve(version)
+        manifest = json.loads(self.fs.cat_file(self._path(version, "manifest.json")))
+        raw = self.fs.cat_file(self._path(version, "index.faiss"))
+        index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
+        chunks = pd.read_parquet(io.BytesIO(self.fs.cat_file(self._path(version, "chunks.parquet"))))
+        if index.ntotal != len(chunks) or index.ntotal != manifest["n_chunks"]:
+            raise ValueError(f"index version {version} under {self.uri} is inconsistent: "
+                             f"{index.ntotal} vectors, {len(chunks)} chunk rows, manifest says {manifest['n_chunks']}")
+        return LoadedIndex(version=version, index=index, chunks=chunks, manifest=manifest)
+
+    # --- writing -------------------------------------------------------------
+    def publish(self, vectors: np.ndarray, chunks: Sequence[dict], *, model: str, corpus_fingerprint: str,
+                ivf_threshold: int = IVF_THRESHOLD, extra: dict | None = None) -> dict:
+        """Write a new version and make it LATEST; returns its manifest."""
+        import faiss
+        import pandas as pd
+
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) != len(chunks) or len(chunks) == 0:
+            raise ValueError(f"need one vector per chunk and at least one chunk; got vectors "
+                             f"{vectors.shape} for {len(chunks)} chunks")
+        index = build_faiss_index(vectors, ivf_threshold)
+        created = datetime.now(timezone.utc)
+        version = created.strftime("v%Y%m%dT%H%M%S%fZ") + "-" + corpus_fingerprint[:8]
+        manifest = {
+            "format": MANIFEST_VERSION, "version": version, "created": created.isoformat(),
+            "model": model, "dims": int(vectors.shape[1]), "n_chunks": len(chunks),
+            "n_documents": len({c["document_id"] for c in chunks}),
+            "index_type": type(index).__name__, "corpus_fingerprint": corpus_fingerprint, **(extra or {}),
+        }
+        self.fs.makedirs(self.root, exist_ok=True)
+        tmp = self._path(f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+        try:
+            self.fs.makedirs(tmp, exist_ok=True)
+            self.fs.pipe_file(f"{tmp}/index.faiss", faiss.serialize_index(index).tobytes())
+            table = io.BytesIO()
+            pd.DataFrame(list(chunks)).to_parquet(table, index=False)
+            self.fs.pipe_file(f"{tmp}/chunks.parquet", table.getvalue())
+            # The manifest goes last: a version folder with a manifest is complete.
+            self.fs.pipe_file(f"{tmp}/manifest.json", json.dumps(manifest, indent=2).encode())
+            self.fs.mv(tmp, self._path(version), recursive=True)
+        except BaseException:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp, recursive=True)
+            raise
+        self._write_latest(version)
+        return manifest
+
+    def set_latest(self, version: str) -> None:
+        """Point serving at an existing version (roll back or forward)."""
+        self._write_latest(self.resolve(version))
+
+    def _write_latest(self, version: str) -> None:
+        if self._local:
+            # os.replace is atomic on POSIX: readers see the old or the new name, never half.
+            tmp = Path(self._path(f".{LATEST}.{uuid.uuid4().hex[:8]}"))
+            tmp.write_text(version + "\n")
+            os.replace(tmp, self._path(LATEST))
+        else:
+            self.fs.pipe_file(self._path(LATEST), (version + "\n").encode())

@@ -1,0 +1,192 @@
+"""Batch prediction through Ray Data gives the online ensemble's answers, keeps bad rows."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from configs.settings import Settings
+from diagnosis.ensemble import combine
+from diagnosis.families import FAMILY_NAMES
+from diagnosis.store import BundleError, ModelStore
+from diagnosis.training import fit_family
+from hydraulics.components import COMPONENT_NAMES
+from hydraulics.features import extract, extract_cycles, get_feature_set
+from hydraulics.loaders import load_uci, save_table
+from hydraulics.simulator import simulate_dataset
+from pipelines.batch_predict import (
+    ERROR_SCHEMA,
+    PREDICTION_SCHEMA,
+    BatchInputError,
+    parse_cycles,
+    run_batch_predict,
+    source_format,
+)
+
+pytestmark = pytest.mark.ray
+
+FAST = {  # as tests/test_models.py: tiny models, trained in seconds
+    "catboost": {"iterations": 40, "depth": 4},
+    "xgboost": {"n_estimators": 40},
+    "random_forest": {"n_estimators": 40},
+    "adaptive": {"epochs": 150},
+}
+FEATURE_SET = "rig_1hz"
+CHANNELS = list(get_feature_set(FEATURE_SET).channels)
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory):
+    home = tmp_path_factory.mktemp("hdx-home")
+    train = simulate_dataset(2, seed=31, channels=CHANNELS)
+    X = extract(train.channels, FEATURE_SET)
+    store = ModelStore(str(home / "models"))
+    for family in FAMILY_NAMES:
+        model, _ = fit_family(family, X, train.labels, seed=0, params=FAST[family])
+        store.save(model, "v-batch-test", FEATURE_SET, training={"source": "test"}, metrics={})
+    # Unequal weights and a non-default threshold: the batch job must use the configured ones.
+    return Settings(home=home, feature_set=FEATURE_SET, anomaly_threshold=0.4,
+                    ensemble_weights={"catboost": 2.0, "xgboost": 1.0, "random_forest": 1.0, "adaptive": 0.5})
+
+
+def online_answers(settings, cycles):
+    """What deployments/ensemble.py computes: extract_cycles -> each family -> combine."""
+    store = ModelStore(settings.model_store_uri)
+    bundles = {f: store.load(f) for f in FAMILY_NAMES}
+    X, errors = extract_cycles(cycles, settings.feature_set)
+    assert not errors
+    by_family = {f: b.model.predict_proba(X) for f, b in bundles.items()}
+    return combine(by_family, settings.ensemble_weights, settings.anomaly_threshold)
+
+
+def assert_matches_online(frame, diagnoses, cycle_ids):
+    frame = frame.set_index("cycle_id").loc[list(cycle_ids)]
+    assert len(frame) == len(diagnoses)
+    for (cycle_id, row), diag in zip(frame.iterrows(), diagnoses):
+        where = f"cycle {cycle_id}"
+        assert bool(row["is_anomaly"]) == diag["is_anomaly"], where
+        assert row["anomaly_score"] == pytest.approx(diag["anomaly_score"], abs=1e-6), where
+        assert row["confidence"] == pytest.approx(diag["confidence"], abs=1e-6), where
+        assert row["severity"] == diag["severity"], where
+        assert row["anomaly_type"] == diag["anomaly_type"], where
+        assert list(row["affected_components"]) == diag["affected_components"], where
+        assert row["probability_not_stable"] == pytest.approx(diag["steady_state"]["probability_not_stable"], abs=1e-6)
+        for c in COMPONENT_NAMES:
+            comp = diag["components"][c]
+            assert row[f"{c}_level"] == comp["level"], where
+            assert row[f"{c}_severity"] == comp["severity"], where
+            assert row[f"{c}_probability"] == pytest.approx(comp["probabilities"][str(comp["level"])], abs=1e-6)
+            assert row[f"{c}_nominal_probability"] == pytest.approx(comp["nominal_probability"], abs=1e-6)
+
+
+def read_output(out, name):
+    return pq.read_table(out / name).to_pandas()
+
+
+def _bad_rows(good: dict) -> list[dict]:
+    """One row per way a cycle can be broken; cycle ids 9001.. name them."""
+    nan = dict(good, cycle_id=9001, TS1=[*good["TS1"][:5], float("nan"), *good["TS1"][6:]])
+    out_of_range = dict(good, cycle_id=9002, CE=[150.0] * 60)
+    missing = dict(good, cycle_id=9003, VS1=None)
+    wrong_length = dict(good, cycle_id=9004, SE=good["SE"][:59])
+    return [nan, out_of_range, missing, wrong_length]
+
+
+def test_parquet_matches_online_ensemble_and_keeps_bad_rows(ray_cluster, settings, tmp_path):
+    data = simulate_dataset(1, seed=41, channels=CHANNELS)  # 144 cycles, every condition once
+    good = [{"cycle_id": int(cid), "system_id": f"rig-{int(cid) % 3}", **{c: data.channels[c][i].tolist() for c in CHANNELS}}
+            for i, cid in enumerate(data.cycle_ids)]
+    rows = good + _bad_rows(good[0])
+    schema = pa.schema([("cycle_id", pa.int64()), ("system_id", pa.string())]
+                       + [(c, pa.list_(pa.float64())) for c in CHANNELS])
+    source = tmp_path / "cycles.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), source)
+
+    out = tmp_path / "out"
+    summary = run_batch_predict(str(source), str(out), settings=settings, batch_size=50, workers=2)
+
+    assert summary["rows_in"] == len(rows) and summary["predicted"] == len(good) and summary["rejected"] == 4
+    assert summary["model_versions"] == {f: "v-batch-test" for f in FAMILY_NAMES}
+    assert json.loads((out / "summary.json").read_text())["rejected"] == 4
+
+    predictions = read_output(out, "predictions")
+    assert pq.read_schema(next((out / "predictions").glob("*.parquet"))).names == PREDICTION_SCHEMA.names
+    assert sorted(predictions["cycle_id"]) == sorted(int(c) for c in data.cycle_ids)
+    assert (predictions["model_version_catboost"] == "v-batch-test").all()
+    assert dict(zip(predictions["cycle_id"], predictions["system_id"])) == {r["cycle_id"]: r["system_id"] for r in good}
+    assert_matches_online(predictions, online_answers(settings, list(data.cycles())), data.cycle_ids)
+
+    errors = read_output(out, "errors").set_index("cycle_id")
+    assert list(errors.columns) == [n for n in ERROR_SCHEMA.names if n != "cycle_id"]
+    assert sorted(errors.index) == [9001, 9002, 9003, 9004]
+    assert errors.loc[9001, "channel"] == "TS1" and "NaN" in errors.loc[9001, "problem"]
+    assert errors.loc[9002, "channel"] == "CE" and "outside the plausible range" in errors.loc[9002, "problem"]
+    assert errors.loc[9003, "channel"] == "VS1" and errors.loc[9003, "problem"].startswith("missing")
+    assert errors.loc[9004, "channel"] == "SE" and "wrong rate/length" in errors.loc[9004, "problem"]
+    assert (errors["system_id"] == "rig-0").all()
+
+
+def test_csv_with_unparseable_cell_and_system_id_option(ray_cluster, settings, tmp_path):
+    data = simulate_dataset(1, seed=42, channels=CHANNELS, conditions=[
+        {"cooler": 3, "valve": 100, "pump": 0, "accumulator": 130},
+        {"cooler": 100, "valve": 73, "pump": 2, "accumulator": 90}])
+    source = tmp_path / "cycles.csv"
+    save_table(data, str(source))  # no system_id column: the option names the system
+    table = pacsv.read_csv(source, convert_options=pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in CHANNELS}))
+    broken = {name: table[name][0].as_py() for name in table.column_names} | {"cycle_id": 7, CHANNELS[0]: "[1, 2,"}
+    pacsv.write_csv(pa.concat_tables([table, pa.Table.from_pylist([broken], schema=table.schema)]), source)
+
+    with pytest.raises(BatchInputError, match="no system_id column; pass --system-id"):
+        run_batch_predict(str(source), str(tmp_path / "refused"), settings=settings)
+
+    out = tmp_path / "out"
+    summary = run_batch_predict(str(source), str(out), settings=settings, system_id="press-7", workers=1)
+    assert (summary["predicted"], summary["rejected"]) == (2, 1)
+    predictions = read_output(out, "predictions")
+    assert (predictions["system_id"] == "press-7").all()
+    assert_matches_online(predictions, online_answers(settings, list(data.cycles())), data.cycle_ids)
+    errors = read_output(out, "errors")
+    assert errors.to_dict("records") == [{"system_id": "press-7", "cycle_id": 7, "channel": CHANNELS[0],
+                                          "problem": errors["problem"][0]}]
+    assert "not a JSON array" in errors["problem"][0]
+
+
+def test_uci_folder_subset(ray_cluster, settings, uci_dir, tmp_path):
+    wanted = parse_cycles("0-24,1000")
+    out = tmp_path / "out"
+    summary = run_batch_predict(str(uci_dir), str(out), settings=settings, system_id="uci-rig", cycles=wanted)
+    assert (summary["rows_in"], summary["rejected"]) == (26, 0)
+    assert pq.read_table(out / "errors").num_rows == 0  # an empty error output still exists
+    data = load_uci(uci_dir, channels=CHANNELS, cycles=wanted)
+    assert_matches_online(read_output(out, "predictions"), online_answers(settings, list(data.cycles())), wanted)
+
+
+def test_missing_bundles_fail_before_the_job_starts(tmp_path):
+    empty = Settings(home=tmp_path, feature_set=FEATURE_SET)
+    with pytest.raises(BundleError, match="no catboost model in store"):
+        run_batch_predict(str(tmp_path / "x.parquet"), str(tmp_path / "out"), settings=empty)
+
+
+def test_source_format_by_suffix_or_directory_contents(tmp_path):
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "part-0.parquet").write_bytes(b"")
+    (tmp_path / "parts" / "README.txt").write_text("not a channel")
+    (tmp_path / "rig").mkdir()
+    (tmp_path / "rig" / "TS1.txt").write_text("")
+    assert source_format(str(tmp_path / "parts")) == "parquet"
+    assert source_format(str(tmp_path / "rig")) == "uci"
+    assert source_format("s3://bucket/cycles.csv") == "csv"
+    with pytest.raises(BatchInputError, match="directory of them"):
+        source_format(str(tmp_path))
+
+
+def test_unreadable_source_is_named():
+    with pytest.raises(BatchInputError, match="expected a .parquet or .csv table"):
+        from pipelines.batch_predict import read_cycles
+
+        read_cycles("/nonexistent/cycles.txt", CHANNELS)
+    assert parse_cycles("3,5-7") == [3, 5, 6, 7]

@@ -1,0 +1,124 @@
+"""cluster.yaml passes Ray's own cluster-launcher checks and has the node groups HDX needs."""
+
+import copy
+
+import click
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+from configs.settings import PROJECT_ROOT
+
+CLUSTER_YAML = PROJECT_ROOT / "cluster.yaml"
+
+
+@pytest.fixture(scope="module")
+def raw():
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def test_ray_accepts_the_config(raw):
+    # What `ray up` does before it touches a cloud: fill defaults, then validate against ray-schema.json.
+    prepared = prepare_config(copy.deepcopy(raw))
+    validate_config(prepared)
+    assert prepared["head_node_type"] == "head"
+
+
+def test_head_runs_no_work_and_gpu_group_exists(raw):
+    types = raw["available_node_types"]
+    assert types[raw["head_node_type"]]["resources"] == {"CPU": 0}
+    workers = {name: t for name, t in types.items() if name != raw["head_node_type"]}
+    assert any("gpu" in name for name in workers), f"no GPU worker group in {list(workers)}"
+    assert any(t["max_workers"] > 0 and "cpu" in name for name, t in workers.items())
+    gpu = next(t for name, t in workers.items() if "gpu" in name)
+    assert gpu["node_config"]["InstanceType"].startswith(("g", "p")), "the GPU group must use a GPU instance type"
+
+
+def test_setup_installs_torch_first_then_the_project(raw):
+    commands = raw["setup_commands"]
+    assert commands[0].strip() == "pip install torch==2.13.0"
+    assert any("pip install -e ." in c for c in commands[1:])
+
+
+def test_head_enables_dashboard_and_metrics(raw):
+    head = " ".join(raw["head_start_ray_commands"])
+    assert "--include-dashboard=true" in head and "--metrics-export-port=" in head
+    assert "--metrics-export-port=" in " ".join(raw["worker_start_ray_commands"])
+
+
+def test_ray_refuses_these_node_groups_on_the_local_provider(raw):
+    # Why cluster.yaml names a cloud provider: if a future Ray accepts node types on-prem,
+    # this fails and cluster.yaml can default to `provider: local`.
+    local = copy.deepcopy(raw)
+    local["provider"] = {"type": "local", "head_ip": "10.0.0.1", "worker_ips": ["10.0.0.2"]}
+    with pytest.raises(click.ClickException, match="available_node_types is not supported"):
+        prepare_config(local)
+
+
+def test_validator_catches_a_broken_config(raw):
+    broken = copy.deepcopy(raw)
+    broken["available_node_types"]["head"]["resources"] = {"CPU": "none"}
+    with pytest.raises(Exception, match="'none' is not of type 'integer'"):
+        validate_config(prepare_config(broken))
+
+
+# --------------------------------------------------------------------------- KubeRay manifests
+
+K8S_DIR = PROJECT_ROOT / "configs" / "k8s"
+
+
+def _manifest(name):
+    return yaml.safe_load((K8S_DIR / name).read_text())
+
+
+def test_committed_manifests_are_what_the_generator_makes():
+    from configs.k8s.generate import render
+
+    for name, text in render().items():
+        assert (K8S_DIR / name).read_text() == text, f"{name} is stale: run `hdx k8s-manifests`"
+
+
+def test_rayservice_embeds_serve_config_yaml():
+    from ray.serve.schema import ServeDeploySchema
+
+    service = _manifest("rayservice.yaml")
+    assert service["kind"] == "RayService"
+    embedded = yaml.safe_load(service["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(embedded)
+    original = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
+    # The one intended difference: pods bind all interfaces so the Kubernetes Service reaches the proxy.
+    assert embedded["http_options"].pop("host") == "0.0.0.0"
+    original["http_options"].pop("host", None)
+    assert embedded == original
+
+    cluster = service["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    gpu_limits = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert set(groups) == {"cpu", "gpu"} and gpu_limits["nvidia.com/gpu"] == "1"
+
+
+def test_rayjob_runs_batch_prediction():
+    job = _manifest("rayjob-batch-predict.yaml")
+    assert job["kind"] == "RayJob" and job["spec"]["shutdownAfterJobFinishes"] is True
+    assert job["spec"]["entrypoint"].startswith("python -m pipelines.batch_predict --source ")
+    assert job["spec"]["rayClusterSpec"]["enableInTreeAutoscaling"] is True
+
+
+def test_k8s_manifests_command_writes_and_checks(tmp_path):
+    from typer.testing import CliRunner
+
+    import typer
+    from cli.jobs import register
+
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    assert runner.invoke(app, ["k8s-manifests", "--check"]).exit_code == 0
+    result = runner.invoke(app, ["k8s-manifests", "--out-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "rayservice.yaml").read_text() == (K8S_DIR / "rayservice.yaml").read_text()
+    (tmp_path / "rayjob-batch-predict.yaml").write_text("edited by hand\n")
+    stale = runner.invoke(app, ["k8s-manifests", "--check", "--out-dir", str(tmp_path)])
+    assert stale.exit_code == 1 and "rayjob-batch-predict.yaml" in stale.output

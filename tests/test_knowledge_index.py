@@ -1,0 +1,136 @@
+"""Embedding, the versioned index store, retrieval, and the Ray Data build job."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from knowledge.embedding import get_embedder
+from knowledge.index_store import IndexNotFound, IndexStore
+from knowledge.retrieval import IndexSearcher, diagnosis_bias
+from tests.test_knowledge_sample_corpus import write_sample_corpus
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return get_embedder()
+
+
+def _rows(n: int, components=("valve",)) -> list[dict]:
+    return [{"chunk_id": f"d{i}#000", "document_id": f"d{i}", "title": f"Doc {i}", "heading_path": f"Doc {i}",
+             "text": f"text {i}", "components": list(components), "tags": ["t"]} for i in range(n)]
+
+
+def _unit(n: int, dims: int = 8, seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, dims)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_embeddings_are_normalised_float32(embedder):
+    vecs = embedder.embed(["valve shifts late", "pump leaks internally"])
+    assert vecs.dtype == np.float32 and vecs.shape == (2, 384)
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(TypeError):
+        embedder.embed("not a list")
+
+
+def test_publish_load_and_versions(tmp_path):
+    store = IndexStore(tmp_path / "store")
+    with pytest.raises(IndexNotFound, match="build_index"):
+        store.load()
+    first = store.publish(_unit(5), _rows(5), model="m", corpus_fingerprint="a" * 64)
+    second = store.publish(_unit(6, seed=1), _rows(6), model="m", corpus_fingerprint="b" * 64)
+    assert store.list_versions() == [first["version"], second["version"]]
+    assert store.latest_version() == second["version"]
+    loaded = store.load("latest")
+    assert loaded.index.ntotal == 6 and loaded.manifest["n_chunks"] == 6 and loaded.manifest["dims"] == 8
+    assert list(loaded.chunks["components"][0]) == ["valve"]
+    assert store.load(first["version"]).index.ntotal == 5
+    store.set_latest(first["version"])
+    assert store.load().version == first["version"]
+    with pytest.raises(IndexNotFound, match="not found"):
+        store.load("v-missing")
+
+
+def test_large_corpora_get_an_ivf_index(tmp_path):
+    store = IndexStore(tmp_path)
+    vecs = _unit(400, dims=16)
+    manifest = store.publish(vecs, _rows(400), model="m", corpus_fingerprint="c" * 64, ivf_threshold=100)
+    assert manifest["index_type"] == "IndexIVFFlat"
+    searcher = IndexSearcher(store.load())
+    hit = searcher.search(vecs[123], k=1)[0]
+    assert hit.document_id == "d123" and hit.score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_failed_publish_leaves_latest_and_versions_unchanged(tmp_path, monkeypatch):
+    store = IndexStore(tmp_path)
+    good = store.publish(_unit(3), _rows(3), model="m", corpus_fingerprint="a" * 64)
+    real_pipe = store.fs.pipe_file
+
+    def disk_full_on_metadata(path, data, **kw):  # injected I/O failure after index.faiss was written
+        if path.endswith("chunks.parquet"):
+            raise OSError(28, "No space left on device")
+        return real_pipe(path, data, **kw)
+
+    monkeypatch.setattr(store.fs, "pipe_file", disk_full_on_metadata)
+    with pytest.raises(OSError, match="No space"):
+        store.publish(_unit(4), _rows(4), model="m", corpus_fingerprint="b" * 64)
+    assert store.latest_version() == good["version"]
+    assert store.list_versions() == [good["version"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", good["version"]]  # temp folder removed
+    assert store.load().index.ntotal == 3
+
+
+def test_filters_one_hit_per_document_and_preference(tmp_path):
+    vecs = _unit(6, dims=8)
+    rows = _rows(6)
+    for i, row in enumerate(rows):
+        row["document_id"] = f"doc{i // 2}"  # two chunks per document
+        row["components"] = ["pump"] if i >= 4 else ["valve"]
+    store = IndexStore(tmp_path)
+    store.publish(vecs, rows, model="m", corpus_fingerprint="d" * 64)
+    searcher = IndexSearcher(store.load())
+    hits = searcher.search(vecs[0], k=5)
+    assert [h.document_id for h in hits].count("doc0") == 1 and len(hits) == 3
+    assert hits[0].chunk_id == "d0#000"
+    pump_only = searcher.search(vecs[0], k=5, components=["pump"])
+    assert {h.document_id for h in pump_only} == {"doc2"}
+    assert searcher.search(vecs[0], k=5, tags=["nope"]) == []
+    plain = {h.document_id: h.score for h in searcher.search(vecs[0], k=3)}
+    preferred = {h.document_id: h.score for h in searcher.search(vecs[0], k=3, prefer_components=["pump"])}
+    assert preferred["doc2"] == pytest.approx(plain["doc2"] + 0.05, abs=1e-5)
+    assert preferred["doc0"] == pytest.approx(plain["doc0"], abs=1e-6)
+
+
+def test_diagnosis_bias_words_and_components():
+    words, components = diagnosis_bias({"affected_components": ["valve"], "anomaly_type": "valve_lag",
+                                        "severity": "critical"})
+    assert components == ["valve"] and "valve lag" in words
+    assert diagnosis_bias(None) == ("", [])
+
+
+@pytest.mark.ray
+def test_build_index_with_ray_data_then_query(ray_cluster, tmp_path, embedder):
+    from pipelines.build_index import build_index
+
+    docs = write_sample_corpus(tmp_path / "kb")
+    store_uri = tmp_path / "indexes"
+    manifest = build_index([docs], store_uri, max_tokens=80, overlap_tokens=16, embed_actors=1, batch_size=8)
+    assert manifest["n_documents"] == 4 and manifest["n_chunks"] >= 8
+    assert manifest["model"] == "all-MiniLM-L6-v2" and manifest["dims"] == 384
+    assert manifest["chunks_per_s"] > 0
+
+    searcher = IndexSearcher(IndexStore(store_uri).load())
+    query = embedder.embed(["the oil keeps getting hotter during the shift"])[0]
+    hits = searcher.search(query, k=3)
+    assert hits[0].document_id == "cooler-fouling", [h.document_id for h in hits]
+    assert hits[0].heading_path.startswith("Cooler fouling")
+    valve = searcher.search(embedder.embed(["how do I measure the coil voltage at the connector"])[0], k=1, components=["valve"])
+    assert valve[0].document_id == "valve-lag" and "Repair" in valve[0].heading_path
+
+    # A later build that fails (a broken document) publishes nothing.
+    (docs / "zz-broken.md").write_text("---\nid: [oops\n---\ntext\n")
+    with pytest.raises(Exception, match="zz-broken.md"):
+        build_index([docs], store_uri, embed_actors=1)
+    store = IndexStore(store_uri)
+    assert store.latest_version() == manifest["version"] and store.list_versions() == [manifest["version"]]

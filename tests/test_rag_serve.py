@@ -1,0 +1,163 @@
+"""The assistant on Ray Serve: answers, diagnosis bias, streaming, hot swap, backend failure.
+
+One application name ("rag-test") is redeployed by the tests in order; keep them few.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from configs.settings import Settings
+from knowledge.chunking import Chunker
+from knowledge.corpus import fingerprint_files, load_documents
+from knowledge.embedding import get_embedder
+from knowledge.index_store import IndexStore
+from tests.fixtures.ollama_standin import OllamaProtocolStandIn
+from tests.test_knowledge_sample_corpus import SAMPLE_DOCS, write_sample_corpus
+
+pytestmark = pytest.mark.ray
+APP = "rag-test"
+HOSE_DOC = {"hose-burst.md": """---
+id: hose-burst
+title: Hose burst
+components: [hose]
+tags: [safety]
+---
+
+## Symptoms
+
+A burst hydraulic hose sprays oil at high pressure and the system pressure collapses at once.
+"""}
+
+
+def _publish(folder, store: IndexStore) -> str:
+    chunker, embedder = Chunker(max_tokens=80, overlap_tokens=16), get_embedder()
+    chunks = [c for d in load_documents([folder]) for c in chunker.chunk_document(d)]
+    vectors = embedder.embed([c.embed_text for c in chunks])
+    return store.publish(vectors, [c.to_dict() for c in chunks], model="all-MiniLM-L6-v2",
+                         corpus_fingerprint=fingerprint_files(folder.iterdir()))["version"]
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rag")
+    store = IndexStore(root / "indexes")
+    v1 = _publish(write_sample_corpus(root / "kb1"), store)
+    v2 = _publish(write_sample_corpus(root / "kb2", {**SAMPLE_DOCS, **HOSE_DOC}), store)
+    store.set_latest(v1)
+    return str(root / "indexes"), v1, v2
+
+
+@pytest.fixture(scope="module")
+def serve_app(ray_cluster, versions):
+    from ray import serve
+
+    from deployments.assistant import build_assistant
+
+    def deploy(index_version="latest", **settings):
+        settings = Settings(index_store_uri=versions[0], **settings)
+        return serve.run(build_assistant(settings, index_version=index_version), name=APP, route_prefix=None)
+
+    yield deploy
+    serve.delete(APP)
+
+
+def test_query_answers_with_cited_sources(serve_app, versions):
+    handle = serve_app()
+    result = handle.query.remote("How do I measure the coil voltage of the valve solenoid?", 3).result()
+    sources = result["sources"]
+    assert sources[0]["document_id"] == "valve-lag" and len(sources) == 3
+    assert "[1]" in result["response"]
+    meta = result["metadata"]
+    assert meta["index_version"] == versions[1] and meta["degraded"] is False and meta["model"] == "extractive"
+    assert meta["retrieval_ms"] > 0 and meta["processing_time_ms"] >= meta["retrieval_ms"]
+
+
+def test_a_diagnosis_steers_a_vague_question(serve_app):
+    handle = serve_app()
+    question = "Why is my system flagged?"
+    for component, mode, expected in [("valve", "valve_lag", "valve-lag"),
+                                      ("cooler", "cooler_degradation", "cooler-fouling"),
+                                      ("pump", "internal_pump_leakage", "pump-leakage")]:
+        diagnosis = {"affected_components": [component], "anomaly_type": mode, "severity": "critical"}
+        result = handle.query.remote(question, 3, "sys-1", diagnosis).result()
+        assert result["sources"][0]["document_id"] == expected, (component, result["sources"])
+        assert result["metadata"]["system_id"] == "sys-1"
+
+
+def test_stream_yields_tokens_then_done(serve_app):
+    handle = serve_app()
+    question = "How do I clean the cooler fins?"
+    events = list(handle.options(stream=True).stream.remote(question, 2))
+    assert events[-1]["event"] == "done" and all(e["event"] == "token" for e in events[:-1])
+    assert len(events) >= 2
+    unary = handle.query.remote(question, 2).result()
+    assert "".join(e["text"] for e in events[:-1]) == unary["response"]
+    assert events[-1]["sources"] == unary["sources"]
+
+
+def test_index_hot_swap_drops_no_queries(serve_app, versions):
+    _, v1, v2 = versions
+    handle = serve_app(index_version=v1)
+    results, errors, stop = [], [], threading.Event()
+
+    def ask():
+        while not stop.is_set():
+            try:
+                results.append(handle.query.remote("hydraulic hose burst spraying oil", 2).result(timeout_s=30))
+            except Exception as exc:  # any failed query fails the test
+                errors.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    before = len(results)
+    serve_app(index_version=v2)  # only the Retriever's user_config changes: reconfigure in place
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(r["metadata"]["index_version"] == v2 for r in results[-3:]):
+        time.sleep(0.2)
+    time.sleep(1)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert before > 0 and len(results) > before
+    seen = [r["metadata"]["index_version"] for r in results]
+    assert seen[0] == v1 and seen[-1] == v2
+    assert results[-1]["sources"][0]["document_id"] == "hose-burst"
+    assert all(r["sources"][0]["document_id"] != "hose-burst" for r in results if r["metadata"]["index_version"] == v1)
+
+
+def test_ollama_backend_then_degraded_when_it_goes_down(serve_app):
+    standin = OllamaProtocolStandIn().start()
+    try:
+        handle = serve_app(llm_backend="ollama", ollama_url=standin.url, llm_model="standin-llm", llm_timeout_s=3.0)
+        ok = handle.query.remote("How do I fix valve lag?", 2).result()
+        assert ok["response"] == standin.behaviour.reply, (ok["metadata"].get("degraded_reason"), standin.behaviour.requests)
+        assert ok["metadata"]["model"] == "standin-llm" and ok["metadata"]["degraded"] is False
+        assert ok["metadata"]["tokens_used"] > 0
+        assert "How do I fix valve lag?" in standin.behaviour.requests[-1]["messages"][1]["content"]
+        events = list(handle.options(stream=True).stream.remote("How do I fix valve lag?", 2))
+        assert "".join(e["text"] for e in events[:-1]) == standin.behaviour.reply
+        assert events[-1]["metadata"]["degraded"] is False
+
+        standin.behaviour.delay_s = 5.0  # slower than llm_timeout_s
+        slow = handle.query.remote("How do I fix valve lag?", 2).result()
+        assert slow["metadata"]["degraded"] is True and "timeout" in slow["metadata"]["degraded_reason"].lower()
+    finally:
+        standin.stop()
+
+    down = handle.query.remote("How do I measure the coil voltage at the connector?", 2).result()
+    meta = down["metadata"]
+    assert meta["degraded"] is True and "unreachable" in meta["degraded_reason"], meta
+    assert meta["model"] == "extractive" and "[1]" in down["response"]
+    first = down["sources"][0]["snippet"]
+    assert down["response"].split(" [")[0] in first or any(
+        down["response"].split(" [")[0] in s["snippet"] for s in down["sources"])
+    events = list(handle.options(stream=True).stream.remote("How do I fix valve lag?", 2))
+    assert events[-1]["event"] == "done" and events[-1]["metadata"]["degraded"] is True
+    assert "[" in "".join(e["text"] for e in events[:-1])

@@ -1,0 +1,286 @@
+"""The Serve application end to end, through HTTP as a client sees it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.fixtures.serve_app import MODEL_VERSIONS, simulated_request
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def engineer(api):
+    username, password = api.create_user("engineer")
+    token = api.token(username, password)
+    system = api.create_system(username)
+    return {"username": username, "password": password, "token": token, "system": system,
+            "headers": api.auth(token)}
+
+
+def test_login_token_predict(api, engineer):
+    body = simulated_request(engineer["system"], seed=1, valve=73)
+    r = api.http.post("/api/v1/diagnostics/predict", json=body, headers=engineer["headers"])
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["system_id"] == engineer["system"]
+    pred = out["prediction"]
+    for key in ("is_anomaly", "anomaly_score", "severity", "confidence", "affected_components", "anomaly_type"):
+        assert key in pred
+    assert set(pred["components"]) == {"cooler", "valve", "pump", "accumulator"}
+    assert {m["ml_model"] for m in out["ml_predictions"]} == {"catboost", "xgboost", "random_forest", "adaptive"}
+    for m in out["ml_predictions"]:
+        assert m["version"] in MODEL_VERSIONS and m["features_used"] == out["features_extracted"] > 100
+        assert m["processing_time_ms"] >= 0
+    assert out["trace_id"] == r.headers["X-Request-ID"]
+    assert out["cache_hit"] is False
+    # A severely lagging valve on simulated data: the tiny test models still see it.
+    assert pred["components"]["valve"]["level"] in (73, 80)
+    assert pred["is_anomaly"] and "valve" in pred["affected_components"]
+
+
+def test_cache_hit_then_miss_after_rollout(api, engineer, ray_cluster):
+    body = simulated_request(engineer["system"], seed=2)
+    first = api.http.post("/api/v1/diagnostics/predict", json=body, headers=engineer["headers"]).json()
+    second = api.http.post("/api/v1/diagnostics/predict", json=body, headers=engineer["headers"]).json()
+    assert first["cache_hit"] is False and second["cache_hit"] is True
+    assert second["prediction"] == first["prediction"]
+    uncached = api.http.post("/api/v1/diagnostics/predict", json={**body, "use_cache": False},
+                             headers=engineer["headers"]).json()
+    assert uncached["cache_hit"] is False
+
+    # Roll out v2 of every model (the next test does it under load).
+    _redeploy(versions=MODEL_VERSIONS[1])
+    third = api.http.post("/api/v1/diagnostics/predict", json=body, headers=engineer["headers"]).json()
+    assert set(third["model_versions"].values()) == {MODEL_VERSIONS[1]}
+    assert third["cache_hit"] is False, (first["model_versions"], third)  # a new version never answers from the old cache
+    assert api.http.post("/api/v1/diagnostics/predict", json=body, headers=engineer["headers"]).json()["cache_hit"]
+
+
+def test_rollout_under_load_drops_nothing(api, engineer):
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def client():
+        with httpx.Client(base_url=api.base, timeout=30) as http:
+            seed = 100
+            while not stop.is_set():
+                seed += 1
+                r = http.post("/api/v1/diagnostics/predict", json=simulated_request(engineer["system"], seed=seed),
+                              headers=engineer["headers"])
+                statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    _redeploy(versions=MODEL_VERSIONS[0])
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert len(statuses) > 10
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    info = api.http.get("/api/v1/models", headers=engineer["headers"]).json()
+    assert {m["version"] for m in info["models"]} == {MODEL_VERSIONS[0]}
+
+
+def _redeploy(versions: str) -> None:
+    """What `serve deploy` does after an edit of user_config: the same app, new model versions."""
+    from ray import serve
+
+    from deployments.app import build_app
+
+    serve.run(build_app({"assistant": False, "model_versions": {f: versions for f in
+                                                                 ("catboost", "xgboost", "random_forest", "adaptive")}}),
+              name="hdx", route_prefix="/")
+
+
+def test_batch_answers_per_item(api, engineer):
+    good = simulated_request(engineer["system"], seed=3)["sensor_data"]
+    short = {k: v[:30] for k, v in good.items()}
+    # JSON has no NaN; a client's 1e400 overflows to infinity, which must be refused per item.
+    body = json.dumps({"system_id": engineer["system"], "items": [good, dict(good, SE=[123456.0] * 60), short, good]})
+    body = body.replace("123456.0", "1e400")
+    r = api.http.post("/api/v1/diagnostics/predict/batch", content=body,
+                      headers={**engineer["headers"], "content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["succeeded"] == 2 and out["failed"] == 2
+    assert [i["ok"] for i in out["items"]] == [True, False, False, True]
+    assert out["items"][1]["error"]["channel"] == "SE" and "NaN or infinity" in out["items"][1]["error"]["message"]
+    assert "too short" in out["items"][2]["error"]["message"]
+    too_many = {"system_id": engineer["system"], "items": [good] * 65}
+    r = api.http.post("/api/v1/diagnostics/predict/batch", json=too_many, headers=engineer["headers"])
+    assert r.status_code == 422 and "at most 64 items" in r.text
+
+
+def test_permissions_and_api_key_scope(api, engineer):
+    other, other_pw = api.create_user("engineer")
+    foreign = api.create_system(other)
+    body = simulated_request(foreign, seed=4)
+    r = api.http.post("/api/v1/diagnostics/predict", json=body, headers=engineer["headers"])
+    assert r.status_code == 403 and foreign in r.json()["detail"]
+    r = api.http.post("/api/v1/diagnostics/predict", json=simulated_request("rig-does-not-exist"),
+                      headers=engineer["headers"])
+    assert r.status_code == 404
+
+    admin, admin_pw = api.create_user("admin")
+    r = api.http.post("/api/v1/diagnostics/predict", json=body, headers=api.auth(api.token(admin, admin_pw)))
+    assert r.status_code == 200  # admin sees every system
+
+    second = api.create_system(engineer["username"])
+    key = api.create_api_key(engineer["username"], [engineer["system"]])
+    ok = api.http.post("/api/v1/diagnostics/predict", json=simulated_request(engineer["system"], seed=5),
+                       headers={"X-API-Key": key})
+    assert ok.status_code == 200, ok.text
+    denied = api.http.post("/api/v1/diagnostics/predict", json=simulated_request(second, seed=5),
+                           headers={"X-API-Key": key})
+    assert denied.status_code == 403 and "outside this API key's scope" in denied.text
+
+
+def _b64(obj) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+
+def test_bad_tokens_are_refused(api, engineer):
+    url, body = "/api/v1/diagnostics/predict", simulated_request(engineer["system"])
+    assert api.http.post(url, json=body).status_code == 401
+    header, payload, sig = engineer["token"].split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    tampered = ".".join([header, _b64({**claims, "role": "admin"}), sig])
+    none_alg = ".".join([_b64({"alg": "none", "typ": "JWT"}), _b64(claims), ""])
+    wrong_aud = ".".join([header, _b64({**claims, "aud": "someone-else"}), sig])
+    for token in (tampered, none_alg, wrong_aud, "not-a-jwt"):
+        r = api.http.post(url, json=body, headers=api.auth(token))
+        assert r.status_code == 401, (token, r.text)
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_refresh_rotation_and_reuse(api, engineer):
+    r = api.http.post("/api/v1/auth/token", json={"username": engineer["username"], "password": engineer["password"]})
+    refresh = r.json()["refresh_token"]
+    rotated = api.http.post("/api/v1/auth/refresh", json={"refresh_token": refresh})
+    assert rotated.status_code == 200
+    reused = api.http.post("/api/v1/auth/refresh", json={"refresh_token": refresh})
+    assert reused.status_code == 401
+    # Reuse revoked the whole family: the rotated token is dead too.
+    again = api.http.post("/api/v1/auth/refresh", json={"refresh_token": rotated.json()["refresh_token"]})
+    assert again.status_code == 401
+
+
+def test_error_codes_with_messages(api, engineer):
+    h = engineer["headers"]
+    body = simulated_request(engineer["system"], seed=6)
+    body["sensor_data"]["TS1"][5] = 400.0
+    r = api.http.post("/api/v1/diagnostics/predict", json=body, headers=h)
+    assert r.status_code == 422
+    detail = r.json()["detail"][0]
+    assert detail["loc"] == ["body", "sensor_data", "TS1"] and "outside the plausible range" in detail["msg"]
+
+    missing = simulated_request(engineer["system"])
+    del missing["sensor_data"]["CE"]
+    r = api.http.post("/api/v1/diagnostics/predict", json=missing, headers=h)
+    assert r.status_code == 422 and "CE: missing: required by feature set rig_1hz" in r.text
+
+    r = api.http.post("/api/v1/diagnostics/predict", json={"system_id": engineer["system"], "sensor_data": "hot"},
+                      headers=h)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "sensor_data"]
+
+    huge = {"system_id": engineer["system"], "sensor_data": {"TS1": [45.0] * 400_000}}
+    r = api.http.post("/api/v1/diagnostics/predict", json=huge, headers=h)
+    assert r.status_code == 413 and "exceeds" in r.text
+
+    r = api.http.post("/api/v1/diagnostics/predict", content=b"{not json", headers={**h, "content-type": "application/json"})
+    assert r.status_code == 422
+
+    r = api.http.get("/api/v1/health", headers={"X-Request-ID": "trace-abc-123"})
+    assert r.status_code == 200 and r.headers["X-Request-ID"] == "trace-abc-123"
+
+    for _ in range(6):
+        r = api.http.post("/api/v1/auth/token", json={"username": engineer["username"], "password": "wrong"})
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+
+
+def test_ready_reports_stopped_redis_as_degraded(api, engineer, hdx_env):
+    assert api.http.get("/api/v1/ready").json()["status"] == "ready"
+    redis = hdx_env["redis"]
+    redis.stop()
+    try:
+        r = api.http.get("/api/v1/ready")
+        assert r.status_code == 200
+        assert r.json()["status"] == "degraded" and r.json()["checks"]["cache"]["ok"] is False
+        # Predictions go on, uncached.
+        body = simulated_request(engineer["system"], seed=7)
+        for _ in range(2):
+            p = api.http.post("/api/v1/diagnostics/predict", json=body, headers=engineer["headers"])
+            assert p.status_code == 200 and p.json()["cache_hit"] is False
+    finally:
+        redis.start()
+    deadline = time.time() + 10
+    while api.http.get("/api/v1/ready").json()["status"] != "ready" and time.time() < deadline:
+        time.sleep(0.2)
+    assert api.http.get("/api/v1/ready").json()["status"] == "ready"
+
+
+# --- failing model deployments ----------------------------------------------------------
+
+class _BrokenModel:
+    def predict_proba(self, X):
+        raise RuntimeError("model file corrupted")
+
+
+def broken_loader(family: str, version: str):
+    from diagnosis.store import ModelStore
+    from configs.settings import get_settings
+
+    bundle = ModelStore(get_settings().model_store_uri).load(family, version)
+    bundle.model = _BrokenModel()
+    return bundle
+
+
+def _deploy_with_broken(name: str, broken: set[str]) -> None:
+    from ray import serve
+
+    from deployments.ensemble import DiagnosisEnsemble
+    from deployments.ingress import Ingress
+    from deployments.models import MODEL_DEPLOYMENTS
+
+    models = {f: d.options(user_config={"version": MODEL_VERSIONS[0]}).bind(
+        loader=broken_loader if f in broken else None) for f, d in MODEL_DEPLOYMENTS.items()}
+    serve.run(Ingress.bind(DiagnosisEnsemble.bind(**models), None), name=name, route_prefix=f"/{name}")
+
+
+def test_one_failing_model_still_answers_and_none_is_503(api, engineer):
+    from ray import serve
+
+    _deploy_with_broken("degraded", {"catboost"})
+    try:
+        body = simulated_request(engineer["system"], seed=8)
+        r = api.http.post("/degraded/api/v1/diagnostics/predict", json=body, headers=engineer["headers"])
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert {m["ml_model"] for m in out["ml_predictions"]} == {"xgboost", "random_forest", "adaptive"}
+        assert "model file corrupted" in out["models_failed"]["catboost"]
+        healthy = api.http.post("/api/v1/diagnostics/predict", json={**body, "use_cache": False},
+                                headers=engineer["headers"]).json()
+        assert out["prediction"]["confidence"] < healthy["prediction"]["confidence"]
+        assert out["ensemble_coverage"] == 0.75
+    finally:
+        serve.delete("degraded")
+
+    _deploy_with_broken("dead", {"catboost", "xgboost", "random_forest", "adaptive"})
+    try:
+        r = api.http.post("/dead/api/v1/diagnostics/predict", json=simulated_request(engineer["system"], seed=9),
+                          headers=engineer["headers"])
+        assert r.status_code == 503 and r.headers["Retry-After"]
+        assert "no model deployment answered" in r.json()["detail"]
+    finally:
+        serve.delete("dead")
