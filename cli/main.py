@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from cli.bootstrap import register as register_bootstrap
 from cli.jobs import register as register_jobs
 from cli.users import keys_app, systems_app, users_app
 from configs.settings import PROJECT_ROOT, get_settings
@@ -95,6 +96,7 @@ app.add_typer(users_app, name="users")
 app.add_typer(keys_app, name="keys")
 app.add_typer(systems_app, name="systems")
 register_jobs(app)
+register_bootstrap(app)
 
 if __name__ == "__main__":
     app()

@@ -30,7 +30,7 @@ systems_app = typer.Typer(help="Monitored systems (minimal; full management is i
 T = TypeVar("T")
 
 
-def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+def run_db(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Migrate, open a session, run ``work`` in it and commit."""
 
     async def main() -> T:
@@ -76,7 +76,7 @@ def create_user(
         )
         return user.id
 
-    user_id = _run(work)
+    user_id = run_db(work)
     typer.echo(f"created user {username!r} (id {user_id}, role {role.value}, tier {tier})")
 
 
@@ -90,7 +90,7 @@ def list_users() -> None:
             for u in await users_repo.list_users(session)
         ]
 
-    rows = _run(work)
+    rows = run_db(work)
     typer.echo("id\tusername\trole\ttier\tstatus")
     for row in rows:
         typer.echo(row)
@@ -120,7 +120,7 @@ def create_key(
         )
         return key.id, plaintext
 
-    key_id, plaintext = _run(work)
+    key_id, plaintext = run_db(work)
     typer.echo(f"created API key {key_id} for {owner!r} (systems: {', '.join(system_ids)})")
     typer.echo("store it now, it is not shown again:")
     typer.echo(plaintext)
@@ -133,7 +133,7 @@ def revoke_key(key_id: Annotated[int, typer.Argument(help="The key's id (see 'ke
     async def work(session: AsyncSession) -> bool:
         return await api_keys.revoke_api_key(session, key_id)
 
-    if not _run(work):
+    if not run_db(work):
         raise _fail(f"no active API key with id {key_id}")
     typer.echo(f"revoked API key {key_id}")
 
@@ -149,7 +149,7 @@ def list_keys() -> None:
             for k in await keys_repo.list_api_keys(session)
         ]
 
-    rows = _run(work)
+    rows = run_db(work)
     typer.echo("id\tkey\tname\towner_id\tsystems\tstatus")
     for row in rows:
         typer.echo(row)
@@ -175,5 +175,5 @@ def create_system(
             session, system_id=id, name=name, owner_id=user.id, type=type, location=location
         )
 
-    _run(work)
+    run_db(work)
     typer.echo(f"created system {id!r} owned by {owner!r}")

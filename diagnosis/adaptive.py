@@ -27,8 +27,8 @@ from hydraulics.components import TARGETS, target_classes
 class AdaptiveFamily(FamilyModel):
     family = "adaptive"
 
-    def __init__(self, seed: int = 0, threads: int = 1, params: dict | None = None):
-        super().__init__(seed, threads, params)
+    def __init__(self, seed: int = 0, threads: int = 1, params: dict | None = None, feature_set: str = "rig_1hz"):
+        super().__init__(seed, threads, params, feature_set)
         p = {"hidden": 96, "alpha": 1e-3, "epochs": 400, "memory_size": 3000,
              "feedback_weight": 16, "feedback_epochs": 20, **self.params}
         self.params = p
@@ -60,7 +60,7 @@ class AdaptiveFamily(FamilyModel):
         Returns the number of targets updated."""
         Z = self.scaler.transform(np.atleast_2d(X))
         # What the model believed before, kept for targets the operator left out.
-        remembered = {t: self.estimators[t].predict(Z) for t in TARGETS}
+        remembered = {t: self.estimators[t].predict(Z[:, self.columns[t]]) for t in TARGETS}
         made = 0
         for target in TARGETS:
             if target not in labels.columns or not labels[target].notna().any():
@@ -82,7 +82,7 @@ class AdaptiveFamily(FamilyModel):
         w = self.params["feedback_weight"]
         for _ in range(self.params["feedback_epochs"]):
             replay = self._rng.integers(0, len(self.memory_X), size=4 * w)
-            zb = np.vstack([np.repeat(z_new, w, axis=0), self.memory_X[replay]])
+            zb = np.vstack([np.repeat(z_new, w, axis=0), self.memory_X[replay]])[:, self.columns[target]]
             yb = np.concatenate([np.repeat(y_new, w), self.memory_y[target][replay]])
             est.partial_fit(zb, yb, classes=classes)
 

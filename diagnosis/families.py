@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from hydraulics.components import TARGETS, target_classes
+from hydraulics.features import get_feature_set
 
 FAMILY_NAMES: tuple[str, ...] = ("catboost", "xgboost", "random_forest", "adaptive")
 
@@ -35,11 +36,14 @@ class FamilyModel:
     family: ClassVar[str]
     file_suffix: ClassVar[str] = ".joblib"
 
-    def __init__(self, seed: int = 0, threads: int = 1, params: dict | None = None):
+    def __init__(self, seed: int = 0, threads: int = 1, params: dict | None = None, feature_set: str = "rig_1hz"):
         self.seed = seed
         self.threads = threads
         self.params = dict(params or {})
+        self.feature_set = feature_set
         self.estimators: dict[str, object] = {}
+        fs = get_feature_set(feature_set)
+        self.columns = {t: fs.target_columns(t) for t in TARGETS}
 
     # --- subclass hooks ---------------------------------------------------------
     def _new_estimator(self, target: str, n_classes: int):
@@ -60,7 +64,7 @@ class FamilyModel:
             classes = target_classes(target)
             y = encode_labels(target, labels[target].to_numpy())
             est = self._new_estimator(target, len(classes))
-            self._fit_estimator(est, X, y)
+            self._fit_estimator(est, X[:, self.columns[target]], y)
             self.estimators[target] = est
         return self
 
@@ -69,7 +73,7 @@ class FamilyModel:
         out = {}
         for target, est in self.estimators.items():
             k = len(target_classes(target))
-            proba = np.asarray(est.predict_proba(X), dtype=np.float64)
+            proba = np.asarray(est.predict_proba(X[:, self.columns[target]]), dtype=np.float64)
             seen = np.asarray(getattr(est, "classes_", np.arange(proba.shape[1]))).astype(int)
             full = np.zeros((X.shape[0], k))
             full[:, seen] = proba  # a level never seen in training keeps probability 0
@@ -83,13 +87,13 @@ class FamilyModel:
             name = f"{target}{self.file_suffix}"
             self._save_estimator(est, directory / name)
             files.append(name)
-        (directory / "family.json").write_text(json.dumps({"family": self.family, "params": self.params}))
+        (directory / "family.json").write_text(json.dumps({"family": self.family, "params": self.params, "feature_set": self.feature_set}))
         return files
 
     @classmethod
     def load(cls, directory: Path) -> "FamilyModel":
         meta = json.loads((directory / "family.json").read_text())
-        model = cls(params=meta.get("params"))
+        model = cls(params=meta.get("params"), feature_set=meta["feature_set"])
         for target in TARGETS:
             path = directory / f"{target}{cls.file_suffix}"
             if path.exists():
@@ -104,7 +108,7 @@ class CatBoostFamily(FamilyModel):
     def _new_estimator(self, target, n_classes):
         from catboost import CatBoostClassifier
 
-        p = {"iterations": 400, "depth": 6, "learning_rate": 0.08, **self.params}
+        p = {"iterations": 300, "depth": 5, "learning_rate": 0.1, **self.params}
         return CatBoostClassifier(loss_function="MultiClass", random_seed=self.seed, thread_count=self.threads,
                                   verbose=False, allow_writing_files=False, **p)
 

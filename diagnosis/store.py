@@ -88,6 +88,8 @@ class ModelStore:
     # --- writing ------------------------------------------------------------------
     def save(self, model: FamilyModel, version: str, feature_set: str, training: dict, metrics: dict,
              extra: dict | None = None) -> dict:
+        if model.feature_set != feature_set:
+            raise ValueError(f"{model.family} model was fitted on feature set {model.feature_set}, not {feature_set}")
         fs_sig = get_feature_set(feature_set).signature()
         manifest = {
             "family": model.family,

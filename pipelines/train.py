@@ -55,7 +55,7 @@ def load_training_data(source: str, settings: Settings, eval_split: bool = True)
 @ray.remote(num_cpus=1)
 def _train_task(family: str, X: np.ndarray, labels: pd.DataFrame, X_eval, labels_eval, store_uri: str,
                 version: str, feature_set: str, training: dict, seed: int) -> dict:
-    model, seconds = fit_family(family, X, labels, seed=seed, threads=1)
+    model, seconds = fit_family(family, X, labels, seed=seed, threads=1, feature_set=feature_set)
     probas = model.predict_proba(X_eval) if X_eval is not None else None
     metrics = score(probas, labels_eval) if probas is not None else {}
     manifest = ModelStore(store_uri).save(

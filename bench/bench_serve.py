@@ -1,0 +1,220 @@
+"""Latency and throughput of /diagnostics/predict: Ray Serve vs one process.
+
+    python -m bench.bench_serve --rate 100 --seconds 20 --concurrency 32
+
+Starts, in one run:
+1. the HDX Serve application (ingress → ensemble → four model deployments)
+   on a local Ray, and
+2. the same FastAPI app and the same ensemble and model code in ONE uvicorn
+   process (the old single-service design): handles are replaced by direct
+   calls, so the only difference is the serving architecture.
+
+Each is driven open-loop at ``--rate`` requests/s (a request is sent on
+schedule whether or not earlier ones finished, up to ``--concurrency`` in
+flight) with a fixed mix of simulated cycles, first with caching off (every
+request is a cache miss) and then repeating one cycle (cache hits). Prints
+p50/p90/p99 latency, throughput and errors per phase, and the ratio.
+Nothing here asserts: the figures go to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+
+CHANNELS = ["TS1", "TS2", "TS3", "TS4", "VS1", "CE", "CP", "SE"]
+
+
+# --- the single-process variant ------------------------------------------------------
+
+class _Direct:
+    """Stands where a DeploymentHandle stands: ``x.method.remote(...)`` calls in-process."""
+
+    def __init__(self, obj):
+        self._obj = obj
+
+    def __getattr__(self, name):
+        return SimpleNamespace(remote=getattr(self._obj, name))
+
+
+def single_process_app():
+    """uvicorn factory: the same FastAPI app with ensemble and models in this process."""
+    from api.app import create_app
+    from deployments.ensemble import DiagnosisEnsemble
+    from deployments.models import MODEL_DEPLOYMENTS
+
+    models = {name: _Direct(dep.func_or_class()) for name, dep in MODEL_DEPLOYMENTS.items()}
+    ensemble = DiagnosisEnsemble.func_or_class(**models)
+    app = create_app()
+    app.state.ensemble = _Direct(ensemble)
+    app.state.rag = None
+    return app
+
+
+# --- load generation -----------------------------------------------------------------------
+
+async def drive(base: str, headers: dict, bodies: list[dict], rate: float, seconds: float, concurrency: int) -> dict:
+    latencies, errors = [], {}
+    sem = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=httpx.Limits(max_connections=concurrency)) as http:
+        async def one(body):
+            async with sem:
+                start = time.perf_counter()
+                try:
+                    r = await http.post("/api/v1/diagnostics/predict", json=body, headers=headers)
+                    if r.status_code != 200:
+                        errors[r.status_code] = errors.get(r.status_code, 0) + 1
+                        return
+                except httpx.HTTPError as exc:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    return
+                latencies.append((time.perf_counter() - start) * 1000)
+
+        tasks, n = [], int(rate * seconds)
+        t0 = time.perf_counter()
+        for i in range(n):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(bodies[i % len(bodies)])))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - t0
+    lat = np.array(latencies) if latencies else np.array([np.nan])
+    return {"sent": n, "ok": len(latencies), "errors": errors, "throughput_rps": round(len(latencies) / wall, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 2), "p90_ms": round(float(np.percentile(lat, 90)), 2),
+            "p99_ms": round(float(np.percentile(lat, 99)), 2)}
+
+
+def _bodies(system_id: str, n: int) -> list[dict]:
+    from hydraulics.simulator import simulate_dataset
+
+    data = simulate_dataset(1, seed=42, channels=CHANNELS)
+    idx = np.random.default_rng(0).permutation(len(data))[:n]
+    return [{"system_id": system_id, "use_cache": False,
+             "sensor_data": {c: data.channels[c][i].round(4).tolist() for c in CHANNELS}} for i in idx]
+
+
+async def _setup_db(database_url: str) -> tuple[str, str]:
+    from auth.passwords import hash_password
+    from storage.db import Database, migrate
+    from storage.repositories import systems as systems_repo
+    from storage.repositories import users as users_repo
+
+    await migrate(database_url)
+    db = Database(database_url)
+    async with db.sessionmaker() as s:
+        user = await users_repo.get_user_by_username(s, "bench")
+        if user is None:
+            user = await users_repo.create_user(s, username="bench", password_hash=hash_password("bench-password"),
+                                                role="engineer", tier="enterprise")
+        if await systems_repo.get_system(s, "bench-rig") is None:
+            await systems_repo.create_system(s, system_id="bench-rig", name="bench", owner_id=user.id)
+        await s.commit()
+    await db.dispose()
+    return "bench", "bench-password"
+
+
+def _token(base: str) -> dict:
+    r = httpx.post(f"{base}/api/v1/auth/token", json={"username": "bench", "password": "bench-password"}, timeout=30)
+    r.raise_for_status()
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
+
+def _wait(base: str, timeout_s: float = 180) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}/api/v1/ready", timeout=10).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{base} not ready")
+
+
+def run_phases(base: str, args) -> dict:
+    headers = _token(base)
+    bodies = _bodies("bench-rig", 200)
+    asyncio.run(drive(base, headers, bodies[:20], rate=20, seconds=2, concurrency=8))  # warm-up
+    miss = asyncio.run(drive(base, headers, bodies, args.rate, args.seconds, args.concurrency))
+    hit_body = dict(bodies[0], use_cache=True)
+    asyncio.run(drive(base, headers, [hit_body], rate=5, seconds=1, concurrency=1))  # fill the cache
+    hit = asyncio.run(drive(base, headers, [hit_body], args.rate, args.seconds, args.concurrency))
+    return {"cache_miss": miss, "cache_hit": hit}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--skip-single", action="store_true")
+    args = parser.parse_args()
+
+    from configs.settings import get_settings
+    from diagnosis.families import FAMILY_NAMES
+    from diagnosis.store import ModelStore
+
+    os.environ.setdefault("HDX_DEV_MODE", "true")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    settings = get_settings()
+    if not all(ModelStore(settings.model_store_uri).versions(f) for f in FAMILY_NAMES):
+        sys.exit(f"no model bundles in {settings.model_store_uri}: run `hdx bootstrap` or `hdx train` first")
+    # A database of its own, so the benchmark never touches real users.
+    tmp = tempfile.mkdtemp(prefix="hdx-bench-")
+    os.environ["HDX_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp}/bench.db"
+    get_settings.cache_clear()
+    asyncio.run(_setup_db(os.environ["HDX_DATABASE_URL"]))
+    results = {}
+
+    from ray import serve
+
+    import ray
+    from deployments.app import build_app
+
+    ray.init(runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("HDX_", "OMP_"))}},
+             log_to_driver=False, include_dashboard=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": 8011})
+    serve.run(build_app({"assistant": False}), name="hdx-bench", route_prefix="/")
+    _wait("http://127.0.0.1:8011")
+    results["ray_serve"] = run_phases("http://127.0.0.1:8011", args)
+    serve.shutdown()
+    ray.shutdown()
+
+    if not args.skip_single:
+        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.bench_serve:single_process_app", "--factory",
+                                 "--host", "127.0.0.1", "--port", "8012", "--log-level", "warning"], env=os.environ.copy())
+        try:
+            _wait("http://127.0.0.1:8012")
+            results["single_process"] = run_phases("http://127.0.0.1:8012", args)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+    print(json.dumps({"rate": args.rate, "seconds": args.seconds, "concurrency": args.concurrency, **results}, indent=2))
+    print("\n| design | phase | sent | ok | errors | throughput (req/s) | p50 ms | p90 ms | p99 ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for design, phases in results.items():
+        for phase, r in phases.items():
+            print(f"| {design} | {phase} | {r['sent']} | {r['ok']} | {sum(r['errors'].values())} | "
+                  f"{r['throughput_rps']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} |")
+    if "single_process" in results:
+        for phase in ("cache_miss", "cache_hit"):
+            a, b = results["ray_serve"][phase], results["single_process"][phase]
+            print(f"{phase}: p99 single/serve = {b['p99_ms'] / a['p99_ms']:.2f}×, "
+                  f"throughput serve/single = {a['throughput_rps'] / max(b['throughput_rps'], 1e-9):.2f}×")
+
+
+if __name__ == "__main__":
+    main()

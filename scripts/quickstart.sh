@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Quick start on the embedded defaults (SQLite, in-process cache, local stores under var/):
+# install, train on the simulator if no models exist, build the retrieval index if
+# none exists, create a development admin, then serve on http://127.0.0.1:8000.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# Development mode: the built-in JWT secret is accepted. Never set this in production;
+# set HDX_JWT_SECRET (32+ bytes) instead.
+export HDX_DEV_MODE=${HDX_DEV_MODE:-true}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+.venv/bin/hdx bootstrap
+exec .venv/bin/serve run serve_config.yaml
