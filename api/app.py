@@ -9,15 +9,21 @@ its handles (``ensemble``, ``rag``) on ``app.state``.
 from __future__ import annotations
 
 import contextvars
+import logging
+import time
 import uuid
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.audit import audited_principal
+from api.deps import current_principal
+from api.logging import configure_logging
+from api.ratelimit import enforce_rate_limit, load_tiers, rate_limit_headers
 from configs.settings import Settings, get_settings
 
 trace_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="-")
@@ -72,15 +78,28 @@ def create_app(settings: Settings | None = None, echo_request_id: bool = True) -
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        from api.audit import AuditWriter
+        from api.ratelimit import RateLimiter
         from storage.db import Database, migrate
         from storage.kv import make_kv
+        from storage.repositories.predictions import latest_prediction
 
         await migrate(settings.database_url)
         app.state.db = Database(settings.database_url)
         app.state.kv = make_kv(settings)
+        app.state.rate_limiter = RateLimiter(app.state.kv, tiers)
+        app.state.audit = AuditWriter(app.state.db, settings.audit_flush_interval_s)
+        app.state.audit.start()
+
+        async def latest_diagnosis(system_id: str) -> dict | None:
+            async with app.state.db.sessionmaker() as session:
+                return await latest_prediction(session, system_id)
+
+        app.state.latest_diagnosis = latest_diagnosis  # the assistant's hook (api/routers/rag.py)
         try:
             yield
         finally:
+            await app.state.audit.close()  # before the database goes: nothing recorded is lost
             await app.state.kv.close()
             await app.state.db.dispose()
 
@@ -92,15 +111,23 @@ def create_app(settings: Settings | None = None, echo_request_id: bool = True) -
         docs_url="/docs",
     )
     app.state.settings = settings
+    tiers = load_tiers(settings.tiers_path)  # a bad tiers file stops the start, with the reason
+    configure_logging(settings.log_json)
+    observe = _observer()
 
     @app.middleware("http")
     async def trace_requests(request: Request, call_next):
         trace_id = request.headers.get(TRACE_HEADER) or uuid.uuid4().hex
         request.state.trace_id = trace_id
         token = trace_id_var.set(trace_id)
+        start = time.perf_counter()
+        status_code = 500  # what the client gets if the app raises
         try:
             response = await call_next(request)
+            status_code = response.status_code
+            response.headers.update(rate_limit_headers(request))
         finally:
+            observe(request, status_code, (time.perf_counter() - start) * 1000)
             trace_id_var.reset(token)
         if echo_request_id:
             response.headers[TRACE_HEADER] = trace_id
@@ -118,14 +145,55 @@ def create_app(settings: Settings | None = None, echo_request_id: bool = True) -
         errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
         return JSONResponse(_error_body(request, errors), status_code=422)
 
-    from api.routers import auth, diagnostics, health, models
+    from api.routers import (
+        audit,
+        auth,
+        diagnostics,
+        feedback,
+        health,
+        history,
+        ingestion,
+        models,
+        systems,
+        users,
+    )
 
-    for module in (health, auth, diagnostics, models):
+    # Who called is remembered for the audit trail wherever a route authenticates.
+    app.dependency_overrides[current_principal] = audited_principal
+    limited = [Depends(enforce_rate_limit)]
+    for module in (health, auth):  # probes and login: no caller to count yet
         app.include_router(module.router)
+    for module in (diagnostics, models, systems, history, feedback, ingestion, audit, users):
+        app.include_router(module.router, dependencies=limited)
     try:
         from api.routers import rag
     except ImportError:  # the assistant is optional in a deployment without its packages
         rag = None
     if rag is not None:
-        app.include_router(rag.router)
+        app.include_router(rag.router, dependencies=limited)
     return app
+
+
+def _observer():
+    """What every request leaves behind: an audit record, metrics and one access-log line."""
+    from api.audit import UNAUDITED_PATHS, entry
+    from api.metrics import get_metrics
+
+    access_log = logging.getLogger("hdx.access")
+
+    def observe(request: Request, status_code: int, latency_ms: float) -> None:
+        if request.url.path in UNAUDITED_PATHS:
+            return
+        record = entry(request, status_code, latency_ms)
+        writer = getattr(request.app.state, "audit", None)
+        if writer is not None:
+            writer.record(dict(record))
+        metrics = get_metrics()
+        metrics.requests.inc(tags={"route": record["route"], "method": record["method"], "status": str(status_code)})
+        metrics.request_latency.observe(latency_ms, tags={"route": record["route"], "method": record["method"]})
+        if status_code == 401:
+            metrics.auth_failures.inc(tags={"route": record["route"]})
+        access_log.info("%s %s %d", record["method"], record["path"], status_code, extra={
+            k: record[k] for k in ("route", "status", "outcome", "latency_ms", "username", "system_id", "client")})
+
+    return observe

@@ -33,7 +33,7 @@ from diagnosis.store import BundleError
 from hydraulics.features import get_feature_set
 from hydraulics.loaders import save_table
 from hydraulics.simulator import simulate_dataset
-from pipelines.batch_predict import EnsemblePredictor, resolve_versions, run_batch_predict
+from pipelines.batch_predict import EnsemblePredictor, OutputWriter, resolve_versions, run_batch_predict
 
 DOC = PROJECT_ROOT / "docs" / "bench_batch.md"
 
@@ -61,15 +61,17 @@ def make_input(n_cycles: int, settings: Settings, path: Path) -> None:
 
 
 def single_process(source: Path, out: Path, settings: Settings, batch_size: int) -> float:
-    """Cycles/s of the same predictor called batch after batch in this process."""
+    """Cycles/s of the same predictor called batch after batch in this process, on one
+    thread (``EnsemblePredictor`` pins CatBoost, XGBoost and BLAS to ``threads=1``, as
+    in each actor), writing the same two outputs with the same writer as the job."""
     started = time.perf_counter()
     predictor = EnsemblePredictor(settings.model_store_uri, resolve_versions(settings), settings.feature_set,
-                                  dict(settings.ensemble_weights), settings.anomaly_threshold, "bench")
-    parts, rows = [], 0
-    for batch in pq.ParquetFile(source).iter_batches(batch_size=batch_size):
-        parts.append(predictor(pa.Table.from_batches([batch])))
-        rows += batch.num_rows
-    pq.write_table(pa.concat_tables(parts), out)
+                                  dict(settings.ensemble_weights), settings.anomaly_threshold, "bench", threads=1)
+    rows = 0
+    with OutputWriter(str(out)) as writer:
+        for batch in pq.ParquetFile(source).iter_batches(batch_size=batch_size):
+            writer.write(predictor(pa.Table.from_batches([batch])))
+            rows += batch.num_rows
     return rows / (time.perf_counter() - started)
 
 
@@ -107,7 +109,7 @@ def main(argv=None) -> None:
         make_input(args.cycles, settings, source)
         print(f"input: {args.cycles} simulated cycles ({settings.feature_set} channels) in {source}")
 
-        loop = single_process(source, scratch / "loop.parquet", settings, args.batch_size)
+        loop = single_process(source, scratch / "loop-out", settings, args.batch_size)
         print(f"single-process loop: {loop:.0f} cycles/s")
 
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)

@@ -48,13 +48,25 @@ class _Direct:
         return SimpleNamespace(remote=getattr(self._obj, name))
 
 
+class _DirectModel(_Direct):
+    """A model replica called in-process: one request is one model call (no batching,
+    which is what the single-service design does)."""
+
+    def __getattr__(self, name):
+        if name == "predict":
+            async def predict(X):
+                return (await self._obj.score([X]))[0]
+            return SimpleNamespace(remote=predict)
+        return super().__getattr__(name)
+
+
 def single_process_app():
     """uvicorn factory: the same FastAPI app with ensemble and models in this process."""
     from api.app import create_app
     from deployments.ensemble import DiagnosisEnsemble
     from deployments.models import MODEL_DEPLOYMENTS
 
-    models = {name: _Direct(dep.func_or_class()) for name, dep in MODEL_DEPLOYMENTS.items()}
+    models = {name: _DirectModel(dep.func_or_class()) for name, dep in MODEL_DEPLOYMENTS.items()}
     ensemble = DiagnosisEnsemble.func_or_class(**models)
     app = create_app()
     app.state.ensemble = _Direct(ensemble)
@@ -189,6 +201,7 @@ def main() -> None:
     serve.run(build_app({"assistant": False}), name="hdx-bench", route_prefix="/")
     _wait("http://127.0.0.1:8011")
     results["ray_serve"] = run_phases("http://127.0.0.1:8011", args)
+    print("ray_serve", json.dumps(results["ray_serve"]), flush=True)
     serve.shutdown()
     ray.shutdown()
 
@@ -198,6 +211,7 @@ def main() -> None:
         try:
             _wait("http://127.0.0.1:8012")
             results["single_process"] = run_phases("http://127.0.0.1:8012", args)
+            print("single_process", json.dumps(results["single_process"]), flush=True)
         finally:
             proc.terminate()
             proc.wait(30)

@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     tiers_path: Path = CONFIG_DIR / "tiers.yaml"
     audit_flush_interval_s: float = 1.0
     adaptive_sync_interval_s: float = 5.0
+    max_ingestion_cycles: int = Field(500, ge=1, description="cycles per ingestion request")
+    log_json: bool = Field(True, description="structured JSON log lines with the trace id")
 
     @model_validator(mode="after")
     def _derive_paths(self) -> "Settings":

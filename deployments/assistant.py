@@ -5,6 +5,8 @@
                ──> LLM        (extractive | ollama | vllm)
 
 Only the ingress (``api/routers/rag.py``) talks HTTP; these are reached by handles.
+The question is embedded once; the index (format 2) brings each hit's answer
+sentences with their vectors, so an extractive answer costs only dot products.
 Any failure of the generative backend becomes an extractive answer with
 ``metadata.degraded = true`` and the reason; clients never see the exception.
 """
@@ -24,7 +26,7 @@ from configs.settings import Settings, get_settings
 from deployments.errors import describe
 from knowledge.answer import NO_ANSWER, ExtractiveAnswerer
 from knowledge.embedding import get_embedder
-from knowledge.index_store import IndexNotFound, IndexStore
+from knowledge.index_store import IndexFormatError, IndexNotFound, IndexStore
 from knowledge.prompt import build_prompt
 from knowledge.retrieval import IndexSearcher, diagnosis_bias
 
@@ -46,7 +48,8 @@ class Embedder:
         return list(vectors)
 
     def embed_many(self, texts: list[str]) -> np.ndarray:
-        """Many texts in one call (answer sentences); sync, so Serve runs it in its thread pool."""
+        """Many texts in one call (passages without stored sentence vectors); sync, so Serve runs it
+        in its thread pool."""
         return self._model.embed(list(texts))
 
 
@@ -92,7 +95,12 @@ class Retriever:
             self._last_check = time.monotonic()
             latest = await asyncio.to_thread(self._store.latest_version)
             if latest and (self._searcher is None or latest != self._searcher.version):
-                self._searcher = await asyncio.to_thread(self._load, latest)
+                try:
+                    self._searcher = await asyncio.to_thread(self._load, latest)
+                except IndexFormatError as exc:
+                    if self._searcher is None:
+                        raise  # the query reports why there are no sources
+                    logger.error("keeping index %s: %s", self._searcher.version, exc)
 
     async def search(self, query_vec, k: int = 5, components: list[str] | None = None, tags: list[str] | None = None,
                      prefer_components: list[str] | None = None) -> dict:
@@ -126,7 +134,8 @@ class LLM:
         self._init_error: str | None = None
         self._backend = None
         try:
-            embed = get_embedder(embed_model_path).embed if self.kind == "extractive" else None
+            # Index passages bring their sentence vectors: the model loads only if other passages come.
+            embed = (lambda texts: get_embedder(embed_model_path).embed(texts)) if self.kind == "extractive" else None
             self._backend = make_backend(
                 self.kind, embed=embed, model=model or settings.llm_model,
                 ollama_url=ollama_url or settings.ollama_url,
@@ -148,16 +157,18 @@ class LLM:
             raise BackendError(self._init_error or "backend not initialised")
         return self._backend
 
-    async def generate(self, question: str, passages: list[dict], diagnosis: dict | None = None) -> dict:
+    async def generate(self, question: str, passages: list[dict], diagnosis: dict | None = None,
+                       question_vector: np.ndarray | None = None) -> dict:
         backend = self._ready()
         prompt = build_prompt(self._template, question, passages, diagnosis)
-        text = await backend.generate(prompt, passages, question)
+        text = await backend.generate(prompt, passages, question, question_vector)
         return {"text": text, "model": backend.model, "tokens_used": self._tokens(prompt.as_text(), text)}
 
-    async def stream(self, question: str, passages: list[dict], diagnosis: dict | None = None) -> AsyncIterator[str]:
+    async def stream(self, question: str, passages: list[dict], diagnosis: dict | None = None,
+                     question_vector: np.ndarray | None = None) -> AsyncIterator[str]:
         backend = self._ready()
         prompt = build_prompt(self._template, question, passages, diagnosis)
-        async for piece in backend.stream(prompt, passages, question):
+        async for piece in backend.stream(prompt, passages, question, question_vector):
             yield piece
 
     def info(self) -> dict:
@@ -185,22 +196,30 @@ class RagPipeline:
         self._answerer = ExtractiveAnswerer()
 
     async def _retrieve(self, query: str, max_results: int, diagnosis: dict | None) -> dict:
+        """Hits, plus ``question_vector``: the question alone, embedded, for the extractive answer."""
         started = time.perf_counter()
         extra_words, prefer = diagnosis_bias(diagnosis)
         retrieval_query = f"{query} {extra_words}".strip()
+        question_vector = None
         try:
-            vector = await self._embedder.embed.remote(retrieval_query)
+            if retrieval_query == query.strip():
+                vector = question_vector = await self._embedder.embed.remote(retrieval_query)
+            else:  # concurrent calls: the Embedder's batching runs both in one forward pass
+                vector, question_vector = await asyncio.gather(self._embedder.embed.remote(retrieval_query),
+                                                               self._embedder.embed.remote(query))
             result = await self._retriever.search.remote(vector, k=max_results, prefer_components=prefer or None)
             error = None
         except Exception as exc:  # no index yet, or retriever down: answer without sources, say why
             result, error = {"hits": [], "index_version": None}, describe(exc)
         result["retrieval_ms"] = round((time.perf_counter() - started) * 1000, 2)
         result["error"] = error
+        result["question_vector"] = question_vector
         return result
 
-    async def _extractive(self, query: str, hits: list[dict]) -> str:
+    async def _extractive(self, query: str, hits: list[dict], question_vector: np.ndarray | None) -> str:
         try:
-            answer = await self._answerer.aanswer(query, hits, lambda texts: self._embedder.embed_many.remote(texts))
+            answer = await self._answerer.aanswer(query, hits, lambda texts: self._embedder.embed_many.remote(texts),
+                                                  question_vector=question_vector)
             return answer.text
         except Exception as exc:
             logger.error("extractive fallback failed: %s", describe(exc))
@@ -217,12 +236,13 @@ class RagPipeline:
             text = NO_ANSWER
         else:
             try:
-                result = await asyncio.wait_for(self._llm.generate.remote(query, hits, diagnosis), self._timeout_s)
+                result = await asyncio.wait_for(
+                    self._llm.generate.remote(query, hits, diagnosis, retrieved["question_vector"]), self._timeout_s)
                 text, model, tokens = result["text"], result["model"], result["tokens_used"]
             except Exception as exc:
                 degraded_reason = describe(exc)
                 logger.warning("LLM failed, answering extractively: %s", degraded_reason)
-                text, model = await self._extractive(query, hits), "extractive"
+                text, model = await self._extractive(query, hits, retrieved["question_vector"]), "extractive"
         return {
             "response": text,
             "sources": _sources(hits),
@@ -240,7 +260,7 @@ class RagPipeline:
         if not hits:
             yield {"event": "token", "text": NO_ANSWER}
         else:
-            generator = self._llm_stream.stream.remote(query, hits, diagnosis)
+            generator = self._llm_stream.stream.remote(query, hits, diagnosis, retrieved["question_vector"])
             try:
                 while True:
                     try:
@@ -254,13 +274,22 @@ class RagPipeline:
                 generator.cancel()
                 degraded_reason = describe(exc)
                 logger.warning("LLM stream failed after %d pieces, answering extractively: %s", pieces, degraded_reason)
-                text = await self._extractive(query, hits)
+                text = await self._extractive(query, hits, retrieved["question_vector"])
                 yield {"event": "token", "text": ("\n\n" if pieces else "") + text}
                 model = "extractive"
             if model == "streamed":
                 model = (await self._llm.info.remote())["model"]
         yield {"event": "done", "sources": _sources(hits),
                "metadata": _metadata(model or "none", started, retrieved, pieces, degraded_reason, system_id)}
+
+    async def info(self) -> dict:
+        """For ``/ready``: the index version served, and the generation backend and model."""
+        retriever, llm = await asyncio.gather(self._retriever.info.remote(), self._llm.info.remote())
+        info = {"index_version": retriever["index_version"], "index_configured": retriever["configured"],
+                "n_chunks": retriever["n_chunks"], "backend": llm["backend"], "model": llm["model"]}
+        if llm.get("error"):
+            info["backend_error"] = llm["error"]
+        return info
 
 
 def _sources(hits: list[dict]) -> list[dict]:

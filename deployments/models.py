@@ -64,6 +64,10 @@ class ModelReplica:
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def predict(self, feature_blocks: list[np.ndarray]) -> list[dict]:
         """Each item is one request's ``(n, n_features)`` matrix; each answer its probabilities."""
+        return await self.score(feature_blocks)
+
+    async def score(self, feature_blocks: list[np.ndarray]) -> list[dict]:
+        """The work of one batch: all blocks stacked, one model call, split back."""
         bundle = await self._ensure_loaded()
         sizes = [len(b) for b in feature_blocks]
         X = np.vstack(feature_blocks)

@@ -167,7 +167,9 @@ class FeatureSet:
         if not self._names:
             probe = {c: np.full((1, CHANNELS[c].rate_hz * self.min_seconds), np.mean(CHANNELS[c].plausible_range))
                      for c in self.channels}
-            self._names.extend(_compute(self, probe)[0])
+            # Slice assignment replaces the whole list: threads that race here
+            # (replicas load several bundles at once) all leave the same names.
+            self._names[:] = _compute(self, probe)[0]
         return list(self._names)
 
     def target_columns(self, target: str) -> np.ndarray:

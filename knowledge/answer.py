@@ -4,6 +4,11 @@ Works without any LLM, so it is both a backend of its own and the fallback when 
 generative backend fails. Every sentence is copied verbatim from a retrieved
 passage (leading list markers aside) and followed by ``[n]``, the 1-based number
 of that passage in the sources list, so the answer can be checked against them.
+
+Passages from the index carry their ``sentences`` and ``sentence_vectors``,
+split and embedded when the index was built (``embed_sentences``); given the
+question's vector, answering is then only dot products. Passages without them
+(any other source) are split and embedded on the spot.
 """
 
 from __future__ import annotations
@@ -77,22 +82,58 @@ class ExtractiveAnswerer:
                 out.append(Candidate(number, position, sentence))
         return out
 
-    def answer(self, question: str, passages: Sequence[dict], embed: Callable[[list[str]], np.ndarray]) -> Answer:
+    @staticmethod
+    def embedded_candidates(passages: Sequence[dict]) -> tuple[list[Candidate], np.ndarray] | None:
+        """Candidates with the vectors stored at build time; None unless every passage has them."""
+        out: list[Candidate] = []
+        blocks: list[np.ndarray] = []
+        for number, passage in enumerate(passages, start=1):
+            sentences, vectors = passage.get("sentences"), passage.get("sentence_vectors")
+            if sentences is None or vectors is None:
+                return None
+            vectors = np.asarray(vectors, dtype=np.float32)
+            if len(sentences) == 0:
+                continue
+            if vectors.ndim != 2 or len(vectors) != len(sentences):
+                raise ValueError(f"passage {number} has {len(sentences)} sentences but vectors of shape "
+                                 f"{vectors.shape}")
+            out.extend(Candidate(number, position, str(text)) for position, text in enumerate(sentences))
+            blocks.append(vectors)
+        return out, (np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32))
+
+    def answer(self, question: str, passages: Sequence[dict], embed: Callable[[list[str]], np.ndarray] | None = None,
+               question_vector: np.ndarray | None = None) -> Answer:
+        """With ``question_vector`` and build-time sentence vectors, no embedding happens here."""
+        if question_vector is not None:
+            embedded = self.embedded_candidates(passages)
+            if embedded is not None:
+                return self.select(np.asarray(question_vector, dtype=np.float32), *embedded)
         candidates = self.candidates(passages)
         if not candidates:
             return Answer(NO_ANSWER)
+        if embed is None:
+            raise ValueError("these passages carry no sentence vectors: an embed function is needed")
         vectors = np.asarray(embed([question] + [c.text for c in candidates]), dtype=np.float32)
         return self.select(vectors[0], candidates, vectors[1:])
 
     async def aanswer(self, question: str, passages: Sequence[dict],
-                      embed: Callable[[list[str]], Awaitable[np.ndarray]]) -> Answer:
+                      embed: Callable[[list[str]], Awaitable[np.ndarray]] | None = None,
+                      question_vector: np.ndarray | None = None) -> Answer:
+        if question_vector is not None:
+            embedded = self.embedded_candidates(passages)
+            if embedded is not None:
+                return self.select(np.asarray(question_vector, dtype=np.float32), *embedded)
         candidates = self.candidates(passages)
         if not candidates:
             return Answer(NO_ANSWER)
+        if embed is None:
+            raise ValueError("these passages carry no sentence vectors: an embed function is needed")
         vectors = np.asarray(await embed([question] + [c.text for c in candidates]), dtype=np.float32)
         return self.select(vectors[0], candidates, vectors[1:])
 
     def select(self, question_vec: np.ndarray, candidates: Sequence[Candidate], vectors: np.ndarray) -> Answer:
+        if not candidates:
+            return Answer(NO_ANSWER)
         similarity = vectors @ question_vec
         # A slight preference for better-ranked passages breaks ties between equally close sentences.
         ranked = sorted(range(len(candidates)),
@@ -110,3 +151,19 @@ class ExtractiveAnswerer:
         picked = sorted((candidates[i] for i in chosen), key=lambda c: (c.source, c.position))
         text = " ".join(f"{c.text} [{c.source}]" for c in picked)
         return Answer(text=text, sources=sorted({c.source for c in picked}), sentences=picked)
+
+
+def embed_sentences(texts: Sequence[str], embed: Callable[[list[str]], np.ndarray],
+                    dims: int | None = None) -> tuple[list[list[str]], np.ndarray]:
+    """Index build time: each chunk text's answer sentences, and all their vectors in one pass.
+
+    Returns the sentences per text and one matrix with their vectors, text after
+    text, in order (the layout ``IndexStore.publish`` stores).
+    """
+    per_text = [split_sentences(t) for t in texts]
+    flat = [sentence for sentences in per_text for sentence in sentences]
+    if flat:
+        vectors = np.asarray(embed(flat), dtype=np.float32)
+    else:
+        vectors = np.zeros((0, dims or 0), dtype=np.float32)
+    return per_text, vectors

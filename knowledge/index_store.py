@@ -4,8 +4,16 @@ Layout under ``index_store_uri``::
 
     LATEST                      the serving version's name (one line)
     <version>/index.faiss       FAISS index over L2-normalised vectors (inner product)
-    <version>/chunks.parquet    chunk metadata, row i <-> vector i
-    <version>/manifest.json     version, created, model, dims, n_chunks, corpus fingerprint, ...
+    <version>/chunks.parquet    chunk metadata, row i <-> vector i; ``sentences`` lists the chunk's
+                                answer sentences (``knowledge.answer.split_sentences``), in order
+    <version>/sentence_vectors.npy   one L2-normalised vector per answer sentence, chunk by chunk
+                                in the order of ``chunks.parquet`` (format 2 on)
+    <version>/manifest.json     format, version, created, model, dims, n_chunks, n_sentences, fingerprint, ...
+
+Format 2 stores the answer sentences with their vectors, embedded at build time,
+so an extractive answer needs only dot products with the (already embedded)
+question. Format 1 indexes lack them: loading one fails with ``IndexFormatError``,
+which says to rebuild (``pipelines.build_index.ensure_index`` rebuilds it).
 
 Publishing writes everything into a hidden temporary folder, renames it to its
 version name, and only then replaces ``LATEST``; a build that fails at any point
@@ -26,7 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
-MANIFEST_VERSION = 1
+INDEX_FORMAT = 2  # 2: answer sentences and their vectors stored with the chunks
+MANIFEST_VERSION = INDEX_FORMAT
 LATEST = "LATEST"
 IVF_THRESHOLD = 20_000  # below this an exact flat index is both faster to build and exact
 
@@ -35,12 +44,18 @@ class IndexNotFound(LookupError):
     pass
 
 
+class IndexFormatError(IndexNotFound):
+    """A published version in a format this release cannot serve (no usable index, rebuild it)."""
+
+
 @dataclass
 class LoadedIndex:
     version: str
     index: "object"  # faiss.Index
     chunks: "object"  # pandas.DataFrame, row i describes vector i
     manifest: dict
+    sentence_vectors: np.ndarray | None = None  # (n_sentences, dims), chunk by chunk
+    sentence_offsets: np.ndarray | None = None  # chunk i's sentences are rows offsets[i]:offsets[i + 1]
 
 
 def build_faiss_index(vectors: np.ndarray, ivf_threshold: int = IVF_THRESHOLD, nlist: int | None = None):
@@ -116,18 +131,39 @@ class IndexStore:
 
         version = self.resolve(version)
         manifest = json.loads(self.fs.cat_file(self._path(version, "manifest.json")))
+        found = manifest.get("format")
+        if found != INDEX_FORMAT:
+            raise IndexFormatError(
+                f"index version {version} under {self.uri} has format {found}; this release serves format "
+                f"{INDEX_FORMAT} (answer sentences embedded at build time). Rebuild it with "
+                f"`python -m pipelines.build_index` (or `--if-missing`, which rebuilds outdated indexes)")
         raw = self.fs.cat_file(self._path(version, "index.faiss"))
         index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
         chunks = pd.read_parquet(io.BytesIO(self.fs.cat_file(self._path(version, "chunks.parquet"))))
         if index.ntotal != len(chunks) or index.ntotal != manifest["n_chunks"]:
             raise ValueError(f"index version {version} under {self.uri} is inconsistent: "
                              f"{index.ntotal} vectors, {len(chunks)} chunk rows, manifest says {manifest['n_chunks']}")
-        return LoadedIndex(version=version, index=index, chunks=chunks, manifest=manifest)
+        sentence_vectors = np.load(io.BytesIO(self.fs.cat_file(self._path(version, "sentence_vectors.npy"))),
+                                   allow_pickle=False)
+        counts = np.fromiter((len(s) for s in chunks["sentences"]), dtype=np.int64, count=len(chunks))
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        if (sentence_vectors.ndim != 2 or len(sentence_vectors) != offsets[-1]
+                or len(sentence_vectors) != manifest["n_sentences"] or sentence_vectors.shape[1] != index.d):
+            raise ValueError(f"index version {version} under {self.uri} is inconsistent: sentence vectors "
+                             f"{sentence_vectors.shape} for {offsets[-1]} sentences, manifest says "
+                             f"{manifest['n_sentences']} of {index.d} dims")
+        return LoadedIndex(version=version, index=index, chunks=chunks, manifest=manifest,
+                           sentence_vectors=np.ascontiguousarray(sentence_vectors, dtype=np.float32),
+                           sentence_offsets=offsets)
 
     # --- writing -------------------------------------------------------------
-    def publish(self, vectors: np.ndarray, chunks: Sequence[dict], *, model: str, corpus_fingerprint: str,
-                ivf_threshold: int = IVF_THRESHOLD, extra: dict | None = None) -> dict:
-        """Write a new version and make it LATEST; returns its manifest."""
+    def publish(self, vectors: np.ndarray, chunks: Sequence[dict], *, sentence_vectors: np.ndarray, model: str,
+                corpus_fingerprint: str, ivf_threshold: int = IVF_THRESHOLD, extra: dict | None = None) -> dict:
+        """Write a new version and make it LATEST; returns its manifest.
+
+        Every chunk carries ``sentences`` (its answer sentences, possibly none);
+        ``sentence_vectors`` holds their vectors, chunk after chunk, in that order.
+        """
         import faiss
         import pandas as pd
 
@@ -135,12 +171,23 @@ class IndexStore:
         if vectors.ndim != 2 or len(vectors) != len(chunks) or len(chunks) == 0:
             raise ValueError(f"need one vector per chunk and at least one chunk; got vectors "
                              f"{vectors.shape} for {len(chunks)} chunks")
+        missing = [c.get("chunk_id", i) for i, c in enumerate(chunks) if "sentences" not in c]
+        if missing:
+            raise ValueError(f"chunks {missing[:3]} have no 'sentences' list (format {INDEX_FORMAT} stores them)")
+        n_sentences = sum(len(c["sentences"]) for c in chunks)
+        dims = vectors.shape[1]
+        sentence_vectors = np.ascontiguousarray(sentence_vectors, dtype=np.float32)
+        if sentence_vectors.size == 0:
+            sentence_vectors = np.zeros((0, dims), dtype=np.float32)
+        if sentence_vectors.ndim != 2 or sentence_vectors.shape != (n_sentences, dims):
+            raise ValueError(f"need one {dims}-dim vector per sentence: got {sentence_vectors.shape} for "
+                             f"{n_sentences} sentences")
         index = build_faiss_index(vectors, ivf_threshold)
         created = datetime.now(timezone.utc)
         version = created.strftime("v%Y%m%dT%H%M%S%fZ") + "-" + corpus_fingerprint[:8]
         manifest = {
             "format": MANIFEST_VERSION, "version": version, "created": created.isoformat(),
-            "model": model, "dims": int(vectors.shape[1]), "n_chunks": len(chunks),
+            "model": model, "dims": int(vectors.shape[1]), "n_chunks": len(chunks), "n_sentences": n_sentences,
             "n_documents": len({c["document_id"] for c in chunks}),
             "index_type": type(index).__name__, "corpus_fingerprint": corpus_fingerprint, **(extra or {}),
         }
@@ -150,8 +197,13 @@ class IndexStore:
             self.fs.makedirs(tmp, exist_ok=True)
             self.fs.pipe_file(f"{tmp}/index.faiss", faiss.serialize_index(index).tobytes())
             table = io.BytesIO()
-            pd.DataFrame(list(chunks)).to_parquet(table, index=False)
+            frame = pd.DataFrame(list(chunks))
+            frame["sentences"] = [[str(t) for t in c["sentences"]] for c in chunks]  # list<string>, even when empty
+            frame.to_parquet(table, index=False)
             self.fs.pipe_file(f"{tmp}/chunks.parquet", table.getvalue())
+            matrix = io.BytesIO()
+            np.save(matrix, sentence_vectors, allow_pickle=False)
+            self.fs.pipe_file(f"{tmp}/sentence_vectors.npy", matrix.getvalue())
             # The manifest goes last: a version folder with a manifest is complete.
             self.fs.pipe_file(f"{tmp}/manifest.json", json.dumps(manifest, indent=2).encode())
             self.fs.mv(tmp, self._path(version), recursive=True)

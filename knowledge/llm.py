@@ -1,9 +1,10 @@
 """Answer-generation backends behind one interface.
 
-    await backend.generate(prompt, passages, question) -> str
-    async for piece in backend.stream(prompt, passages, question): ...
+    await backend.generate(prompt, passages, question, question_vector=None) -> str
+    async for piece in backend.stream(prompt, passages, question, question_vector=None): ...
 
-* ``ExtractiveBackend``: cited sentences from the passages; no model server needed.
+* ``ExtractiveBackend``: cited sentences from the passages; no model server needed. With the
+  question's vector and passages from the index (sentence vectors built in), it embeds nothing.
 * ``OllamaBackend``: an Ollama server's ``/api/chat`` (NDJSON streaming).
 * ``VLLMBackend``: an in-process vLLM engine on a GPU (vllm imported lazily).
 
@@ -34,10 +35,12 @@ class LLMBackend(ABC):
     model: str = ""
 
     @abstractmethod
-    async def generate(self, prompt: Prompt, passages: Sequence[dict], question: str) -> str: ...
+    async def generate(self, prompt: Prompt, passages: Sequence[dict], question: str,
+                       question_vector: np.ndarray | None = None) -> str: ...
 
     @abstractmethod
-    def stream(self, prompt: Prompt, passages: Sequence[dict], question: str) -> AsyncIterator[str]: ...
+    def stream(self, prompt: Prompt, passages: Sequence[dict], question: str,
+               question_vector: np.ndarray | None = None) -> AsyncIterator[str]: ...
 
     async def aclose(self) -> None:
         return None
@@ -51,13 +54,18 @@ class ExtractiveBackend(LLMBackend):
         self._embed = embed
         self._answerer = answerer or ExtractiveAnswerer()
 
-    async def generate(self, prompt: Prompt, passages: Sequence[dict], question: str) -> str:
+    async def generate(self, prompt: Prompt, passages: Sequence[dict], question: str,
+                       question_vector: np.ndarray | None = None) -> str:
+        if question_vector is not None and self._answerer.embedded_candidates(passages) is not None:
+            # Sentence vectors came with the index: a few dot products, no need to leave the loop.
+            return self._answerer.answer(question, passages, question_vector=question_vector).text
         # Embedding is CPU work: run it off the event loop so other requests keep flowing.
         answer = await asyncio.to_thread(self._answerer.answer, question, passages, self._embed)
         return answer.text
 
-    async def stream(self, prompt: Prompt, passages: Sequence[dict], question: str) -> AsyncIterator[str]:
-        text = await self.generate(prompt, passages, question)
+    async def stream(self, prompt: Prompt, passages: Sequence[dict], question: str,
+                     question_vector: np.ndarray | None = None) -> AsyncIterator[str]:
+        text = await self.generate(prompt, passages, question, question_vector)
         # One event per cited sentence: the text is already complete, word-level events would only add overhead.
         pieces = text.split("] ")
         for i, piece in enumerate(pieces):
@@ -84,7 +92,8 @@ class OllamaBackend(LLMBackend):
             "options": self.options,
         }
 
-    async def generate(self, prompt: Prompt, passages: Sequence[dict], question: str) -> str:
+    async def generate(self, prompt: Prompt, passages: Sequence[dict], question: str,
+                       question_vector: np.ndarray | None = None) -> str:
         import httpx
 
         try:
@@ -101,7 +110,8 @@ class OllamaBackend(LLMBackend):
             raise BackendError("Ollama returned an empty answer")
         return text
 
-    async def stream(self, prompt: Prompt, passages: Sequence[dict], question: str) -> AsyncIterator[str]:
+    async def stream(self, prompt: Prompt, passages: Sequence[dict], question: str,
+                     question_vector: np.ndarray | None = None) -> AsyncIterator[str]:
         import httpx
 
         try:
@@ -155,13 +165,15 @@ class VLLMBackend(LLMBackend):
                 tokenize=False, add_generation_prompt=True)
         return prompt.as_text() + "\n\nAnswer:"
 
-    async def generate(self, prompt: Prompt, passages: Sequence[dict], question: str) -> str:
+    async def generate(self, prompt: Prompt, passages: Sequence[dict], question: str,
+                       question_vector: np.ndarray | None = None) -> str:
         text = ""
         async for piece in self.stream(prompt, passages, question):
             text += piece
         return text
 
-    async def stream(self, prompt: Prompt, passages: Sequence[dict], question: str) -> AsyncIterator[str]:
+    async def stream(self, prompt: Prompt, passages: Sequence[dict], question: str,
+                     question_vector: np.ndarray | None = None) -> AsyncIterator[str]:
         sent = 0
         async for output in self._engine.generate(await self._text_prompt(prompt), self._sampling, uuid.uuid4().hex):
             text = output.outputs[0].text  # cumulative: emit only what is new

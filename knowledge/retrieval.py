@@ -2,11 +2,14 @@
 
 FAISS cannot filter by metadata, so the searcher over-fetches, filters in Python,
 and widens the search until it has ``k`` results or has seen the whole index.
+
+Each hit carries its chunk's answer sentences and their vectors (embedded when
+the index was built), so an extractive answer needs no embedding at query time.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
@@ -26,12 +29,17 @@ class SearchHit:
     chunk_id: str
     components: tuple[str, ...] = field(default_factory=tuple)
     tags: tuple[str, ...] = field(default_factory=tuple)
+    sentences: tuple[str, ...] = field(default_factory=tuple)
+    # (len(sentences), dims) float32, a view into the index's sentence matrix
+    sentence_vectors: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["components"] = list(self.components)
-        d["tags"] = list(self.tags)
-        return d
+        return {
+            "document_id": self.document_id, "title": self.title, "heading_path": self.heading_path,
+            "snippet": self.snippet, "score": self.score, "chunk_id": self.chunk_id,
+            "components": list(self.components), "tags": list(self.tags),
+            "sentences": list(self.sentences), "sentence_vectors": self.sentence_vectors,
+        }
 
 
 class IndexSearcher:
@@ -42,9 +50,12 @@ class IndexSearcher:
         self._overfetch = overfetch
         rows = loaded.chunks.to_dict("records")
         # Plain tuples/sets per row: filtering runs per query, pandas per row would dominate latency.
+        offsets = loaded.sentence_offsets
         self._rows = [
-            {**r, "components": tuple(_as_list(r.get("components"))), "tags": tuple(_as_list(r.get("tags")))}
-            for r in rows
+            {**r, "components": tuple(_as_list(r.get("components"))), "tags": tuple(_as_list(r.get("tags"))),
+             "sentences": tuple(str(t) for t in r["sentences"]),
+             "sentence_vectors": loaded.sentence_vectors[offsets[i]:offsets[i + 1]]}
+            for i, r in enumerate(rows)
         ]
 
     @property
@@ -89,6 +100,7 @@ class IndexSearcher:
                 document_id=row["document_id"], title=row["title"], heading_path=row["heading_path"],
                 snippet=row["text"], score=float(score), chunk_id=row["chunk_id"],
                 components=row["components"], tags=row["tags"],
+                sentences=row["sentences"], sentence_vectors=row["sentence_vectors"],
             ))
         hits.sort(key=lambda h: h.score, reverse=True)
         return hits

@@ -16,8 +16,10 @@ channel at fault and why; it never aborts the job and never vanishes.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,13 +34,17 @@ from diagnosis.families import FAMILY_NAMES
 from diagnosis.store import LATEST, BundleError, ModelStore, check_feature_set
 from hydraulics.channels import CHANNELS
 from hydraulics.components import COMPONENT_NAMES
-from hydraulics.features import extract_cycles, get_feature_set
+from hydraulics.features import FeatureSet, extract, extract_cycles, get_feature_set
 from hydraulics.validation import SensorDataError
 
 PREDICTIONS_DIR = "predictions"
 ERRORS_DIR = "errors"
 SUMMARY_FILE = "summary.json"
 _KIND = "_kind"  # internal column: which output a row goes to
+# CPUs asked for by the tasks that read and cut the input into batches. They are
+# short and mostly I/O; the actor pool leaves them this much so that a pool as
+# large as the cluster cannot starve the reads that feed it (see _actor_cpus).
+READ_CPUS = 0.25
 
 PREDICTION_SCHEMA = pa.schema(
     [pa.field("system_id", pa.string()), pa.field("cycle_id", pa.int64())]
@@ -123,11 +129,11 @@ def read_cycles(source: str, channels: Sequence[str], cycles: Sequence[int] | No
     if fmt == "parquet":
         schema_names = _parquet_columns(source)
         wanted = ["cycle_id", "system_id", *channels]
-        ds = ray.data.read_parquet(source, columns=[c for c in wanted if c in schema_names])
+        ds = ray.data.read_parquet(source, columns=[c for c in wanted if c in schema_names], num_cpus=READ_CPUS)
     elif fmt == "csv":
         # Channel cells are JSON arrays (see hydraulics.loaders); keep them and ids as text.
         types = {c: pa.string() for c in ("system_id", *channels)}
-        ds = ray.data.read_csv(source, convert_options=pacsv.ConvertOptions(column_types=types))
+        ds = ray.data.read_csv(source, convert_options=pacsv.ConvertOptions(column_types=types), num_cpus=READ_CPUS)
     else:
         from hydraulics.loaders import load_uci
 
@@ -143,7 +149,7 @@ def read_cycles(source: str, channels: Sequence[str], cycles: Sequence[int] | No
         raise BatchInputError(f"{source}: no cycle_id column (columns: {names})")
     if cycles is not None:
         keep = pa.array(sorted({int(c) for c in cycles}), pa.int64())
-        ds = ds.map_batches(_keep_cycles, fn_kwargs={"keep": keep}, batch_format="pyarrow")
+        ds = ds.map_batches(_keep_cycles, fn_kwargs={"keep": keep}, batch_format="pyarrow", num_cpus=READ_CPUS)
     return ds
 
 
@@ -163,23 +169,72 @@ def _parquet_columns(source: str) -> list[str]:
 # --------------------------------------------------------------------------- rows -> cycles
 
 
-def _list_rows(column: pa.ChunkedArray) -> list[np.ndarray | None]:
-    """A list<float> column as one array per row; None where the cell is null."""
+def _list_column(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A list<float> column as (length per row, -1 where the cell is null; start of each
+    row in the flat values; the flat float64 values). Null samples inside a list become
+    NaN, which validation then rejects by name."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if pa.types.is_fixed_size_list(arr.type):
         arr = arr.cast(pa.list_(arr.type.value_type))
-    lengths = pc.list_value_length(arr).fill_null(-1).to_numpy(zero_copy_only=False)
-    # Null samples inside a list become NaN here, which validation then rejects by name.
+    lengths = pc.list_value_length(arr).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(arr).cast(pa.float64()).to_numpy(zero_copy_only=False)
-    out: list[np.ndarray | None] = []
-    start = 0
-    for n in lengths:
-        if n < 0:
-            out.append(None)
-            continue
-        out.append(flat[start:start + n])
-        start += n
-    return out
+    starts = np.zeros(len(lengths), dtype=np.int64)
+    if len(lengths) > 1:
+        np.cumsum(np.maximum(lengths[:-1], 0), out=starts[1:])
+    return lengths, starts, flat
+
+
+def _list_rows(column: pa.ChunkedArray) -> list[np.ndarray | None]:
+    """A list<float> column as one array per row; None where the cell is null."""
+    lengths, starts, flat = _list_column(column)
+    return [None if n < 0 else flat[s:s + n] for n, s in zip(lengths.tolist(), starts.tolist())]
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def fast_block(batch: pa.Table, fs: FeatureSet) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The rows that can go to ``extract`` as one block, straight from the Arrow columns.
+
+    A row qualifies when every channel of the feature set is a non-null list of that
+    channel's most common length in the batch, with finite values inside the channel's
+    plausible range. Returns the mask of those rows and ``{channel: (rows, samples)}``.
+    This is only a pre-filter: ``extract`` still validates the block, and every row
+    outside it goes through the per-row path (``batch_to_cycles`` + ``extract_cycles``),
+    which names what is wrong with it.
+    """
+    n = batch.num_rows
+    none = np.zeros(n, dtype=bool), {}
+    columns = {}
+    ok = np.ones(n, dtype=bool)
+    for name in fs.channels:
+        if n == 0 or name not in batch.column_names or not _is_list(batch[name].type):
+            return none  # a missing channel, or CSV text: the per-row path
+        lengths, starts, flat = _list_column(batch[name])
+        present = lengths[lengths > 0]
+        if not len(present):
+            return none
+        values, counts = np.unique(present, return_counts=True)
+        length = int(values[counts.argmax()])
+        ok &= lengths == length
+        columns[name] = (length, starts, flat)
+    rows = np.flatnonzero(ok)
+    if not len(rows):
+        return none
+    blocks = {}
+    for name, (length, starts, flat) in columns.items():
+        if len(rows) == n and len(flat) == n * length:
+            block = flat.reshape(n, length)  # every row has the common length: no copy
+        else:
+            block = flat[starts[rows, None] + np.arange(length)]
+        lo, hi = CHANNELS[name].plausible_range
+        ok[rows] &= np.isfinite(block).all(axis=1) & ((block >= lo) & (block <= hi)).all(axis=1)
+        blocks[name] = block
+    keep = ok[rows]
+    if not keep.all():
+        blocks = {name: block[keep] for name, block in blocks.items()}
+    return ok, blocks
 
 
 def _json_rows(column: pa.ChunkedArray, name: str) -> tuple[list[object], dict[int, SensorDataError]]:
@@ -214,8 +269,7 @@ def batch_to_cycles(batch: pa.Table, channels: Sequence[str]) -> tuple[list[dict
             values, bad = _json_rows(column, name)
             for i, err in bad.items():
                 errors.setdefault(i, err)
-        elif pa.types.is_list(column.type) or pa.types.is_large_list(column.type) \
-                or pa.types.is_fixed_size_list(column.type):
+        elif _is_list(column.type):
             values = _list_rows(column)
         else:
             raise BatchInputError(f"channel column {name} has type {column.type}, expected list<double> "
@@ -229,61 +283,140 @@ def batch_to_cycles(batch: pa.Table, channels: Sequence[str]) -> tuple[list[dict
 # --------------------------------------------------------------------------- the actor
 
 
+def pin_threads(bundles: dict, threads: int) -> None:
+    """Make every model of ``bundles`` (and this process's BLAS/OpenMP pools) use ``threads`` threads.
+
+    Bundles loaded from disk otherwise predict on every core: CatBoost's
+    ``predict_proba`` defaults to all cores, XGBoost's loaded booster likewise, and
+    numpy's BLAS (the adaptive family's MLP) starts one thread per core. In an actor
+    pool that oversubscribes the CPUs the pool was given; in a single-process loop
+    it makes the "single process" quietly use the whole machine.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)  # process-wide, for the rest of its life
+    for bundle in bundles.values():
+        for est in getattr(bundle.model, "estimators", {}).values():
+            module = type(est).__module__
+            if module.startswith("catboost"):
+                est.predict_proba = functools.partial(type(est).predict_proba, est, thread_count=threads)
+            elif module.startswith("xgboost"):
+                est.set_params(n_jobs=threads)
+            elif hasattr(est, "n_jobs"):
+                est.n_jobs = threads
+
+
 class EnsemblePredictor:
-    """Actor-pool UDF: loads the four bundles once, then diagnoses batch after batch."""
+    """Actor-pool UDF: loads the four bundles once, then diagnoses batch after batch.
+
+    ``threads`` pins every model library to that many threads (one per actor: the
+    pool's parallelism is the number of actors).
+    """
 
     def __init__(self, store_uri: str, versions: dict[str, str], feature_set: str,
-                 weights: dict[str, float], threshold: float, default_system_id: str | None):
+                 weights: dict[str, float], threshold: float, default_system_id: str | None,
+                 threads: int = 1):
         store = ModelStore(store_uri)
         self.bundles = {f: store.load(f, v) for f, v in versions.items()}
+        pin_threads(self.bundles, threads)
         self.feature_set = get_feature_set(feature_set)
+        self.n_features = len(self.feature_set.feature_names())
         self.weights = weights
         self.threshold = threshold
         self.default_system_id = default_system_id
 
+    def features(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray, dict[int, SensorDataError]]:
+        """Feature rows of the valid cycles (in batch order), their row numbers, and the
+        errors of the others by row number.
+
+        Rows of one common shape with plausible values are converted as one block
+        (``fast_block``); the rest take the request path one by one, exactly as the
+        online ensemble does, so a bad row gets the same error as over HTTP.
+        """
+        n = batch.num_rows
+        X = np.empty((n, self.n_features))
+        valid = np.zeros(n, dtype=bool)
+        errors: dict[int, SensorDataError] = {}
+        fast, block = fast_block(batch, self.feature_set)
+        if fast.any():
+            try:
+                X[fast] = extract(block, self.feature_set)
+                valid |= fast
+            except SensorDataError:  # e.g. too short: every row on the per-row path names it
+                fast[:] = False
+        slow = np.flatnonzero(~fast)
+        if len(slow):
+            part = batch if len(slow) == n else batch.take(pa.array(slow))
+            cycles, bad = batch_to_cycles(part, self.feature_set.channels)
+            for k, err in bad.items():
+                errors[int(slow[k])] = err
+            todo = [k for k in range(len(cycles)) if k not in bad]
+            if todo:
+                Xs, feature_errors = extract_cycles([cycles[k] for k in todo], self.feature_set)
+                for j, err in feature_errors.items():
+                    errors[int(slow[todo[j]])] = err
+                ok = slow[[todo[j] for j in range(len(todo)) if j not in feature_errors]]
+                X[ok] = Xs
+                valid[ok] = True
+        rows = np.flatnonzero(valid)
+        return X[rows], rows, errors
+
     def __call__(self, batch: pa.Table) -> pa.Table:
-        cycles, errors = batch_to_cycles(batch, self.feature_set.channels)
-        cycle_ids = batch["cycle_id"].cast(pa.int64()).to_pylist()
-        system_ids = self._system_ids(batch)
-        todo = [i for i in range(len(cycles)) if i not in errors]
-        predictions: dict[int, dict] = {}
-        if todo:
-            X, feature_errors = extract_cycles([cycles[i] for i in todo], self.feature_set)
-            for k, err in feature_errors.items():
-                errors[todo[k]] = err
-            valid = [todo[k] for k in range(len(todo)) if k not in feature_errors]
-            if valid:
-                by_family = {f: b.model.predict_proba(X) for f, b in self.bundles.items()}
-                for i, diag in zip(valid, combine(by_family, self.weights, self.threshold)):
-                    predictions[i] = diag
-        rows = []
-        for i in range(len(cycles)):
-            base = {"system_id": system_ids[i], "cycle_id": cycle_ids[i]}
-            if i in predictions:
-                rows.append({**base, **self._prediction_row(predictions[i]), _KIND: "prediction"})
-            else:
-                err = errors[i]
-                rows.append({**base, "channel": err.channel, "problem": err.problem, _KIND: "error"})
-        return pa.Table.from_pylist(rows, schema=_COMBINED_SCHEMA)
+        n = batch.num_rows
+        X, rows, errors = self.features(batch)
+        diags: list[dict] = []
+        if len(rows):
+            by_family = {f: b.model.predict_proba(X) for f, b in self.bundles.items()}
+            diags = combine(by_family, self.weights, self.threshold)
+        return self._output(batch, rows, diags, errors)
+
+    def _output(self, batch: pa.Table, rows: np.ndarray, diags: list[dict],
+                errors: dict[int, SensorDataError]) -> pa.Table:
+        """One output row per input row, in order: a prediction, or the error."""
+        n = batch.num_rows
+        all_valid = len(rows) == n
+        rows_list = rows.tolist()
+
+        def spread(values: list) -> list:  # values of the valid rows -> one per row
+            if all_valid:
+                return values
+            out = [None] * n
+            for i, v in zip(rows_list, values):
+                out[i] = v
+            return out
+
+        cols: dict[str, list] = {
+            "system_id": self._system_ids(batch),
+            "cycle_id": batch["cycle_id"].cast(pa.int64()).to_pylist(),
+        }
+        for name in COMPONENT_NAMES:
+            comps = [d["components"][name] for d in diags]
+            cols[f"{name}_level"] = spread([c["level"] for c in comps])
+            cols[f"{name}_severity"] = spread([c["severity"] for c in comps])
+            cols[f"{name}_probability"] = spread([c["probabilities"][str(c["level"])] for c in comps])
+            cols[f"{name}_nominal_probability"] = spread([c["nominal_probability"] for c in comps])
+        for key in ("is_anomaly", "anomaly_score", "severity", "confidence", "anomaly_type", "affected_components"):
+            cols[key] = spread([d[key] for d in diags])
+        cols["probability_not_stable"] = spread(
+            [d.get("steady_state", {}).get("probability_not_stable") for d in diags])
+        for f, b in self.bundles.items():
+            cols[f"model_version_{f}"] = spread([b.version] * len(diags))
+        cols["channel"] = [None] * n
+        cols["problem"] = [None] * n
+        kinds = ["prediction"] * n
+        for i, err in errors.items():
+            cols["channel"][i] = err.channel
+            cols["problem"][i] = err.problem
+            kinds[i] = "error"
+        cols[_KIND] = kinds
+        return pa.Table.from_pydict({f.name: cols.get(f.name, [None] * n) for f in _COMBINED_SCHEMA},
+                                    schema=_COMBINED_SCHEMA)
 
     def _system_ids(self, batch: pa.Table) -> list[str | None]:
         if "system_id" not in batch.column_names:
             return [self.default_system_id] * batch.num_rows
         ids = batch["system_id"].cast(pa.string()).to_pylist()
         return [self.default_system_id if s is None else s for s in ids]
-
-    def _prediction_row(self, diag: dict) -> dict:
-        row = {}
-        for name, comp in diag["components"].items():
-            row[f"{name}_level"] = comp["level"]
-            row[f"{name}_severity"] = comp["severity"]
-            row[f"{name}_probability"] = comp["probabilities"][str(comp["level"])]
-            row[f"{name}_nominal_probability"] = comp["nominal_probability"]
-        row.update({k: diag[k] for k in ("is_anomaly", "anomaly_score", "severity", "confidence",
-                                         "anomaly_type", "affected_components")})
-        row["probability_not_stable"] = diag.get("steady_state", {}).get("probability_not_stable")
-        row.update({f"model_version_{f}": b.version for f, b in self.bundles.items()})
-        return row
 
 
 def _select(batch: pa.Table, kind: str, schema: pa.Schema) -> pa.Table:
@@ -310,17 +443,57 @@ def resolve_versions(settings: Settings, model_version: str = LATEST) -> dict[st
     return versions
 
 
-def _write(ds, n_rows: int, uri: str, schema: pa.Schema) -> None:
-    if n_rows:
-        ds.write_parquet(uri)
-        return
-    # Ray writes no file for an empty dataset; an empty file keeps readers' code simple.
+def _filesystem(uri: str):
     import pyarrow.fs as pafs
-    import pyarrow.parquet as pq
 
-    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), str(Path(uri).resolve()))
-    fs.create_dir(path, recursive=True)
-    pq.write_table(schema.empty_table(), f"{path}/empty.parquet", filesystem=fs)
+    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), str(Path(uri).resolve()))
+
+
+class OutputWriter:
+    """Writes the two outputs as scored batches arrive: ``predictions/`` and ``errors/``
+    under ``output_dir``, one Parquet file each (a new name per run), empty if no row
+    of that kind came. Used by the job (on the driver, streaming the actor pool's
+    small result rows) and by the benchmark's single-process loop alike."""
+
+    OUTPUTS = (("prediction", PREDICTIONS_DIR, PREDICTION_SCHEMA), ("error", ERRORS_DIR, ERROR_SCHEMA))
+
+    def __init__(self, output_dir: str):
+        import pyarrow.parquet as pq
+
+        fs, base = _filesystem(output_dir)
+        name = f"part-{uuid.uuid4().hex[:12]}.parquet"
+        self.counts = {kind: 0 for kind, _, _ in self.OUTPUTS}
+        self.writers = {}
+        for kind, folder, schema in self.OUTPUTS:
+            fs.create_dir(f"{base}/{folder}", recursive=True)
+            self.writers[kind] = pq.ParquetWriter(f"{base}/{folder}/{name}", schema, filesystem=fs)
+
+    def write(self, scored: pa.Table) -> None:
+        for kind, _, schema in self.OUTPUTS:
+            part = _select(scored, kind, schema)
+            if part.num_rows:
+                self.writers[kind].write_table(part)
+                self.counts[kind] += part.num_rows
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+    def __enter__(self) -> "OutputWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _actor_cpus(workers: int) -> float:
+    """CPUs each actor asks for: one, unless a pool of ``workers`` actors would leave the
+    cluster less than READ_CPUS for the read tasks; then an equal share of the rest.
+    (Actors are pinned to one thread either way; this is only Ray's bookkeeping.)"""
+    import ray
+
+    total = float(ray.cluster_resources().get("CPU", workers))
+    return max(0.1, min(1.0, (total - READ_CPUS) / workers))
 
 
 def run_batch_predict(source: str, output_dir: str, model_version: str = LATEST, settings: Settings | None = None,
@@ -345,8 +518,8 @@ def run_batch_predict(source: str, output_dir: str, model_version: str = LATEST,
 
     started = time.perf_counter()
     channels = get_feature_set(settings.feature_set).channels
-    # Blocks of one batch each: a single large file would otherwise arrive as one block
-    # that one actor works through alone while the rest of the pool idles.
+    # Blocks of one batch each, so that a single large file is spread over the whole pool.
+    # In Ray 2.60 this is a streaming split (no all-to-all barrier), run in the read tasks.
     ds = read_cycles(source, channels, cycles).repartition(target_num_rows_per_block=batch_size)
     if "system_id" not in ds.schema().names and system_id is None:
         raise BatchInputError(f"{source} has no system_id column; pass --system-id to name the system")
@@ -354,22 +527,19 @@ def run_batch_predict(source: str, output_dir: str, model_version: str = LATEST,
         EnsemblePredictor,
         fn_constructor_kwargs={"store_uri": settings.model_store_uri, "versions": versions,
                                "feature_set": settings.feature_set, "weights": dict(settings.ensemble_weights),
-                               "threshold": settings.anomaly_threshold, "default_system_id": system_id},
-        batch_size=batch_size, batch_format="pyarrow", num_cpus=1,
-        # Start with one actor and let Ray Data grow the pool: starting all `workers` at once
-        # can take every CPU of a small cluster and starve the read tasks that feed them.
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
-    ).materialize()  # run the models once; both outputs are cut from this result
-    # The result is small (no raw samples): count the two kinds on the driver.
-    kinds = pc.value_counts(pa.concat_arrays(
-        [b[_KIND].combine_chunks() for b in ray.get(scored.to_arrow_refs()) if b.num_rows]
-        or [pa.array([], pa.string())])).to_pylist()
-    counts = {k["values"]: k["counts"] for k in kinds}
-    n_pred, n_err = counts.get("prediction", 0), counts.get("error", 0)
-    for kind, n, name, schema in (("prediction", n_pred, PREDICTIONS_DIR, PREDICTION_SCHEMA),
-                                  ("error", n_err, ERRORS_DIR, ERROR_SCHEMA)):
-        part = scored.map_batches(_select, fn_kwargs={"kind": kind, "schema": schema}, batch_format="pyarrow")
-        _write(part, n, f"{output_dir}/{name}", schema)
+                               "threshold": settings.anomaly_threshold, "default_system_id": system_id,
+                               "threads": 1},
+        batch_size=batch_size, batch_format="pyarrow", num_cpus=_actor_cpus(workers),
+        # A fixed pool: all actors load their models at once, at the start, instead of
+        # the pool growing mid-run. _actor_cpus leaves the read tasks room to run.
+        compute=ray.data.ActorPoolStrategy(size=workers),
+    )
+    # The scored rows are small (no raw samples): stream them to the driver and write
+    # both outputs in this one pass, instead of materialising and re-reading the result.
+    with OutputWriter(output_dir) as out:
+        for part in scored.iter_batches(batch_size=None, batch_format="pyarrow"):
+            out.write(part)
+    n_pred, n_err = out.counts["prediction"], out.counts["error"]
     wall = time.perf_counter() - started
 
     summary = {

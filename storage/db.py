@@ -32,10 +32,15 @@ def _ensure_sqlite_parent(url: str) -> None:
         Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
 
 
-def _enable_sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
-    # SQLite ignores FOREIGN KEY clauses (and ON DELETE) unless asked per connection.
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    # SQLite ignores FOREIGN KEY clauses (and ON DELETE) unless asked per connection.
     cursor.execute("PRAGMA foreign_keys=ON")
+    # Several replicas and connections write the embedded database at once: with
+    # WAL readers never block the writer, and a writer waits for the lock
+    # instead of failing at once with "database is locked".
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
 
 
@@ -44,7 +49,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if _is_sqlite(url):
         _ensure_sqlite_parent(url)
         engine = create_async_engine(url, **kwargs)
-        event.listen(engine.sync_engine, "connect", _enable_sqlite_foreign_keys)
+        event.listen(engine.sync_engine, "connect", _configure_sqlite)
         return engine
     return create_async_engine(url, pool_pre_ping=True, **kwargs)
 

@@ -14,10 +14,13 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
+    Text,
     TypeDecorator,
     func,
     true,
@@ -147,3 +150,77 @@ class SystemMember(Base):
     permission: Mapped[str] = mapped_column(String(16), default="read", server_default="read")
     granted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
     created_at: Mapped[datetime] = _created_at()
+
+
+class Reading(Base):
+    """One ingested load cycle of a system, its channels stored as JSON ``{channel: [samples]}``.
+
+    The primary key is the client's idempotency key within the system, so a retried
+    batch inserts nothing twice (``INSERT … ON CONFLICT DO NOTHING``).
+    """
+
+    __tablename__ = "readings"
+    __table_args__ = (Index("ix_readings_system_id_started_at", "system_id", "started_at"),)
+
+    system_id: Mapped[str] = mapped_column(ForeignKey("systems.id", ondelete="CASCADE"), primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    started_at: Mapped[datetime]
+    sensor_data: Mapped[dict[str, Any]]
+    received_at: Mapped[datetime] = _created_at()
+
+
+class PredictionRecord(Base):
+    """A served diagnosis, with the raw cycle it came from so feedback can learn from it."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (Index("ix_predictions_system_id_created_at", "system_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    system_id: Mapped[str] = mapped_column(ForeignKey("systems.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = _created_at()
+    trace_id: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(16))  # predict | batch | ingestion
+    cache_hit: Mapped[bool] = mapped_column(Boolean)
+    severity: Mapped[str] = mapped_column(String(16))
+    is_anomaly: Mapped[bool] = mapped_column(Boolean)
+    anomaly_score: Mapped[float] = mapped_column(Float)
+    model_versions: Mapped[dict[str, Any]]
+    result: Mapped[dict[str, Any]]
+    sensor_data: Mapped[dict[str, Any]]
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+
+
+class Feedback(Base):
+    """An operator's confirmed component levels for one stored prediction."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="CASCADE"), index=True)
+    system_id: Mapped[str] = mapped_column(ForeignKey("systems.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    components: Mapped[dict[str, Any]]
+    note: Mapped[str | None] = mapped_column(Text, default=None)
+    learned: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the Adaptive model's answer, or its error
+    created_at: Mapped[datetime] = _created_at()
+
+
+class AuditRecord(Base):
+    """One API call. No foreign keys: the trail outlives deleted users and systems."""
+
+    __tablename__ = "audit_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, server_default=func.current_timestamp(), index=True)
+    user_id: Mapped[int | None] = mapped_column(Integer, default=None, index=True)
+    username: Mapped[str | None] = mapped_column(String(64), default=None)
+    api_key_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    method: Mapped[str] = mapped_column(String(8))
+    route: Mapped[str] = mapped_column(String(200))  # the route template, e.g. /api/v1/systems/{system_id}
+    path: Mapped[str] = mapped_column(String(500))
+    status: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | error | auth_failed | denied | rate_limited
+    latency_ms: Mapped[float] = mapped_column(Float)
+    system_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    trace_id: Mapped[str] = mapped_column(String(64))
+    client: Mapped[str | None] = mapped_column(String(64), default=None)

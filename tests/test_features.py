@@ -149,3 +149,15 @@ def test_feature_sets_declare_their_channels():
     for fs in FEATURE_SETS.values():
         names = fs.feature_names()
         assert len(names) == len(set(names))
+
+
+def test_feature_names_are_stable_under_concurrent_first_use():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hydraulics.features import FeatureSet
+
+    fresh = FeatureSet("probe", UCI_1HZ_CHANNELS)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: fresh.feature_names(), range(32)))
+    assert all(r == results[0] for r in results)
+    assert len(fresh.feature_names()) == len(get_feature_set("rig_1hz").feature_names())

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from knowledge.embedding import get_embedder
-from knowledge.index_store import IndexNotFound, IndexStore
+from knowledge.answer import split_sentences
+from knowledge.index_store import INDEX_FORMAT, IndexFormatError, IndexNotFound, IndexStore
 from knowledge.retrieval import IndexSearcher, diagnosis_bias
 from tests.test_knowledge_sample_corpus import write_sample_corpus
 
@@ -18,7 +19,11 @@ def embedder():
 
 def _rows(n: int, components=("valve",)) -> list[dict]:
     return [{"chunk_id": f"d{i}#000", "document_id": f"d{i}", "title": f"Doc {i}", "heading_path": f"Doc {i}",
-             "text": f"text {i}", "components": list(components), "tags": ["t"]} for i in range(n)]
+             "text": f"text {i}", "components": list(components), "tags": ["t"], "sentences": []}
+            for i in range(n)]
+
+
+NO_SENTENCES = np.zeros((0, 0), dtype=np.float32)
 
 
 def _unit(n: int, dims: int = 8, seed: int = 0) -> np.ndarray:
@@ -38,8 +43,8 @@ def test_publish_load_and_versions(tmp_path):
     store = IndexStore(tmp_path / "store")
     with pytest.raises(IndexNotFound, match="build_index"):
         store.load()
-    first = store.publish(_unit(5), _rows(5), model="m", corpus_fingerprint="a" * 64)
-    second = store.publish(_unit(6, seed=1), _rows(6), model="m", corpus_fingerprint="b" * 64)
+    first = store.publish(_unit(5), _rows(5), sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="a" * 64)
+    second = store.publish(_unit(6, seed=1), _rows(6), sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="b" * 64)
     assert store.list_versions() == [first["version"], second["version"]]
     assert store.latest_version() == second["version"]
     loaded = store.load("latest")
@@ -52,10 +57,39 @@ def test_publish_load_and_versions(tmp_path):
         store.load("v-missing")
 
 
+def test_sentences_and_their_vectors_travel_with_the_hits(tmp_path):
+    rows = _rows(3)
+    rows[0]["sentences"], rows[2]["sentences"] = ["first sentence of doc zero", "second one"], ["only one here"]
+    sentence_vecs = _unit(3, seed=7)
+    store = IndexStore(tmp_path)
+    with pytest.raises(ValueError, match="one 8-dim vector per sentence"):
+        store.publish(_unit(3), rows, sentence_vectors=sentence_vecs[:2], model="m", corpus_fingerprint="e" * 64)
+    manifest = store.publish(_unit(3), rows, sentence_vectors=sentence_vecs, model="m", corpus_fingerprint="e" * 64)
+    assert manifest["format"] == INDEX_FORMAT and manifest["n_sentences"] == 3
+    searcher = IndexSearcher(store.load())
+    by_doc = {h.document_id: h for h in searcher.search(_unit(3)[0], k=3)}
+    assert by_doc["d0"].sentences == ("first sentence of doc zero", "second one")
+    assert np.allclose(by_doc["d0"].sentence_vectors, sentence_vecs[:2])
+    assert by_doc["d1"].sentences == () and by_doc["d1"].sentence_vectors.shape == (0, 8)
+    assert np.allclose(by_doc["d2"].to_dict()["sentence_vectors"], sentence_vecs[2:])
+
+
+def test_an_index_of_the_older_format_is_refused_with_the_reason(tmp_path):
+    import json
+
+    store = IndexStore(tmp_path)
+    old = store.publish(_unit(3), _rows(3), sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="a" * 64)
+    manifest_path = tmp_path / old["version"] / "manifest.json"
+    manifest_path.write_text(json.dumps({**old, "format": 1}))  # as format 1 wrote it: no sentence vectors
+    with pytest.raises(IndexFormatError, match="format 1.*Rebuild it with `python -m pipelines.build_index`"):
+        store.load()
+    assert issubclass(IndexFormatError, IndexNotFound)  # serving treats it as "no usable index"
+
+
 def test_large_corpora_get_an_ivf_index(tmp_path):
     store = IndexStore(tmp_path)
     vecs = _unit(400, dims=16)
-    manifest = store.publish(vecs, _rows(400), model="m", corpus_fingerprint="c" * 64, ivf_threshold=100)
+    manifest = store.publish(vecs, _rows(400), sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="c" * 64, ivf_threshold=100)
     assert manifest["index_type"] == "IndexIVFFlat"
     searcher = IndexSearcher(store.load())
     hit = searcher.search(vecs[123], k=1)[0]
@@ -64,7 +98,7 @@ def test_large_corpora_get_an_ivf_index(tmp_path):
 
 def test_a_failed_publish_leaves_latest_and_versions_unchanged(tmp_path, monkeypatch):
     store = IndexStore(tmp_path)
-    good = store.publish(_unit(3), _rows(3), model="m", corpus_fingerprint="a" * 64)
+    good = store.publish(_unit(3), _rows(3), sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="a" * 64)
     real_pipe = store.fs.pipe_file
 
     def disk_full_on_metadata(path, data, **kw):  # injected I/O failure after index.faiss was written
@@ -74,7 +108,7 @@ def test_a_failed_publish_leaves_latest_and_versions_unchanged(tmp_path, monkeyp
 
     monkeypatch.setattr(store.fs, "pipe_file", disk_full_on_metadata)
     with pytest.raises(OSError, match="No space"):
-        store.publish(_unit(4), _rows(4), model="m", corpus_fingerprint="b" * 64)
+        store.publish(_unit(4), _rows(4), sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="b" * 64)
     assert store.latest_version() == good["version"]
     assert store.list_versions() == [good["version"]]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", good["version"]]  # temp folder removed
@@ -88,7 +122,7 @@ def test_filters_one_hit_per_document_and_preference(tmp_path):
         row["document_id"] = f"doc{i // 2}"  # two chunks per document
         row["components"] = ["pump"] if i >= 4 else ["valve"]
     store = IndexStore(tmp_path)
-    store.publish(vecs, rows, model="m", corpus_fingerprint="d" * 64)
+    store.publish(vecs, rows, sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="d" * 64)
     searcher = IndexSearcher(store.load())
     hits = searcher.search(vecs[0], k=5)
     assert [h.document_id for h in hits].count("doc0") == 1 and len(hits) == 3
@@ -120,7 +154,16 @@ def test_build_index_with_ray_data_then_query(ray_cluster, tmp_path, embedder):
     assert manifest["model"] == "all-MiniLM-L6-v2" and manifest["dims"] == 384
     assert manifest["chunks_per_s"] > 0
 
-    searcher = IndexSearcher(IndexStore(store_uri).load())
+    loaded = IndexStore(store_uri).load()
+    assert manifest["n_sentences"] == len(loaded.sentence_vectors) > manifest["n_chunks"]
+    assert manifest["sentences_per_s"] > 0
+    for i, row in enumerate(loaded.chunks.to_dict("records")):  # split and embedded in the Ray Data job
+        sentences = list(row["sentences"])
+        assert sentences == split_sentences(row["text"]), row["chunk_id"]
+        if sentences:
+            stored = loaded.sentence_vectors[loaded.sentence_offsets[i]:loaded.sentence_offsets[i + 1]]
+            assert np.allclose(stored, embedder.embed(sentences), atol=1e-4), row["chunk_id"]
+    searcher = IndexSearcher(loaded)
     query = embedder.embed(["the oil keeps getting hotter during the shift"])[0]
     hits = searcher.search(query, k=3)
     assert hits[0].document_id == "cooler-fouling", [h.document_id for h in hits]
@@ -134,3 +177,25 @@ def test_build_index_with_ray_data_then_query(ray_cluster, tmp_path, embedder):
         build_index([docs], store_uri, embed_actors=1)
     store = IndexStore(store_uri)
     assert store.latest_version() == manifest["version"] and store.list_versions() == [manifest["version"]]
+
+
+@pytest.mark.ray
+def test_ensure_index_builds_only_when_there_is_no_usable_index(ray_cluster, tmp_path):
+    import json
+
+    from configs.settings import Settings
+    from pipelines.build_index import ensure_index
+
+    settings = Settings(index_store_uri=str(tmp_path / "indexes"), knowledge_dirs=[write_sample_corpus(tmp_path / "kb")])
+    built = ensure_index(settings, embed_actors=1, batch_size=16)
+    assert built is not None and built["format"] == INDEX_FORMAT and built["n_documents"] == 4
+    store = IndexStore(settings.index_store_uri)
+    assert store.latest_version() == built["version"]
+    assert ensure_index(settings, embed_actors=1) is None  # present: nothing built
+    assert store.list_versions() == [built["version"]]
+
+    path = tmp_path / "indexes" / built["version"] / "manifest.json"
+    path.write_text(json.dumps({**built, "format": 1}))  # an index from before sentence vectors
+    rebuilt = ensure_index(settings, embed_actors=1, batch_size=16)
+    assert rebuilt is not None and rebuilt["version"] != built["version"]
+    assert store.load().version == rebuilt["version"]

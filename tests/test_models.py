@@ -102,3 +102,12 @@ def test_adaptive_learns_from_feedback_and_keeps_it_after_save(tmp_path, sim_dat
     np.testing.assert_allclose(reloaded.model.predict_proba(pattern)["accumulator"][0], after)
     # And the rest of the test set is still diagnosed sensibly (no catastrophic forgetting).
     assert score(reloaded.model.predict_proba(Xt), yt)["cooler"]["accuracy"] > 0.6
+
+
+def test_random_forest_fast_path_equals_sklearn(trained, sim_data):
+    _, _, Xt, _ = sim_data
+    model = trained["random_forest"]
+    for target, est in model.estimators.items():
+        cols = model.columns[target]
+        np.testing.assert_allclose(model._predict_proba(est, Xt[:, cols]), est.predict_proba(Xt[:, cols]),
+                                   rtol=1e-6, atol=1e-9)

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from configs.settings import Settings
+from knowledge.answer import embed_sentences
 from knowledge.chunking import Chunker
 from knowledge.corpus import fingerprint_files, load_documents
 from knowledge.embedding import get_embedder
@@ -37,7 +38,9 @@ def _publish(folder, store: IndexStore) -> str:
     chunker, embedder = Chunker(max_tokens=80, overlap_tokens=16), get_embedder()
     chunks = [c for d in load_documents([folder]) for c in chunker.chunk_document(d)]
     vectors = embedder.embed([c.embed_text for c in chunks])
-    return store.publish(vectors, [c.to_dict() for c in chunks], model="all-MiniLM-L6-v2",
+    sentences, sentence_vectors = embed_sentences([c.text for c in chunks], embedder.embed, dims=embedder.dims)
+    rows = [{**c.to_dict(), "sentences": s} for c, s in zip(chunks, sentences)]
+    return store.publish(vectors, rows, sentence_vectors=sentence_vectors, model="all-MiniLM-L6-v2",
                          corpus_fingerprint=fingerprint_files(folder.iterdir()))["version"]
 
 

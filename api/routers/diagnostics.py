@@ -1,10 +1,17 @@
-"""/api/v1/diagnostics: one cycle or a batch of cycles → diagnosis."""
+"""/api/v1/diagnostics: one cycle or a batch of cycles → diagnosis.
+
+Every served diagnosis (cache hits included) is stored in the prediction history
+after the answer is computed; its id is returned in ``X-Prediction-ID`` (batch:
+``X-Prediction-IDs``, comma-separated in item order, empty for failed items) so a
+client can send feedback on it.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from api.deps import PrincipalDep, SessionDep, load_accessible_system
+from api.routers.history import store_predictions
 from api.schemas.diagnostics import (
     BatchItem,
     BatchPredictRequest,
@@ -28,9 +35,12 @@ async def run_ensemble(request: Request, cycles: list[dict], use_cache: bool) ->
 
 
 @router.post("/predict", response_model=PredictResponse)
-async def predict(body: PredictRequest, request: Request, principal: PrincipalDep, session: SessionDep) -> dict:
+async def predict(body: PredictRequest, request: Request, response: Response, principal: PrincipalDep,
+                  session: SessionDep) -> dict:
     """Diagnose one cycle of one system."""
+    request.state.system_id = body.system_id
     await load_accessible_system(session, principal, body.system_id)
+    await session.commit()  # end the read transaction: no connection held while the models work
     [result] = await run_ensemble(request, [body.sensor_data], body.use_cache)
     if not result["ok"]:
         err = result["error"]
@@ -38,11 +48,14 @@ async def predict(body: PredictRequest, request: Request, principal: PrincipalDe
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             detail=[{"loc": loc, "msg": err["message"], "type": "sensor_data"}])
     request.state.prediction = result
+    ids = await store_predictions(request, body.system_id, [(result, body.sensor_data)], source="predict")
+    if ids:
+        response.headers["X-Prediction-ID"] = str(ids[0])
     return {"system_id": body.system_id, "trace_id": request.state.trace_id, **result}
 
 
 @router.post("/predict/batch", response_model=BatchPredictResponse)
-async def predict_batch(body: BatchPredictRequest, request: Request, principal: PrincipalDep,
+async def predict_batch(body: BatchPredictRequest, request: Request, response: Response, principal: PrincipalDep,
                         session: SessionDep) -> dict:
     """Diagnose several cycles of one system; each item succeeds or fails on its own."""
     limit = request.app.state.settings.max_batch_items
@@ -50,9 +63,16 @@ async def predict_batch(body: BatchPredictRequest, request: Request, principal: 
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             detail=[{"loc": ["body", "items"], "type": "too_long",
                                      "msg": f"at most {limit} items per batch, got {len(body.items)}"}])
+    request.state.system_id = body.system_id
     await load_accessible_system(session, principal, body.system_id)
+    await session.commit()
     results = await run_ensemble(request, body.items, body.use_cache)
     trace_id = request.state.trace_id
+    served = [(r, raw) for r, raw in zip(results, body.items) if r["ok"]]
+    ids = await store_predictions(request, body.system_id, served, source="batch")
+    if ids is not None:
+        it = iter(ids)
+        response.headers["X-Prediction-IDs"] = ",".join(str(next(it)) if r["ok"] else "" for r in results)
     items = []
     for i, r in enumerate(results):
         if r["ok"]:

@@ -1,0 +1,51 @@
+"""/api/v1/systems/{id}/predictions/{prediction_id}/feedback: operators correct a diagnosis.
+
+The feedback is committed first (acknowledged = stored), then the stored raw cycle
+and the confirmed levels go to the Adaptive model. If that step fails the
+feedback stays stored with the error in ``learned`` and the answer is 202.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+
+from api.deps import PrincipalDep, SessionDep, system_write_access
+from api.metrics import get_metrics
+from api.schemas.history import FeedbackIn, FeedbackOut
+from deployments.errors import describe
+from storage.models import System
+from storage.repositories import feedback as feedback_repo
+from storage.repositories import predictions as predictions_repo
+
+router = APIRouter(prefix="/api/v1/systems", tags=["feedback"])
+log = logging.getLogger("hdx.feedback")
+
+
+@router.post("/{system_id}/predictions/{prediction_id}/feedback", response_model=FeedbackOut,
+             status_code=status.HTTP_201_CREATED,
+             responses={202: {"description": "stored, but the Adaptive model could not learn from it now"}})
+async def give_feedback(prediction_id: int, body: FeedbackIn, request: Request, response: Response,
+                        principal: PrincipalDep, system: Annotated[System, Depends(system_write_access)],
+                        session: SessionDep) -> FeedbackOut:
+    record = await predictions_repo.get(session, system.id, prediction_id)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            detail=f"prediction {prediction_id} of system {system.id!r} not found")
+    feedback = await feedback_repo.add(session, prediction_id=record.id, system_id=system.id,
+                                       user_id=principal.user_id, components=body.components, note=body.note)
+    await session.commit()
+    labels = {name: [level] for name, level in body.components.items()}
+    try:
+        learned = await request.app.state.ensemble.learn.remote(record.sensor_data, labels)
+    except Exception as exc:  # the model is down or refused: the feedback is kept for a later retraining
+        log.warning("adaptive model did not learn from feedback %s: %s", feedback.id, exc)
+        learned = {"error": describe(exc)}
+        response.status_code = status.HTTP_202_ACCEPTED
+    await feedback_repo.set_learned(session, feedback, learned)
+    await session.commit()
+    get_metrics().feedback.inc(tags={"learned": "false" if "error" in learned else "true"})
+    return FeedbackOut(id=feedback.id, prediction_id=record.id, system_id=system.id, components=feedback.components,
+                       note=feedback.note, learned=learned, created_at=feedback.created_at)

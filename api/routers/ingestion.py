@@ -1,0 +1,106 @@
+"""/api/v1/ingestion/cycles: sensor cycles from a system, stored once each.
+
+Every cycle is checked with ``hydraulics.validation.cycle_arrays`` (the same
+check every entry point uses); rejected ones are reported per item. The accepted
+ones are committed in one transaction before the answer, so a 2xx means stored.
+Idempotency keys are unique per system: a retried batch stores nothing twice.
+With ``diagnose: true`` the newly stored cycles are diagnosed afterwards and the
+predictions go to the history; a failing ensemble leaves the readings stored
+and is reported in ``diagnosis_error``.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, status
+
+from api.deps import PrincipalDep, SessionDep, load_accessible_system
+from api.metrics import get_metrics
+from api.routers.history import store_predictions
+from api.schemas.ingestion import IngestItem, IngestRequest, IngestResponse
+from deployments.errors import describe
+from hydraulics.channels import canonical_name
+from hydraulics.validation import SensorDataError, cycle_arrays
+from storage.models import utcnow
+from storage.repositories import readings as readings_repo
+
+router = APIRouter(prefix="/api/v1/ingestion", tags=["ingestion"])
+
+
+def _check(cycle, seen: set[str]) -> dict | None:
+    """The item's error, or None when the cycle may be stored."""
+    if cycle.idempotency_key in seen:
+        return {"channel": None, "problem": "duplicate idempotency_key in this batch",
+                "message": f"idempotency_key {cycle.idempotency_key!r} appears earlier in this batch"}
+    seen.add(cycle.idempotency_key)
+    try:
+        cycle_arrays(cycle.sensor_data)
+    except SensorDataError as exc:
+        return exc.to_dict()
+    return None
+
+
+@router.post("/cycles", response_model=IngestResponse)
+async def ingest_cycles(body: IngestRequest, request: Request, principal: PrincipalDep,
+                        session: SessionDep) -> IngestResponse:
+    settings = request.app.state.settings
+    if len(body.cycles) > settings.max_ingestion_cycles:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[{
+            "loc": ["body", "cycles"], "type": "too_long",
+            "msg": f"at most {settings.max_ingestion_cycles} cycles per request, got {len(body.cycles)}"}])
+    request.state.system_id = body.system_id
+    await load_accessible_system(session, principal, body.system_id, write=True)
+
+    items: list[IngestItem] = []
+    accepted: dict[str, tuple[int, dict]] = {}  # key → (index, canonical sensor_data)
+    seen: set[str] = set()
+    for i, cycle in enumerate(body.cycles):
+        error = _check(cycle, seen)
+        items.append(IngestItem(index=i, idempotency_key=cycle.idempotency_key,
+                                status="rejected" if error else "stored", error=error))
+        if error is None:
+            # Stored under catalogue names, so readings read back the same whatever alias was sent.
+            accepted[cycle.idempotency_key] = (i, {canonical_name(k): v for k, v in cycle.sensor_data.items()})
+
+    rows = [{"idempotency_key": key, "started_at": body.cycles[i].started_at, "sensor_data": data}
+            for key, (i, data) in accepted.items()]
+    new_keys = await readings_repo.insert_new(session, body.system_id, rows)
+    await session.commit()
+    for key, (i, _) in accepted.items():
+        if key not in new_keys:
+            items[i].status = "duplicate"
+
+    counts = {s: sum(1 for it in items if it.status == s) for s in ("stored", "duplicate", "rejected")}
+    metrics = get_metrics()
+    for outcome, n in counts.items():
+        if n:
+            metrics.ingestion_rows.inc(n, tags={"outcome": outcome})
+
+    diagnosis_error = None
+    if body.diagnose and new_keys:
+        diagnosis_error = await _diagnose(request, body.system_id,
+                                          [accepted[k] for k in accepted if k in new_keys], items)
+    return IngestResponse(system_id=body.system_id, stored=counts["stored"], duplicates=counts["duplicate"],
+                          rejected=counts["rejected"], items=items, diagnosis_error=diagnosis_error,
+                          trace_id=request.state.trace_id, received_at=utcnow())
+
+
+async def _diagnose(request: Request, system_id: str, cycles: list[tuple[int, dict]],
+                    items: list[IngestItem]) -> str | None:
+    """Diagnose the stored cycles in chunks the ensemble accepts; fill in the items."""
+    chunk = request.app.state.settings.max_batch_items
+    for start in range(0, len(cycles), chunk):
+        part = cycles[start:start + chunk]
+        try:
+            results = await request.app.state.ensemble.diagnose.remote([data for _, data in part], True)
+        except Exception as exc:  # the readings are stored; diagnosis can be rerun from them later
+            return describe(exc)
+        served = [(r, data) for r, (_, data) in zip(results, part) if r["ok"]]
+        ids = await store_predictions(request, system_id, served, source="ingestion") or [None] * len(served)
+        it_ids = iter(ids)
+        for r, (i, _) in zip(results, part):
+            if r["ok"]:
+                items[i].prediction_id = next(it_ids)
+                items[i].diagnosis = r["prediction"]
+            else:
+                items[i].error = r["error"]
+    return None

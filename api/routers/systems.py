@@ -1,0 +1,151 @@
+"""/api/v1/systems: the equipment registry and who may reach each system."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+from sqlalchemy import func, or_, select
+
+from api.deps import PrincipalDep, SessionDep, require_role, system_access, system_write_access
+from api.schemas.systems import MemberIn, MemberOut, SystemCreate, SystemOut, SystemPage, SystemUpdate, channel_specs
+from auth.principal import Principal
+from auth.roles import Action, Role
+from storage.models import System, SystemMember, User
+from storage.repositories import systems as systems_repo
+from storage.repositories import users as users_repo
+
+router = APIRouter(prefix="/api/v1/systems", tags=["systems"])
+log = logging.getLogger("hdx.systems")
+
+WriterDep = Annotated[Principal, Depends(require_role(Role.ADMIN, Role.ENGINEER))]
+
+
+def _out(system: System) -> SystemOut:
+    return SystemOut.model_validate(system)
+
+
+def _visible(principal: Principal):
+    """The systems query restricted to what the caller may see (not deleted; owned, shared or all for admins;
+    an API key only its scope)."""
+    query = select(System).where(System.deleted_at.is_(None))
+    if not principal.allows(Action.SEE_ALL_SYSTEMS):
+        shared = select(SystemMember.system_id).where(SystemMember.user_id == principal.user_id)
+        query = query.where(or_(System.owner_id == principal.user_id, System.id.in_(shared)))
+    if principal.system_scope is not None:
+        query = query.where(System.id.in_(sorted(principal.system_scope)))
+    return query
+
+
+def _require_owner(principal: Principal, system: System) -> None:
+    """Deleting a system and sharing it belong to its owner (and admins), not to every writer."""
+    if principal.allows(Action.SEE_ALL_SYSTEMS):
+        return
+    if system.owner_id != principal.user_id or not principal.allows(Action.MANAGE_MEMBERS):
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            detail=f"only the owner of system {system.id!r} or an admin may do this")
+
+
+@router.post("", response_model=SystemOut, status_code=status.HTTP_201_CREATED)
+async def create_system(body: SystemCreate, principal: WriterDep, session: SessionDep) -> SystemOut:
+    """Register a system; the caller owns it (admins may name another owner)."""
+    owner_id = principal.user_id
+    if body.owner_id is not None and body.owner_id != principal.user_id:
+        if not principal.allows(Action.SEE_ALL_SYSTEMS):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail="only admins may register a system for another user")
+        if await users_repo.get_user(session, body.owner_id) is None:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                detail=[{"loc": ["body", "owner_id"], "type": "value_error",
+                                         "msg": f"user {body.owner_id} does not exist"}])
+        owner_id = body.owner_id
+    if await systems_repo.get_system(session, body.id, include_deleted=True) is not None:
+        # Deleted ids stay taken: their history, audit trail and feedback still name them.
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"system id {body.id!r} is already taken")
+    system = await systems_repo.create_system(
+        session, system_id=body.id, name=body.name, owner_id=owner_id, type=body.type, location=body.location,
+        channels=channel_specs(body.channels), topology=body.topology.model_dump(by_alias=True, exclude_none=True))
+    await session.commit()
+    return _out(system)
+
+
+@router.get("", response_model=SystemPage)
+async def list_systems(principal: PrincipalDep, session: SessionDep,
+                       limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                       offset: Annotated[int, Query(ge=0)] = 0) -> SystemPage:
+    """The systems the caller may see, by id."""
+    query = _visible(principal)
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = (await session.scalars(query.order_by(System.id).limit(limit).offset(offset))).all()
+    return SystemPage(items=[_out(s) for s in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{system_id}", response_model=SystemOut)
+async def get_system(system: Annotated[System, Depends(system_access)]) -> SystemOut:
+    return _out(system)
+
+
+@router.patch("/{system_id}", response_model=SystemOut)
+async def update_system(body: SystemUpdate, system: Annotated[System, Depends(system_write_access)],
+                        session: SessionDep) -> SystemOut:
+    changes = body.model_dump(exclude_unset=True)
+    for field in ("name", "type", "location"):
+        if field in changes:
+            if changes[field] is None and field != "location":
+                raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                                    detail=[{"loc": ["body", field], "type": "value_error",
+                                             "msg": f"{field} cannot be null"}])
+            setattr(system, field, changes[field])
+    if body.channels is not None:
+        system.channels = channel_specs(body.channels)
+    if body.topology is not None:
+        system.topology = body.topology.model_dump(by_alias=True, exclude_none=True)
+    await session.commit()
+    return _out(system)
+
+
+@router.delete("/{system_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_system(principal: PrincipalDep,
+                        system: Annotated[System, Depends(system_write_access)], session: SessionDep) -> Response:
+    """Soft delete: the system disappears from the API; its history stays for the audit trail."""
+    _require_owner(principal, system)
+    await systems_repo.soft_delete_system(session, system)
+    await session.commit()
+    log.info("system %s deleted by user %s", system.id, principal.username)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{system_id}/members", response_model=list[MemberOut])
+async def list_members(system: Annotated[System, Depends(system_access)], session: SessionDep) -> list[MemberOut]:
+    rows = (await session.execute(
+        select(SystemMember, User.username).join(User, User.id == SystemMember.user_id)
+        .where(SystemMember.system_id == system.id).order_by(User.username))).all()
+    return [MemberOut(user_id=m.user_id, username=name, permission=m.permission, granted_by=m.granted_by,
+                      created_at=m.created_at) for m, name in rows]
+
+
+@router.post("/{system_id}/members", response_model=MemberOut, status_code=status.HTTP_201_CREATED)
+async def grant_member(body: MemberIn, principal: PrincipalDep,
+                       system: Annotated[System, Depends(system_write_access)], session: SessionDep) -> MemberOut:
+    """Grant a user read or write access (or change it)."""
+    _require_owner(principal, system)
+    user = await users_repo.get_user_by_username(session, body.username)
+    if user is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"user {body.username!r} not found")
+    if user.id == system.owner_id:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"{body.username!r} owns system {system.id!r} already")
+    member = await systems_repo.grant_membership(session, system_id=system.id, user_id=user.id,
+                                                 permission=body.permission, granted_by=principal.user_id)
+    await session.commit()
+    return MemberOut(user_id=user.id, username=user.username, permission=member.permission,
+                     granted_by=member.granted_by, created_at=member.created_at)
+
+
+@router.delete("/{system_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def revoke_member(user_id: int, principal: PrincipalDep,
+                        system: Annotated[System, Depends(system_write_access)], session: SessionDep) -> Response:
+    _require_owner(principal, system)
+    if not await systems_repo.revoke_membership(session, system.id, user_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"user {user_id} is not a member of {system.id!r}")
+    await session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

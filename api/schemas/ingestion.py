@@ -1,0 +1,45 @@
+"""Request and response models of /api/v1/ingestion."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from api.schemas.diagnostics import SensorData
+
+
+class CycleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    idempotency_key: str = Field(min_length=1, max_length=128,
+                                 description="unique per system; a retried cycle with a stored key is not stored again")
+    started_at: AwareDatetime = Field(description="cycle start, with a timezone (e.g. 2026-03-01T12:00:00Z)")
+    sensor_data: SensorData
+
+
+class IngestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    system_id: str = Field(min_length=1, max_length=64)
+    cycles: list[CycleIn] = Field(min_length=1)
+    diagnose: bool = False
+
+
+class IngestItem(BaseModel):
+    index: int
+    idempotency_key: str
+    status: Literal["stored", "duplicate", "rejected"]
+    error: dict | None = None
+    prediction_id: int | None = None
+    diagnosis: dict | None = None
+
+
+class IngestResponse(BaseModel):
+    system_id: str
+    stored: int
+    duplicates: int
+    rejected: int
+    items: list[IngestItem]
+    diagnosis_error: str | None = None
+    trace_id: str
+    received_at: datetime

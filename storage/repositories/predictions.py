@@ -1,0 +1,75 @@
+"""Prediction history: every served diagnosis, with its raw cycle."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import PredictionRecord
+
+# The diagnosis fields worth keeping; timing fields belong to the request, not the history.
+_RESULT_KEYS = ("prediction", "ml_predictions", "models_failed", "ensemble_score", "ensemble_coverage",
+                "features_extracted", "model_versions", "cache_hit")
+
+
+def row(system_id: str, answer: Mapping[str, Any], sensor_data: Mapping[str, Any], *, trace_id: str,
+        source: str, user_id: int | None) -> dict[str, Any]:
+    """The row for one ``DiagnosisEnsemble.diagnose`` answer (an ``ok`` item)."""
+    prediction = answer["prediction"]
+    return {
+        "system_id": system_id,
+        "trace_id": trace_id,
+        "source": source,
+        "cache_hit": bool(answer.get("cache_hit", False)),
+        "severity": prediction["severity"],
+        "is_anomaly": bool(prediction["is_anomaly"]),
+        "anomaly_score": float(prediction["anomaly_score"]),
+        "model_versions": dict(answer.get("model_versions", {})),
+        "result": {k: answer[k] for k in _RESULT_KEYS if k in answer},
+        "sensor_data": dict(sensor_data),
+        "user_id": user_id,
+    }
+
+
+async def add_many(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Insert rows built by ``row``; return their ids in order. The caller commits."""
+    if not rows:
+        return []
+    ids = []
+    # One round trip per row keeps ids in order on both dialects (executemany + RETURNING
+    # does not promise an order); history batches are small (≤ max_batch_items).
+    for r in rows:
+        ids.append(await session.scalar(insert(PredictionRecord).values(**r).returning(PredictionRecord.id)))
+    return ids
+
+
+async def get(session: AsyncSession, system_id: str, prediction_id: int) -> PredictionRecord | None:
+    record = await session.get(PredictionRecord, prediction_id)
+    return record if record is not None and record.system_id == system_id else None
+
+
+async def page(session: AsyncSession, system_id: str, *, start: datetime | None = None,
+               end: datetime | None = None, severity: Sequence[str] = (), limit: int = 50,
+               offset: int = 0) -> Sequence[PredictionRecord]:
+    """Newest first, ``start <= created_at < end``, any of ``severity`` when given."""
+    query = select(PredictionRecord).where(PredictionRecord.system_id == system_id)
+    if start is not None:
+        query = query.where(PredictionRecord.created_at >= start)
+    if end is not None:
+        query = query.where(PredictionRecord.created_at < end)
+    if severity:
+        query = query.where(PredictionRecord.severity.in_(list(severity)))
+    query = query.order_by(PredictionRecord.created_at.desc(), PredictionRecord.id.desc())
+    return (await session.scalars(query.limit(limit).offset(offset))).all()
+
+
+async def latest_prediction(session: AsyncSession, system_id: str) -> dict[str, Any] | None:
+    """The newest stored ``prediction`` dict of a system (the assistant's context)."""
+    query = (select(PredictionRecord.result).where(PredictionRecord.system_id == system_id)
+             .order_by(PredictionRecord.created_at.desc(), PredictionRecord.id.desc()).limit(1))
+    result = await session.scalar(query)
+    return result.get("prediction") if result else None

@@ -1,0 +1,91 @@
+"""Readings, prediction history and feedback repositories on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import select
+
+from storage.models import Reading
+from storage.repositories import feedback as feedback_repo
+from storage.repositories import predictions as predictions_repo
+from storage.repositories import readings as readings_repo
+from tests.fixtures.db import add_system, add_user
+from tests.test_platform_support import platform  # noqa: F401
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def cycle(key: str, minutes: int, value: float = 40.0) -> dict:
+    return {"idempotency_key": key, "started_at": T0 + timedelta(minutes=minutes), "sensor_data": {"TS1": [value] * 60}}
+
+
+async def test_readings_insert_once_per_key(session):
+    owner = await add_user(session, "owner")
+    await add_system(session, "rig-1", owner)
+    await add_system(session, "rig-2", owner)
+    assert await readings_repo.insert_new(session, "rig-1", [cycle("a", 0), cycle("b", 1)]) == {"a", "b"}
+    await session.commit()
+    # A retry with one new cycle and a changed copy of a stored one: only the new key goes in.
+    assert await readings_repo.insert_new(session, "rig-1", [cycle("b", 1, 99.0), cycle("c", 2)]) == {"c"}
+    # Keys are per system.
+    assert await readings_repo.insert_new(session, "rig-2", [cycle("a", 0)]) == {"a"}
+    await session.commit()
+    assert await readings_repo.count(session, "rig-1") == 3
+    stored_b = await session.scalar(select(Reading).where(Reading.system_id == "rig-1", Reading.idempotency_key == "b"))
+    assert stored_b.sensor_data["TS1"][0] == 40.0  # the first write wins
+    latest = await readings_repo.latest(session, "rig-1")
+    assert latest.idempotency_key == "c" and latest.started_at == T0 + timedelta(minutes=2)
+    window = await readings_repo.in_range(session, "rig-1", start=T0 + timedelta(minutes=1), end=T0 + timedelta(minutes=2))
+    assert [r.idempotency_key for r in window] == ["b"]
+
+
+def answer(severity: str, score: float, cache_hit: bool = False) -> dict:
+    return {"prediction": {"severity": severity, "is_anomaly": severity != "normal", "anomaly_score": score,
+                           "components": {}}, "ml_predictions": [], "model_versions": {"adaptive": "v1"},
+            "cache_hit": cache_hit, "total_processing_time_ms": 3.0}
+
+
+async def test_prediction_history_pages_and_filters(session):
+    owner = await add_user(session, "owner")
+    await add_system(session, "rig-1", owner)
+    rows = [predictions_repo.row("rig-1", answer(sev, i / 10, cache_hit=i == 3), {"TS1": [1.0]}, trace_id=f"t{i}",
+                                 source="predict", user_id=owner.id)
+            for i, sev in enumerate(["normal", "warning", "critical", "warning", "normal"])]
+    ids = await predictions_repo.add_many(session, rows)
+    await session.commit()
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    newest_first = await predictions_repo.page(session, "rig-1", limit=2, offset=1)
+    assert [p.trace_id for p in newest_first] == ["t3", "t2"]
+    assert newest_first[0].cache_hit is True and "total_processing_time_ms" not in newest_first[0].result
+    warnings = await predictions_repo.page(session, "rig-1", severity=["warning", "critical"])
+    assert [p.trace_id for p in warnings] == ["t3", "t2", "t1"]
+    future = datetime.now(timezone.utc) + timedelta(hours=1)
+    assert await predictions_repo.page(session, "rig-1", start=future) == []
+    assert (await predictions_repo.latest_prediction(session, "rig-1"))["severity"] == "normal"
+    assert await predictions_repo.latest_prediction(session, "rig-2") is None
+    assert await predictions_repo.get(session, "rig-other", ids[0]) is None
+
+    fb = await feedback_repo.add(session, prediction_id=ids[0], system_id="rig-1", user_id=owner.id,
+                                 components={"valve": 90}, note="lagging")
+    await feedback_repo.set_learned(session, fb, {"state_revision": "r1"})
+    await session.commit()
+    [stored] = await feedback_repo.for_prediction(session, ids[0])
+    assert stored.components == {"valve": 90} and stored.learned == {"state_revision": "r1"}
+
+
+def test_latest_diagnosis_hook_reads_the_newest_stored_prediction(platform):
+    """``app.state.latest_diagnosis`` is what the assistant router asks for a system's state."""
+
+    async def seed(session):
+        owner = await add_user(session, "hook-owner")
+        await add_system(session, "rig-h", owner)
+        rows = [predictions_repo.row("rig-h", answer(sev, 0.1), {"TS1": [1.0]}, trace_id=sev, source="predict",
+                                     user_id=owner.id) for sev in ("normal", "critical")]
+        await predictions_repo.add_many(session, rows)
+        await session.commit()
+
+    platform.run(seed)
+    hook = platform.app.state.latest_diagnosis
+    assert platform.client.portal.call(hook, "rig-h")["severity"] == "critical"
+    assert platform.client.portal.call(hook, "rig-none") is None
