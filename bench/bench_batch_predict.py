@@ -81,11 +81,13 @@ def write_doc(table: str, command: str, models: str) -> None:
         "# Batch prediction throughput\n\n"
         f"Measured with:\n\n```\n{command}\n```\n\n"
         f"Models: {models}.\n\n" + table +
-        "\nBoth columns run the same code (`pipelines.batch_predict.EnsemblePredictor`: features, four "
-        "models, `combine`) from the same Parquet file to Parquet output, with the same batch size. "
-        "The loop runs in one process; the job runs in a Ray Data actor pool (one CPU per actor) on a "
-        "local Ray cluster that is already up, so cluster start-up is not counted but actor start-up "
-        "and model loading are, as in the loop.\n")
+        "\nBoth rows run the same code (`pipelines.batch_predict.EnsemblePredictor`: Arrow -> feature block, "
+        "four models, `combine`; then `OutputWriter` for the two Parquet outputs) on the same Parquet file, with "
+        "the same batch size and one thread per process: CatBoost, XGBoost and BLAS are pinned to 1 thread "
+        "(`threads=1`) in the loop and in every actor. The loop is one process, one thread. The job runs a fixed "
+        "pool of `workers` actors on a local Ray cluster that is already up (a warm-up job has started its "
+        "worker processes), so cluster start-up is not counted, but actor start-up (a new process per actor: "
+        "imports, model loading) is, as the loop's imports and model loading are.\n")
 
 
 def main(argv=None) -> None:

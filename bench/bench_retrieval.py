@@ -2,9 +2,16 @@
 
     python -m bench.bench_retrieval [--store DIR] [--version latest] [--rounds 5] [--e2e-queries 60]
 
-Retrieval: every eval question, ``--rounds`` times, one query at a time (p50/p99).
+Retrieval: every eval question, ``--rounds`` times, one query at a time (p50/p99), with
+``--torch-threads`` intra-op threads (default 1: what the Embedder replica gets, since Ray
+sets OMP_NUM_THREADS to its num_cpus; two threads on a busy 2-core machine give a p99 of
+hundreds of ms from thread stalls, not from retrieval).
 End to end: a local Ray + Serve running the assistant with the extractive backend,
 queries sent one at a time through a DeploymentHandle (p50/p90). Prints figures only.
+
+The index must be format 2 (answer sentences embedded at build time): the extractive
+answer then costs dot products only. Build one with ``python -m bench.eval_retrieval
+--build --store DIR`` (which also prints the build's chunks/s).
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ def bench_end_to_end(store_uri: str, version: str, questions: list[str], n: int)
             started = time.perf_counter()
             last = handle.query.remote(questions[i % len(questions)], 5).result()
             timings.append((time.perf_counter() - started) * 1000)
+            if last["metadata"]["degraded"]:
+                raise RuntimeError(f"degraded answer, not a valid timing: {last['metadata']}")
         return timings, last
     finally:
         serve.delete("rag-bench")
@@ -73,11 +82,22 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--e2e-queries", type=int, default=60)
     parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="intra-op threads for the in-process embedding (default: %(default)s, as in Serve)")
     args = parser.parse_args(argv)
 
+    import torch
+
+    torch.set_num_threads(args.torch_threads)
+
+    from knowledge.index_store import IndexStore
+
     questions = [item["question"] for item in load_eval_set(args.eval)]
+    manifest = IndexStore(args.store).manifest(args.version)
+    print(f"index {manifest['version']} (format {manifest.get('format')}): {manifest['n_chunks']} chunks, "
+          f"{manifest.get('n_sentences', '?')} answer sentences embedded at build time")
     retrieval = bench_retrieval(args.store, args.version, questions, args.rounds)
-    print(f"retrieval (embed + search, in-process): n={len(retrieval)}  p50={percentile(retrieval, 50):.1f} ms  "
+    print(f"retrieval (embed + search, in-process, {args.torch_threads} torch thread(s)): n={len(retrieval)}  p50={percentile(retrieval, 50):.1f} ms  "
           f"p99={percentile(retrieval, 99):.1f} ms  mean={statistics.mean(retrieval):.1f} ms")
     if not args.skip_e2e:
         e2e, last = bench_end_to_end(args.store, args.version, questions, args.e2e_queries)

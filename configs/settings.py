@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = 2_000_000
     max_batch_items: int = 64
     request_timeout_s: float = 10.0
-    model_call_timeout_s: float = 5.0
+    model_call_timeout_s: float = 10.0
 
     # --- assistant ----------------------------------------------------------
     llm_backend: str = Field("extractive", pattern="^(extractive|ollama|vllm)$")

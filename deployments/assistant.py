@@ -69,11 +69,11 @@ class Retriever:
             try:
                 # Load the whole new version first; queries keep using the old one meanwhile.
                 searcher = await asyncio.to_thread(self._load, wanted)
-            except IndexNotFound:
+            except IndexNotFound as exc:  # IndexFormatError included: an outdated index is no usable index
                 if wanted != "latest":
-                    raise  # a pinned version that does not exist is a configuration error
-                logger.warning("no index under %s yet; the assistant answers without sources until one is built",
-                               self._store.uri)
+                    raise  # a pinned version that does not exist (or is outdated) is a configuration error
+                logger.warning("no usable index under %s (%s); the assistant answers without sources until one "
+                               "is built", self._store.uri, exc)
                 searcher = None
             self._wanted = wanted
             if searcher is not None:

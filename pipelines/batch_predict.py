@@ -41,9 +41,8 @@ PREDICTIONS_DIR = "predictions"
 ERRORS_DIR = "errors"
 SUMMARY_FILE = "summary.json"
 _KIND = "_kind"  # internal column: which output a row goes to
-# CPUs asked for by the tasks that read and cut the input into batches. They are
-# short and mostly I/O; the actor pool leaves them this much so that a pool as
-# large as the cluster cannot starve the reads that feed it (see _actor_cpus).
+# CPUs asked for by the read tasks: they are short and mostly I/O, so several can
+# share the CPU that the actor pool leaves free (see _actor_cpus).
 READ_CPUS = 0.25
 
 PREDICTION_SCHEMA = pa.schema(
@@ -487,13 +486,15 @@ class OutputWriter:
 
 
 def _actor_cpus(workers: int) -> float:
-    """CPUs each actor asks for: one, unless a pool of ``workers`` actors would leave the
-    cluster less than READ_CPUS for the read tasks; then an equal share of the rest.
-    (Actors are pinned to one thread either way; this is only Ray's bookkeeping.)"""
+    """CPUs each actor asks Ray for: one, unless a pool of ``workers`` actors would leave
+    the cluster less than one CPU; then an equal share of all but one. The operators
+    upstream of the pool (listing files, reading, cutting blocks) ask for up to one
+    CPU each, and a pool holding every CPU for its whole life starves them: the job
+    hangs. Actors are pinned to one thread either way; this is only Ray's bookkeeping."""
     import ray
 
-    total = float(ray.cluster_resources().get("CPU", workers))
-    return max(0.1, min(1.0, (total - READ_CPUS) / workers))
+    total = float(ray.cluster_resources().get("CPU", workers + 1))
+    return max(0.1, min(1.0, (total - 1.0) / workers))
 
 
 def run_batch_predict(source: str, output_dir: str, model_version: str = LATEST, settings: Settings | None = None,
@@ -531,7 +532,7 @@ def run_batch_predict(source: str, output_dir: str, model_version: str = LATEST,
                                "threads": 1},
         batch_size=batch_size, batch_format="pyarrow", num_cpus=_actor_cpus(workers),
         # A fixed pool: all actors load their models at once, at the start, instead of
-        # the pool growing mid-run. _actor_cpus leaves the read tasks room to run.
+        # the pool growing mid-run. _actor_cpus leaves the upstream tasks a CPU.
         compute=ray.data.ActorPoolStrategy(size=workers),
     )
     # The scored rows are small (no raw samples): stream them to the driver and write

@@ -26,11 +26,12 @@ def uci_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_cluster(hdx_env):
-    """Every task and replica of the session sees the ``hdx_env`` settings."""
+    """Every task and replica of the session sees the ``hdx_env`` settings. CPUs are
+    logical: 8 lets the session app and the assistant app run side by side."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": hdx_env["env"]})
     yield ray
     # Serve (if any test started it) goes down with the cluster.

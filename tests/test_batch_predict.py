@@ -190,3 +190,39 @@ def test_unreadable_source_is_named():
 
         read_cycles("/nonexistent/cycles.txt", CHANNELS)
     assert parse_cycles("3,5-7") == [3, 5, 6, 7]
+
+
+def test_block_conversion_equals_per_row_path(settings):
+    """The vectorised Arrow -> block conversion gives the per-row (online) path's features
+    and errors, for good rows mixed with every kind of bad row, and pins one thread."""
+    from pipelines.batch_predict import EnsemblePredictor, batch_to_cycles, fast_block
+
+    data = simulate_dataset(1, seed=43, channels=CHANNELS)
+    good = [{"cycle_id": int(cid), "system_id": "rig", **{c: data.channels[c][i].tolist() for c in CHANNELS}}
+            for i, cid in enumerate(data.cycle_ids[:40])]
+    rows = good[:10] + _bad_rows(good[0]) + good[10:] + [dict(good[1], cycle_id=9005, TS2=[None] * 60)]
+    schema = pa.schema([("cycle_id", pa.int64()), ("system_id", pa.string())]
+                       + [(c, pa.list_(pa.float64())) for c in CHANNELS])
+    batch = pa.Table.from_pylist(rows, schema=schema)
+    fs = get_feature_set(FEATURE_SET)
+
+    fast, block = fast_block(batch, fs)
+    bad_positions = {10, 11, 12, 13, len(rows) - 1}
+    assert set(np.flatnonzero(~fast)) == bad_positions
+    assert all(b.shape == (len(rows) - len(bad_positions), 60) for b in block.values())
+
+    predictor = EnsemblePredictor(settings.model_store_uri, {f: "v-batch-test" for f in FAMILY_NAMES}, FEATURE_SET,
+                                  dict(settings.ensemble_weights), settings.anomaly_threshold, None, threads=1)
+    X, valid, errors = predictor.features(batch)
+    cycles, pre_errors = batch_to_cycles(batch, CHANNELS)  # the per-row path, as before
+    assert not pre_errors
+    X_rows, row_errors = extract_cycles(cycles, fs)
+    assert list(valid) == [i for i in range(len(rows)) if i not in row_errors]
+    np.testing.assert_allclose(X, X_rows, rtol=0, atol=1e-9)
+    assert {i: (e.channel, e.problem) for i, e in errors.items()} == \
+        {i: (e.channel, e.problem) for i, e in row_errors.items()}
+    assert errors[len(rows) - 1].channel == "TS2" and "NaN" in errors[len(rows) - 1].problem
+
+    out = predictor(batch)
+    assert out["_kind"].to_pylist().count("error") == len(bad_positions)
+    assert predictor.bundles["xgboost"].model.estimators["cooler"].n_jobs == 1

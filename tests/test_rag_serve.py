@@ -164,3 +164,23 @@ def test_ollama_backend_then_degraded_when_it_goes_down(serve_app):
     events = list(handle.options(stream=True).stream.remote("How do I fix valve lag?", 2))
     assert events[-1]["event"] == "done" and events[-1]["metadata"]["degraded"] is True
     assert "[" in "".join(e["text"] for e in events[:-1])
+
+
+def test_an_outdated_index_is_reported_not_served(serve_app, tmp_path):
+    import json
+
+    from ray import serve
+
+    from deployments.assistant import build_assistant
+
+    store = IndexStore(tmp_path / "old")
+    version = _publish(write_sample_corpus(tmp_path / "kb"), store)
+    manifest = tmp_path / "old" / version / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 1}))  # before sentence vectors
+    handle = serve.run(build_assistant(Settings(index_store_uri=str(tmp_path / "old"))), name=APP, route_prefix=None)
+    result = handle.query.remote("How do I fix valve lag?", 2).result()
+    meta = result["metadata"]
+    assert result["sources"] == [] and meta["degraded"] is True and meta["index_version"] is None
+    assert "format 1" in meta["degraded_reason"] and "pipelines.build_index" in meta["degraded_reason"], meta
+    info = handle.info.remote().result()
+    assert info["index_version"] is None and info["backend"] == "extractive"

@@ -67,6 +67,7 @@ def test_cache_hit_then_miss_after_rollout(api, engineer, ray_cluster):
 def test_rollout_under_load_drops_nothing(api, engineer):
     stop = threading.Event()
     statuses: list[int] = []
+    failures: list[str] = []
 
     def client():
         with httpx.Client(base_url=api.base, timeout=30) as http:
@@ -76,6 +77,8 @@ def test_rollout_under_load_drops_nothing(api, engineer):
                 r = http.post("/api/v1/diagnostics/predict", json=simulated_request(engineer["system"], seed=seed),
                               headers=engineer["headers"])
                 statuses.append(r.status_code)
+                if r.status_code != 200:
+                    failures.append(r.text[:300])
 
     threads = [threading.Thread(target=client) for _ in range(2)]
     for t in threads:
@@ -87,7 +90,7 @@ def test_rollout_under_load_drops_nothing(api, engineer):
     for t in threads:
         t.join(60)
     assert len(statuses) > 10
-    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert set(statuses) == {200}, ({s: statuses.count(s) for s in set(statuses)}, failures)
     info = api.http.get("/api/v1/models", headers=engineer["headers"]).json()
     assert {m["version"] for m in info["models"]} == {MODEL_VERSIONS[0]}
 

@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from configs.settings import Settings
-from storage.kv import KV, MemoryKV, RedisKV, make_kv
+from storage.kv import KV, FailSoftKV, MemoryKV, RedisKV, make_kv
 from tests.fixtures.db import REDIS_URL
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -91,5 +91,5 @@ async def test_redis_ping_is_false_when_unreachable() -> None:
 async def test_make_kv_picks_redis_only_when_configured(tmp_path) -> None:
     assert isinstance(make_kv(Settings(home=tmp_path, redis_url=None)), MemoryKV)
     store = make_kv(Settings(home=tmp_path, redis_url=REDIS_URL))
-    assert isinstance(store, RedisKV) and store.prefix == "hdx:"
+    assert isinstance(store, FailSoftKV) and isinstance(store.inner, RedisKV) and store.inner.prefix == "hdx:"
     await store.close()
