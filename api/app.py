@@ -20,8 +20,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.audit import audited_principal
-from api.deps import current_principal
 from api.logging import configure_logging
 from api.ratelimit import enforce_rate_limit, load_tiers, rate_limit_headers
 from configs.settings import Settings, get_settings
@@ -158,8 +156,6 @@ def create_app(settings: Settings | None = None, echo_request_id: bool = True) -
         users,
     )
 
-    # Who called is remembered for the audit trail wherever a route authenticates.
-    app.dependency_overrides[current_principal] = audited_principal
     limited = [Depends(enforce_rate_limit)]
     for module in (health, auth):  # probes and login: no caller to count yet
         app.include_router(module.router)

@@ -6,9 +6,9 @@ its records and retries at the next interval (a database outage delays the trail
 it does not lose it or fail requests); the app's lifespan calls ``close`` on
 shutdown, which flushes what is left.
 
-Who called is learnt by wrapping ``api.deps.current_principal`` (see
-``audited_principal``): every route that authenticates leaves its principal on
-``request.state`` for the record, and a 401 there is recorded as ``auth_failed``.
+Who called is read from ``request.state.principal``, which
+``api.deps.current_principal`` sets on every route that authenticates; a 401
+there is recorded as ``auth_failed``.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, Request
+from fastapi import Request
 
-from api.deps import AuthServiceDep, SessionDep, api_key_scheme, bearer_scheme, current_principal
 from auth.principal import Principal
 from storage.models import utcnow
 from storage.repositories import audit as audit_repo
@@ -90,19 +89,6 @@ class AuditWriter:
                 return
             await asyncio.sleep(0.5 * (attempt + 1))
         log.error("audit trail: %d records could not be written at shutdown", self.backlog)
-
-
-async def audited_principal(
-    request: Request,
-    session: SessionDep,
-    auth: AuthServiceDep,
-    _bearer: Annotated[str | None, Depends(bearer_scheme)],
-    x_api_key: Annotated[str | None, Depends(api_key_scheme)],
-) -> Principal:
-    """``current_principal``, remembering the caller for the audit record and the rate limit."""
-    principal = await current_principal(request, session, auth, _bearer, x_api_key)
-    request.state.principal = principal
-    return principal
 
 
 def outcome(status: int) -> str:

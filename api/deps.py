@@ -61,16 +61,22 @@ async def current_principal(
     _bearer: Annotated[str | None, Depends(bearer_scheme)],
     x_api_key: Annotated[str | None, Depends(api_key_scheme)],
 ) -> Principal:
-    """The caller, from ``Authorization: Bearer <jwt>`` or ``X-API-Key: hdx_...``; 401 otherwise."""
+    """The caller, from ``Authorization: Bearer <jwt>`` or ``X-API-Key: hdx_...``; 401 otherwise.
+
+    The principal is also left on ``request.state`` for the audit record and the rate limit.
+    """
     authorization = request.headers.get("authorization")
     if authorization is not None:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise unauthorized("malformed Authorization header; expected 'Bearer <token>'")
-        return await _principal_from_token(session, auth, token.strip())
-    if x_api_key is not None:
-        return await _principal_from_api_key(session, x_api_key.strip())
-    raise unauthorized("missing credentials; send 'Authorization: Bearer <token>' or 'X-API-Key: <key>'")
+        principal = await _principal_from_token(session, auth, token.strip())
+    elif x_api_key is not None:
+        principal = await _principal_from_api_key(session, x_api_key.strip())
+    else:
+        raise unauthorized("missing credentials; send 'Authorization: Bearer <token>' or 'X-API-Key: <key>'")
+    request.state.principal = principal
+    return principal
 
 
 async def _principal_from_token(session: AsyncSession, auth: AuthService, token: str) -> Principal:

@@ -174,7 +174,6 @@ def _block_mean(x: np.ndarray, rate_hz: int) -> np.ndarray:
 def _simulate_batch(conds: dict[str, np.ndarray], rng_params: np.random.Generator,
                     noise: dict[str, np.random.Generator], wanted: set[str]) -> dict[str, np.ndarray]:
     p = _params(conds, rng_params)
-    n = len(conds["cooler"])
     setpoint, opening, dip, refill = _pressures(p, conds)
     ps1 = setpoint - dip - 2.0 * refill
 

@@ -361,7 +361,6 @@ class EnsemblePredictor:
         return X[rows], rows, errors
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        n = batch.num_rows
         X, rows, errors = self.features(batch)
         diags: list[dict] = []
         if len(rows):
