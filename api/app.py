@@ -152,6 +152,7 @@ def create_app(settings: Settings | None = None, echo_request_id: bool = True) -
         history,
         ingestion,
         models,
+        rag,
         systems,
         users,
     )
@@ -161,12 +162,7 @@ def create_app(settings: Settings | None = None, echo_request_id: bool = True) -
         app.include_router(module.router)
     for module in (diagnostics, models, systems, history, feedback, ingestion, audit, users):
         app.include_router(module.router, dependencies=limited)
-    try:
-        from api.routers import rag
-    except ImportError:  # the assistant is optional in a deployment without its packages
-        rag = None
-    if rag is not None:
-        app.include_router(rag.router, dependencies=limited)
+    app.include_router(rag.router, dependencies=limited)
     return app
 
 
