@@ -34,6 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.ready import wait_ready  # noqa: E402 - importable once the project root is on the path
+
 CHANNELS = ("TS1", "TS2", "TS3", "TS4", "VS1", "CE", "CP", "SE")
 
 
@@ -161,14 +163,7 @@ def run_local(args) -> dict:
                                                                     ("catboost", "xgboost", "random_forest", "adaptive")}}),
                   name="hdx-bench", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/api/v1/ready", timeout=10).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_ready(url)
         return asyncio.run(run_load(url, {"X-API-Key": key}, system, batch=args.batch,
                                     concurrency=args.concurrency, duration_s=args.duration, diagnose=args.diagnose))
     finally:

@@ -32,6 +32,8 @@ from types import SimpleNamespace
 import httpx
 import numpy as np
 
+from bench.ready import wait_ready
+
 CHANNELS = ["TS1", "TS2", "TS3", "TS4", "VS1", "CE", "CP", "SE"]
 
 
@@ -142,18 +144,6 @@ def _token(base: str) -> dict:
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
-def _wait(base: str, timeout_s: float = 180) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/api/v1/ready", timeout=10).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{base} not ready")
-
-
 def run_phases(base: str, args) -> dict:
     headers = _token(base)
     bodies = _bodies("bench-rig", 200)
@@ -198,7 +188,7 @@ def main() -> None:
              log_to_driver=False, include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": 8011})
     serve.run(build_app({"assistant": False}), name="hdx-bench", route_prefix="/")
-    _wait("http://127.0.0.1:8011")
+    wait_ready("http://127.0.0.1:8011", 180)
     results["ray_serve"] = run_phases("http://127.0.0.1:8011", args)
     print("ray_serve", json.dumps(results["ray_serve"]), flush=True)
     serve.shutdown()
@@ -208,7 +198,7 @@ def main() -> None:
         proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.bench_serve:single_process_app", "--factory",
                                  "--host", "127.0.0.1", "--port", "8012", "--log-level", "warning"], env=os.environ.copy())
         try:
-            _wait("http://127.0.0.1:8012")
+            wait_ready("http://127.0.0.1:8012", 180)
             results["single_process"] = run_phases("http://127.0.0.1:8012", args)
             print("single_process", json.dumps(results["single_process"]), flush=True)
         finally:

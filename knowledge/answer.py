@@ -104,21 +104,24 @@ class ExtractiveAnswerer:
     def answer(self, question: str, passages: Sequence[dict], embed: Callable[[list[str]], np.ndarray] | None = None,
                question_vector: np.ndarray | None = None) -> Answer:
         """With ``question_vector`` and build-time sentence vectors, no embedding happens here."""
-        if question_vector is not None:
-            embedded = self.embedded_candidates(passages)
-            if embedded is not None:
-                return self.select(np.asarray(question_vector, dtype=np.float32), *embedded)
-        candidates = self.candidates(passages)
-        if not candidates:
-            return Answer(NO_ANSWER)
-        if embed is None:
-            raise ValueError("these passages carry no sentence vectors: an embed function is needed")
-        vectors = np.asarray(embed([question] + [c.text for c in candidates]), dtype=np.float32)
-        return self.select(vectors[0], candidates, vectors[1:])
+        ready = self._without_embedding(passages, embed, question_vector)
+        if isinstance(ready, Answer):
+            return ready
+        vectors = np.asarray(embed([question] + [c.text for c in ready]), dtype=np.float32)
+        return self.select(vectors[0], ready, vectors[1:])
 
     async def aanswer(self, question: str, passages: Sequence[dict],
                       embed: Callable[[list[str]], Awaitable[np.ndarray]] | None = None,
                       question_vector: np.ndarray | None = None) -> Answer:
+        ready = self._without_embedding(passages, embed, question_vector)
+        if isinstance(ready, Answer):
+            return ready
+        vectors = np.asarray(await embed([question] + [c.text for c in ready]), dtype=np.float32)
+        return self.select(vectors[0], ready, vectors[1:])
+
+    def _without_embedding(self, passages: Sequence[dict], embed, question_vector: np.ndarray | None):
+        """The answer when no embedding is needed (stored sentence vectors, or nothing
+        to say); otherwise the candidate sentences the caller must embed."""
         if question_vector is not None:
             embedded = self.embedded_candidates(passages)
             if embedded is not None:
@@ -128,8 +131,7 @@ class ExtractiveAnswerer:
             return Answer(NO_ANSWER)
         if embed is None:
             raise ValueError("these passages carry no sentence vectors: an embed function is needed")
-        vectors = np.asarray(await embed([question] + [c.text for c in candidates]), dtype=np.float32)
-        return self.select(vectors[0], candidates, vectors[1:])
+        return candidates
 
     def select(self, question_vec: np.ndarray, candidates: Sequence[Candidate], vectors: np.ndarray) -> Answer:
         if not candidates:

@@ -15,7 +15,8 @@ import time
 import httpx
 import pytest
 
-from tests.fixtures.serve_app import Api, _wait_ready, free_port
+from bench.ready import wait_ready
+from tests.fixtures.serve_app import Api, free_port
 
 pytestmark = pytest.mark.ray
 APP, PREFIX = "hdx-rag", "/rag-app"
@@ -77,7 +78,7 @@ def rag_app(hdx_env, ray_cluster, index_manifest):
                     f"{[a for a in serve.status().applications if a != APP]}")
     base = f"http://127.0.0.1:{port}{PREFIX}"
     try:
-        _wait_ready(base)
+        wait_ready(base)
         yield base
     finally:
         serve.delete(APP)
