@@ -18,7 +18,8 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.logging import configure_logging
 from api.ratelimit import enforce_rate_limit, load_tiers, rate_limit_headers
@@ -64,6 +65,45 @@ class BodySizeLimit:
         await response({"type": "http"}, None, send)
 
 
+class RequestObserver:
+    """Every HTTP request: a trace id (the client's ``X-Request-ID`` or a new one) on
+    ``request.state`` and in the logs, rate-limit headers on the response, and on the
+    way out the audit record, metrics and access-log line (``observe``).
+
+    A plain ASGI middleware: ``BaseHTTPMiddleware`` would add a task and a body
+    stream to every request."""
+
+    def __init__(self, app: ASGIApp, observe, echo_request_id: bool):
+        self.app, self.observe, self.echo_request_id = app, observe, echo_request_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        trace_id = request.headers.get(TRACE_HEADER) or uuid.uuid4().hex
+        request.state.trace_id = trace_id
+        token = trace_id_var.set(trace_id)
+        start = time.perf_counter()
+        status_code = 500  # what the client gets if the app raises
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+                headers = MutableHeaders(scope=message)
+                for name, value in rate_limit_headers(request).items():
+                    headers[name] = value
+                if self.echo_request_id:
+                    headers[TRACE_HEADER] = trace_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            self.observe(request, status_code, (time.perf_counter() - start) * 1000)
+            trace_id_var.reset(token)
+
+
 def _error_body(request: Request, detail) -> dict:
     return {"detail": detail, "trace_id": getattr(request.state, "trace_id", trace_id_var.get())}
 
@@ -77,6 +117,7 @@ def create_app(settings: Settings | None = None, echo_request_id: bool = True) -
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         from api.audit import AuditWriter
+        from api.history_writer import HistoryWriter
         from api.ratelimit import RateLimiter
         from storage.db import Database, migrate
         from storage.kv import make_kv
@@ -88,6 +129,7 @@ def create_app(settings: Settings | None = None, echo_request_id: bool = True) -
         app.state.rate_limiter = RateLimiter(app.state.kv, tiers)
         app.state.audit = AuditWriter(app.state.db, settings.audit_flush_interval_s)
         app.state.audit.start()
+        app.state.history = HistoryWriter(app.state.db)
 
         async def latest_diagnosis(system_id: str) -> dict | None:
             async with app.state.db.sessionmaker() as session:
@@ -97,6 +139,7 @@ def create_app(settings: Settings | None = None, echo_request_id: bool = True) -
         try:
             yield
         finally:
+            await app.state.history.close()
             await app.state.audit.close()  # before the database goes: nothing recorded is lost
             await app.state.kv.close()
             await app.state.db.dispose()
@@ -113,24 +156,7 @@ def create_app(settings: Settings | None = None, echo_request_id: bool = True) -
     configure_logging(settings.log_json)
     observe = _observer()
 
-    @app.middleware("http")
-    async def trace_requests(request: Request, call_next):
-        trace_id = request.headers.get(TRACE_HEADER) or uuid.uuid4().hex
-        request.state.trace_id = trace_id
-        token = trace_id_var.set(trace_id)
-        start = time.perf_counter()
-        status_code = 500  # what the client gets if the app raises
-        try:
-            response = await call_next(request)
-            status_code = response.status_code
-            response.headers.update(rate_limit_headers(request))
-        finally:
-            observe(request, status_code, (time.perf_counter() - start) * 1000)
-            trace_id_var.reset(token)
-        if echo_request_id:
-            response.headers[TRACE_HEADER] = trace_id
-        return response
-
+    app.add_middleware(RequestObserver, observe=observe, echo_request_id=echo_request_id)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(StarletteHTTPException)

@@ -14,7 +14,8 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from auth.api_keys import ApiKeyError, verify_api_key
+from auth.access_cache import AccessCache, CachedUser
+from auth.api_keys import ApiKeyError, hash_key, verify_api_key
 from auth.principal import Principal, can_access_system
 from auth.roles import Role
 from auth.service import AuthError, AuthService
@@ -38,11 +39,20 @@ def http_error(error: AuthError) -> HTTPException:
     return HTTPException(error.status_code, detail=error.detail, headers=headers or None)
 
 
-def get_auth_service(request: Request) -> AuthService:
+async def get_auth_service(request: Request) -> AuthService:
+    # async, although it awaits nothing: FastAPI runs a plain ``def`` dependency in a
+    # thread pool, a thread hop on every request.
     state = request.app.state
     if getattr(state, "auth", None) is None:
         state.auth = AuthService(state.kv, state.settings)
     return state.auth
+
+
+def get_access_cache(request: Request) -> AccessCache:
+    state = request.app.state
+    if getattr(state, "access_cache", None) is None:
+        state.access_cache = AccessCache(state.settings.access_cache_ttl_s)
+    return state.access_cache
 
 
 async def get_db_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -70,34 +80,43 @@ async def current_principal(
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise unauthorized("malformed Authorization header; expected 'Bearer <token>'")
-        principal = await _principal_from_token(session, auth, token.strip())
+        principal = await _principal_from_token(session, auth, get_access_cache(request), token.strip())
     elif x_api_key is not None:
-        principal = await _principal_from_api_key(session, x_api_key.strip())
+        principal = await _principal_from_api_key(session, get_access_cache(request), x_api_key.strip())
     else:
         raise unauthorized("missing credentials; send 'Authorization: Bearer <token>' or 'X-API-Key: <key>'")
     request.state.principal = principal
     return principal
 
 
-async def _principal_from_token(session: AsyncSession, auth: AuthService, token: str) -> Principal:
+async def _principal_from_token(session: AsyncSession, auth: AuthService, cache: AccessCache,
+                                token: str) -> Principal:
     try:
-        claims = await auth.verify_access_token(token)
+        claims = await auth.verify_access_token(token)  # signature, expiry, revocation: every call
     except TokenError as error:
         raise unauthorized(str(error)) from error
-    user = await users_repo.get_user(session, claims.user_id)
-    if user is None or not user.is_active:
-        raise unauthorized("token's user no longer exists or is disabled")
-    # Role and tier come from the database, so a change applies without a new login.
+    user = cache.get("user", claims.user_id)
+    if user is None:
+        row = await users_repo.get_user(session, claims.user_id)
+        if row is None or not row.is_active:
+            raise unauthorized("token's user no longer exists or is disabled")
+        user = cache.put("user", claims.user_id, CachedUser(row.id, row.username, row.role, row.tier))
+    # Role and tier come from the database (within the access cache's TTL), not the token,
+    # so a change applies without a new login.
     return Principal(user.id, user.username, Role(user.role), user.tier, via="jwt", token=claims)
 
 
-async def _principal_from_api_key(session: AsyncSession, plaintext: str) -> Principal:
+async def _principal_from_api_key(session: AsyncSession, cache: AccessCache, plaintext: str) -> Principal:
+    key_hash = hash_key(plaintext)
+    principal = cache.get("api_key", key_hash)
+    if principal is not None:
+        return principal
     try:
         key, owner = await verify_api_key(session, plaintext)
     except ApiKeyError as error:
         raise unauthorized(str(error)) from error
     await session.commit()  # last_used_at
-    return Principal(
+    return cache.put("api_key", key_hash, Principal(
         owner.id,
         owner.username,
         Role(owner.role),
@@ -105,7 +124,7 @@ async def _principal_from_api_key(session: AsyncSession, plaintext: str) -> Prin
         via="api_key",
         api_key_id=key.id,
         system_scope=frozenset(key.system_scope),
-    )
+    ))
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
@@ -142,6 +161,16 @@ async def load_accessible_system(
             status.HTTP_403_FORBIDDEN, detail=f"you may not {action} system {system_id!r}{scope}"
         )
     return system
+
+
+async def authorize_system(request: Request, session: AsyncSession, principal: Principal, system_id: str) -> None:
+    """``load_accessible_system``'s verdict for routes that need only the verdict (the
+    diagnosis routes); a granted access is remembered in the access cache."""
+    cache = get_access_cache(request)
+    key = (principal.user_id, principal.role, principal.api_key_id, principal.system_scope, system_id)
+    if cache.get("grant", key) is None:
+        await load_accessible_system(session, principal, system_id)
+        cache.put("grant", key, True)
 
 
 async def system_access(system_id: str, principal: PrincipalDep, session: SessionDep) -> System:

@@ -61,6 +61,19 @@ class _DirectModel(_Direct):
         return super().__getattr__(name)
 
 
+class _DirectEnsemble(_Direct):
+    """The ensemble called in-process, one request at a time (no batching)."""
+
+    def __getattr__(self, name):
+        if name == "diagnose":
+            from deployments.ensemble import answered_or_raise
+
+            async def diagnose(cycles):
+                return answered_or_raise(await self._obj._diagnose(cycles))
+            return SimpleNamespace(remote=diagnose)
+        return super().__getattr__(name)
+
+
 def single_process_app():
     """uvicorn factory: the same FastAPI app with ensemble and models in this process."""
     from api.app import create_app
@@ -70,7 +83,7 @@ def single_process_app():
     models = {name: _DirectModel(dep.func_or_class()) for name, dep in MODEL_DEPLOYMENTS.items()}
     ensemble = DiagnosisEnsemble.func_or_class(**models)
     app = create_app()
-    app.state.ensemble = _Direct(ensemble)
+    app.state.ensemble = _DirectEnsemble(ensemble)
     app.state.rag = None
     return app
 
@@ -144,14 +157,53 @@ def _token(base: str) -> dict:
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
-def run_phases(base: str, args) -> dict:
+def cpu_seconds(server_pids: tuple[int, ...] = ()) -> dict[str, float]:
+    """CPU time (user + system) so far of every process taking part, by role: Ray's
+    processes by their title (one line per deployment), the single-process server
+    and this load generator."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            argv = proc.info["cmdline"] or [""]
+            if argv[0].startswith("ray::"):
+                role = argv[0].replace("ray::ServeReplica:", "replica ")
+            elif argv[0].endswith(("/raylet", "/gcs_server")):
+                role = argv[0].rsplit("/", 1)[1]
+            elif proc.pid in server_pids:
+                role = "single-process server"
+            elif proc.pid == os.getpid():
+                role = "load generator (this script)"
+            else:
+                continue
+            times = proc.cpu_times()
+            out[role] = out.get(role, 0.0) + times.user + times.system
+        except psutil.Error:
+            continue
+    return out
+
+
+def measured(base, headers, bodies, args, server_pids) -> dict:
+    """One phase at the benchmark's rate, with the CPU each process spent per answered request."""
+    before = cpu_seconds(server_pids)
+    result = asyncio.run(drive(base, headers, bodies, args.rate, args.seconds, args.concurrency))
+    after = cpu_seconds(server_pids)
+    spent = {role: (after[role] - before.get(role, 0.0)) * 1000 / max(result["ok"], 1) for role in after}
+    result["cpu_ms_per_request"] = {role: round(ms, 2) for role, ms in sorted(spent.items(), key=lambda kv: -kv[1])
+                                    if ms >= 0.05}
+    result["cpu_ms_per_request_total"] = round(sum(spent.values()), 2)
+    return result
+
+
+def run_phases(base: str, args, server_pids: tuple[int, ...] = ()) -> dict:
     headers = _token(base)
     bodies = _bodies("bench-rig", 200)
     asyncio.run(drive(base, headers, bodies[:20], rate=20, seconds=2, concurrency=8))  # warm-up
-    miss = asyncio.run(drive(base, headers, bodies, args.rate, args.seconds, args.concurrency))
+    miss = measured(base, headers, bodies, args, server_pids)
     hit_body = dict(bodies[0], use_cache=True)
     asyncio.run(drive(base, headers, [hit_body], rate=5, seconds=1, concurrency=1))  # fill the cache
-    hit = asyncio.run(drive(base, headers, [hit_body], args.rate, args.seconds, args.concurrency))
+    hit = measured(base, headers, [hit_body], args, server_pids)
     return {"cache_miss": miss, "cache_hit": hit}
 
 
@@ -161,7 +213,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--skip-single", action="store_true")
+    parser.add_argument("--throughput-optimized", action="store_true",
+                        help="start Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1: gRPC between replicas, "
+                             "user code on each replica's own event loop (see README, ops)")
     args = parser.parse_args()
+    if args.throughput_optimized:  # read by every Ray process at start: set before ray.init
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
 
     from configs.settings import get_settings
     from diagnosis.families import FAMILY_NAMES
@@ -199,7 +256,7 @@ def main() -> None:
                                  "--host", "127.0.0.1", "--port", "8012", "--log-level", "warning"], env=os.environ.copy())
         try:
             wait_ready("http://127.0.0.1:8012", 180)
-            results["single_process"] = run_phases("http://127.0.0.1:8012", args)
+            results["single_process"] = run_phases("http://127.0.0.1:8012", args, server_pids=(proc.pid,))
             print("single_process", json.dumps(results["single_process"]), flush=True)
         finally:
             proc.terminate()
@@ -212,6 +269,11 @@ def main() -> None:
         for phase, r in phases.items():
             print(f"| {design} | {phase} | {r['sent']} | {r['ok']} | {sum(r['errors'].values())} | "
                   f"{r['throughput_rps']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} |")
+    print("\nCPU per answered request (ms), by process:")
+    for design, phases in results.items():
+        for phase, r in phases.items():
+            parts = ", ".join(f"{role} {ms}" for role, ms in r["cpu_ms_per_request"].items())
+            print(f"  {design} {phase}: total {r['cpu_ms_per_request_total']} = {parts}")
     if "single_process" in results:
         for phase in ("cache_miss", "cache_hit"):
             a, b = results["ray_serve"][phase], results["single_process"][phase]

@@ -76,12 +76,19 @@ class Settings(BaseSettings):
     refresh_token_ttl_s: int = 14 * 24 * 3600
     login_max_failures: int = Field(5, description="failed logins per username within the window before throttling")
     login_failure_window_s: int = 300
+    access_cache_ttl_s: float = Field(
+        5.0, ge=0.0,
+        description="how long an ingress replica reuses a caller's user/API-key row and a granted system "
+                    "access before reading them again (0: every request reads them); changes made through "
+                    "this replica's API apply at once")
 
     # --- serving ------------------------------------------------------------
     max_body_bytes: int = 2_000_000
     max_batch_items: int = 64
     request_timeout_s: float = 10.0
     model_call_timeout_s: float = 10.0
+    model_version_refresh_s: float = Field(
+        1.0, gt=0.0, description="how often the ingress re-reads the model versions in service (cache keys)")
 
     # --- assistant ----------------------------------------------------------
     llm_backend: str = Field("extractive", pattern="^(extractive|ollama|vllm)$")

@@ -5,9 +5,8 @@ lists only those that answered, ``models_failed`` the rest); the ensemble
 answers from the others with lower confidence. Only when no model answers is
 it an error (``NoModelAvailable``, a 503 at the ingress).
 
-Cached answers are keyed by the cycle's values and the model versions in
-service. Versions are learned from every model reply and refreshed in the
-background, so after a rollout the first request already misses the old entries.
+The prediction cache sits in front of this deployment, in the ingress
+(``api.diagnosis``): a cached answer never costs a hop to here.
 """
 
 from __future__ import annotations
@@ -25,15 +24,21 @@ from configs.settings import get_settings
 from deployments.errors import describe
 from diagnosis.ensemble import combine
 from hydraulics.features import extract_cycles, get_feature_set
-from hydraulics.validation import cycle_arrays
-from storage.cache import cache_key, make_cache
 
 log = logging.getLogger("ray.serve")
-VERSION_REFRESH_S = 1.0
+INLINE_FEATURE_CYCLES = 4
 
 
 class NoModelAvailable(RuntimeError):
     pass
+
+
+def answered_or_raise(results: list[dict]) -> list[dict]:
+    """One request's results, or ``NoModelAvailable`` if its valid cycles found no model."""
+    unanswered = next((r["unanswered"] for r in results if "unanswered" in r), None)
+    if unanswered is not None:
+        raise unanswered
+    return results
 
 
 @serve.deployment(name="DiagnosisEnsemble", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
@@ -43,11 +48,7 @@ class DiagnosisEnsemble:
         self.settings = get_settings()
         self.models = {"catboost": catboost, "xgboost": xgboost, "random_forest": random_forest, "adaptive": adaptive}
         self.feature_set = get_feature_set(self.settings.feature_set)
-        self.cache = make_cache(self.settings)
-        self.versions: dict[str, str] = {}
-        self._refresh_task: asyncio.Task | None = None
 
-    # --- versions ----------------------------------------------------------------------
     async def models_info(self) -> dict[str, dict]:
         """Each model's loaded bundle, or the error that kept it from answering."""
         async def one(name: str, handle: DeploymentHandle):
@@ -56,26 +57,8 @@ class DiagnosisEnsemble:
             except Exception as exc:  # reported, not raised: /ready names the failing part
                 return name, {"ml_model": name, "error": describe(exc)}
 
-        info = dict(await asyncio.gather(*(one(n, h) for n, h in self.models.items())))
-        self.versions.update({n: i["version"] for n, i in info.items() if "version" in i})
-        return info
+        return dict(await asyncio.gather(*(one(n, h) for n, h in self.models.items())))
 
-    async def _refresh_versions(self) -> None:
-        while True:
-            try:
-                await self.models_info()
-            except Exception:
-                log.exception("model version refresh failed")
-            await asyncio.sleep(VERSION_REFRESH_S)
-
-    async def _known_versions(self) -> dict[str, str]:
-        if self._refresh_task is None:
-            self._refresh_task = asyncio.get_running_loop().create_task(self._refresh_versions())
-        if len(self.versions) < len(self.models):
-            await self.models_info()
-        return dict(self.versions)
-
-    # --- diagnosis ---------------------------------------------------------------------
     async def _call_models(self, X: np.ndarray) -> tuple[dict[str, dict], dict[str, str]]:
         async def one(name: str, handle: DeploymentHandle):
             start = time.perf_counter()
@@ -93,48 +76,47 @@ class DiagnosisEnsemble:
                 log.warning("model %s did not answer: %s", name, error)
             else:
                 answered[name] = reply
-                self.versions[name] = reply["version"]
         return answered, failed
 
-    async def diagnose(self, cycles: Sequence[Mapping], use_cache: bool = True) -> list[dict]:
+    async def diagnose(self, cycles: Sequence[Mapping]) -> list[dict]:
         """One result per cycle: ``{"ok": True, ...diagnosis}`` or ``{"ok": False, "error": {...}}``.
 
         Raises ``NoModelAvailable`` when no model answers for valid cycles.
         """
+        return answered_or_raise(await self._diagnose_together(list(cycles)))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _diagnose_together(self, requests: list[list[Mapping]]) -> list[list[dict]]:
+        """Concurrent requests share one feature step and one call per model: each
+        model hop costs milliseconds of serialisation and scheduling, paid here once
+        per batch instead of once per request."""
+        flat = await self._diagnose([c for cycles in requests for c in cycles])
+        out, offset = [], 0
+        for cycles in requests:
+            out.append(flat[offset:offset + len(cycles)])
+            offset += len(cycles)
+        return out
+
+    async def _diagnose(self, cycles: Sequence[Mapping]) -> list[dict]:
+        """Features once, the four models in parallel, one diagnosis per cycle."""
         start = time.perf_counter()
         results: list[dict | None] = [None] * len(cycles)
-        versions = await self._known_versions() if use_cache else {}
-        arrays: dict[int, dict] = {}
-        todo: list[int] = []
-        for i, raw in enumerate(cycles):
-            if use_cache:
-                try:
-                    arrays[i] = cycle_arrays(raw)
-                except ValueError:
-                    todo.append(i)  # invalid: the feature step below reports why
-                    continue
-                hit = await self.cache.get(cache_key(arrays[i], self.feature_set.name, versions))
-                if hit is not None:
-                    hit.update(cache_hit=True, total_processing_time_ms=(time.perf_counter() - start) * 1000)
-                    results[i] = {"ok": True, **hit}
-                    continue
-            todo.append(i)
-        if todo:
-            await self._diagnose_uncached([cycles[i] for i in todo], todo, results, arrays, start)
-        return results
-
-    async def _diagnose_uncached(self, cycles, positions, results, arrays, start) -> None:
-        t_feat = time.perf_counter()
-        X, errors = await asyncio.to_thread(extract_cycles, cycles, self.feature_set)
-        features_ms = (time.perf_counter() - t_feat) * 1000
-        valid = [k for k in range(len(cycles)) if k not in errors]
+        if len(cycles) <= INLINE_FEATURE_CYCLES:  # under a millisecond: cheaper than a thread hop
+            X, errors = extract_cycles(cycles, self.feature_set)
+        else:  # a batch: keep the event loop free for other requests
+            X, errors = await asyncio.to_thread(extract_cycles, cycles, self.feature_set)
+        features_ms = (time.perf_counter() - start) * 1000
         for k, err in errors.items():
-            results[positions[k]] = {"ok": False, "error": err.to_dict()}
+            results[k] = {"ok": False, "error": err.to_dict()}
+        valid = [k for k in range(len(cycles)) if k not in errors]
         if not valid:
-            return
+            return results
         answered, failed = await self._call_models(X)
-        if not answered:
-            raise NoModelAvailable(f"no model deployment answered: {failed}")
+        if not answered:  # the requests with valid cycles get this raised (a 503 at the ingress)
+            unanswered = NoModelAvailable(f"no model deployment answered: {failed}")
+            for k in valid:
+                results[k] = {"ok": False, "unanswered": unanswered}
+            return results
         weights = self.settings.ensemble_weights
         diagnoses = combine({n: r["probas"] for n, r in answered.items()}, weights, self.settings.anomaly_threshold)
         total_w = sum(weights.values())
@@ -152,7 +134,8 @@ class DiagnosisEnsemble:
                     "round_trip_ms": round(reply["round_trip_ms"], 3),
                     "features_used": X.shape[1],
                 })
-            answer = {
+            results[k] = {
+                "ok": True,
                 "prediction": diag,
                 "ml_predictions": ml,
                 "models_failed": failed,
@@ -165,15 +148,7 @@ class DiagnosisEnsemble:
                 "cache_hit": False,
                 "total_processing_time_ms": round((time.perf_counter() - start) * 1000, 3),
             }
-            results[positions[k]] = {"ok": True, **answer}
-            # Only complete answers are cached (a degraded one must not outlive the outage),
-            # under the versions that actually answered.
-            if positions[k] in arrays and not failed:
-                key = cache_key(arrays[positions[k]], self.feature_set.name, answer["model_versions"])
-                await self.cache.set(key, answer, self.settings.cache_ttl_s)
-
-    async def cache_healthy(self) -> bool:
-        return await self.cache.ping()
+        return results
 
     async def learn(self, cycle: Mapping, labels: dict[str, list]) -> dict:
         """Operator-confirmed labels for one cycle → the Adaptive model."""

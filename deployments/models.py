@@ -7,8 +7,8 @@ old one and swaps the reference only when it is ready, so requests in flight
 finish on the old model and none is dropped.
 
 Prediction is batched with ``@serve.batch``: concurrent requests are stacked
-into one matrix and scored in one call, off the event loop in a worker thread
-so a slow batch never starves the replica's request handling.
+into one matrix and scored in one call; a large batch is scored in a worker
+thread so it never starves the replica's request handling.
 
 The bundle loader is injected (``loader=``) so tests can hand a replica a
 fixture bundle or a failing one; the default reads the configured store.
@@ -30,6 +30,7 @@ from diagnosis.store import ModelBundle, ModelStore
 
 log = logging.getLogger("ray.serve")
 
+INLINE_ROWS = 16
 BundleLoader = Callable[[str, str], ModelBundle]  # (family, version) → bundle
 
 
@@ -72,7 +73,10 @@ class ModelReplica:
         sizes = [len(b) for b in feature_blocks]
         X = np.vstack(feature_blocks)
         start = time.perf_counter()
-        probas = await asyncio.to_thread(bundle.model.predict_proba, X)
+        if len(X) <= INLINE_ROWS:  # about a millisecond: cheaper than a thread hop
+            probas = bundle.model.predict_proba(X)
+        else:  # a large batch: keep the event loop free (health checks, reconfigure)
+            probas = await asyncio.to_thread(bundle.model.predict_proba, X)
         elapsed_ms = (time.perf_counter() - start) * 1000
         out, offset = [], 0
         for n in sizes:

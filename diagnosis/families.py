@@ -73,15 +73,17 @@ class FamilyModel:
 
     def predict_proba(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """``{target: (n, n_levels)}``, columns in ``target_classes(target)`` order."""
-        out = {}
-        for target, est in self.estimators.items():
-            k = len(target_classes(target))
-            proba = np.asarray(self._predict_proba(est, X[:, self.columns[target]]), dtype=np.float64)
-            seen = np.asarray(getattr(est, "classes_", np.arange(proba.shape[1]))).astype(int)
-            full = np.zeros((X.shape[0], k))
-            full[:, seen] = proba  # a level never seen in training keeps probability 0
-            out[target] = full
-        return out
+        return {target: self._all_levels(target, est, self._predict_proba(est, X[:, self.columns[target]]))
+                for target, est in self.estimators.items()}
+
+    @staticmethod
+    def _all_levels(target: str, estimator, proba: np.ndarray) -> np.ndarray:
+        """An estimator's columns (the levels it saw in training) → every level of the target."""
+        proba = np.asarray(proba, dtype=np.float64)
+        seen = np.asarray(getattr(estimator, "classes_", np.arange(proba.shape[1]))).astype(int)
+        full = np.zeros((proba.shape[0], len(target_classes(target))))
+        full[:, seen] = proba  # a level never seen in training keeps probability 0
+        return full
 
     def save(self, directory: Path) -> list[str]:
         directory.mkdir(parents=True, exist_ok=True)
@@ -148,6 +150,15 @@ class XGBoostFamily(FamilyModel):
         est.load_model(str(path))
         return est
 
+    def _predict_proba(self, estimator, X):
+        """The booster's own softmax output: what ``predict_proba`` returns for
+        ``multi:softprob``, without the scikit-learn wrapper's per-call
+        configuration context (most of the time of a one-row call)."""
+        return estimator.get_booster().inplace_predict(X)
+
+
+PACKED_MAX_ROWS = 16  # measured crossover: packed 0.35 vs 5.1 ms at 1 row, slower from about 20 rows
+
 
 class RandomForestFamily(FamilyModel):
     family = "random_forest"
@@ -167,6 +178,19 @@ class RandomForestFamily(FamilyModel):
         total = sum(tree.tree_.predict(X).reshape(len(X), -1) for tree in estimator.estimators_)
         proba = total / len(estimator.estimators_)
         return proba / proba.sum(axis=1, keepdims=True)
+
+    def predict_proba(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Requests of a few rows descend all trees of all targets together
+        (``diagnosis.forest``, about 15× faster for one row); larger blocks are
+        faster tree by tree."""
+        if len(X) > PACKED_MAX_ROWS or len(self.estimators) != len(TARGETS) or not np.isfinite(X).all():
+            return super().predict_proba(X)
+        packed = self.__dict__.get("_packed")
+        if packed is None:
+            from diagnosis.forest import PackedForest
+
+            packed = self._packed = PackedForest(self.estimators, self.columns)
+        return {t: self._all_levels(t, self.estimators[t], p) for t, p in packed.predict_proba(X).items()}
 
 
 def family_class(name: str) -> type[FamilyModel]:

@@ -111,3 +111,28 @@ def test_random_forest_fast_path_equals_sklearn(trained, sim_data):
         cols = model.columns[target]
         np.testing.assert_allclose(model._predict_proba(est, Xt[:, cols]), est.predict_proba(Xt[:, cols]),
                                    rtol=1e-6, atol=1e-9)
+
+
+def test_random_forest_packed_path_equals_sklearn(trained, sim_data):
+    """Small requests take the all-trees-at-once path (diagnosis.forest); it must give
+    scikit-learn's probabilities for every target, one row or several."""
+    from diagnosis.families import PACKED_MAX_ROWS
+
+    _, _, Xt, _ = sim_data
+    model = trained["random_forest"]
+    for rows in (Xt[:1], Xt[1:PACKED_MAX_ROWS]):
+        got = model.predict_proba(rows)
+        assert "_packed" in model.__dict__
+        for target, est in model.estimators.items():
+            cols = model.columns[target]
+            np.testing.assert_allclose(got[target], model._all_levels(target, est, est.predict_proba(rows[:, cols])),
+                                       rtol=1e-6, atol=1e-9)
+
+
+def test_xgboost_booster_path_equals_sklearn(trained, sim_data):
+    _, _, Xt, _ = sim_data
+    model = trained["xgboost"]
+    for target, est in model.estimators.items():
+        cols = model.columns[target]
+        np.testing.assert_allclose(model._predict_proba(est, Xt[:, cols]), est.predict_proba(Xt[:, cols]),
+                                   rtol=1e-6, atol=1e-7)

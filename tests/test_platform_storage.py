@@ -89,3 +89,35 @@ def test_latest_diagnosis_hook_reads_the_newest_stored_prediction(platform):
     hook = platform.app.state.latest_diagnosis
     assert platform.client.portal.call(hook, "rig-h")["severity"] == "critical"
     assert platform.client.portal.call(hook, "rig-none") is None
+
+
+async def test_history_writer_groups_concurrent_requests_and_keeps_their_ids(db):
+    """Group commit: concurrent requests share transactions, and each gets the ids of its own rows."""
+    import asyncio
+
+    from api.history_writer import HistoryWriter
+
+    async with db.session() as session:
+        owner = await add_user(session, "owner")
+        await add_system(session, "rig-1", owner)
+        await session.commit()
+    writer = HistoryWriter(db)
+    requests = [[predictions_repo.row("rig-1", answer("normal", 0.1), {"TS1": [float(i)]}, trace_id=f"r{i}-{k}",
+                                      source="predict", user_id=owner.id) for k in range(1 + i % 3)]
+                for i in range(24)]
+    ids = await asyncio.gather(*(writer.add(rows) for rows in requests))
+    assert writer.rows_written == sum(len(r) for r in requests) and writer.commits < len(requests)
+    async with db.session() as session:
+        for rows, got in zip(requests, ids):
+            assert len(got) == len(rows)
+            for row, prediction_id in zip(rows, got):
+                stored = await predictions_repo.get(session, "rig-1", prediction_id)
+                assert stored.trace_id == row["trace_id"]
+
+    # A batch the database refuses fails only the requests in it; the writer goes on.
+    bad = dict(requests[0][0], system_id="no-such-system")  # violates the foreign key
+    results = await asyncio.gather(writer.add([bad]), return_exceptions=True)
+    assert isinstance(results[0], Exception)
+    [later] = await writer.add([dict(requests[0][0], trace_id="after")])
+    assert later > max(max(i) for i in ids)
+    await writer.close()

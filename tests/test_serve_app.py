@@ -56,8 +56,12 @@ def test_cache_hit_then_miss_after_rollout(api, engineer, ray_cluster):
                              headers=engineer["headers"]).json()
     assert uncached["cache_hit"] is False
 
-    # Roll out v2 of every model (the next test does it under load).
+    # Roll out v2 of every model (the next test does it under load), and watch it finish as an
+    # operator does: /models shows the new versions (the ingress re-reads them then, and
+    # by itself every model_version_refresh_s).
     _redeploy(versions=MODEL_VERSIONS[1])
+    models = api.http.get("/api/v1/models", headers=engineer["headers"]).json()["models"]
+    assert {m["version"] for m in models} == {MODEL_VERSIONS[1]}
     third = api.http.post("/api/v1/diagnostics/predict", json=body, headers=engineer["headers"]).json()
     assert set(third["model_versions"].values()) == {MODEL_VERSIONS[1]}
     assert third["cache_hit"] is False, (first["model_versions"], third)  # a new version never answers from the old cache

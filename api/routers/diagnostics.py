@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
-from api.deps import PrincipalDep, SessionDep, load_accessible_system
+from api.deps import PrincipalDep, SessionDep, authorize_system
+from api.diagnosis import get_diagnosis
 from api.routers.history import store_predictions
 from api.schemas.diagnostics import (
     BatchItem,
@@ -28,7 +29,7 @@ UNAVAILABLE_RETRY_S = "5"
 
 async def run_ensemble(request: Request, cycles: list[dict], use_cache: bool) -> list[dict]:
     try:
-        return await request.app.state.ensemble.diagnose.remote(cycles, use_cache)
+        return await get_diagnosis(request).diagnose(cycles, use_cache)
     except NoModelAvailable as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc),
                             headers={"Retry-After": UNAVAILABLE_RETRY_S}) from exc
@@ -39,7 +40,7 @@ async def predict(body: PredictRequest, request: Request, response: Response, pr
                   session: SessionDep) -> dict:
     """Diagnose one cycle of one system."""
     request.state.system_id = body.system_id
-    await load_accessible_system(session, principal, body.system_id)
+    await authorize_system(request, session, principal, body.system_id)
     await session.commit()  # end the read transaction: no connection held while the models work
     [result] = await run_ensemble(request, [body.sensor_data], body.use_cache)
     if not result["ok"]:
@@ -64,7 +65,7 @@ async def predict_batch(body: BatchPredictRequest, request: Request, response: R
                             detail=[{"loc": ["body", "items"], "type": "too_long",
                                      "msg": f"at most {limit} items per batch, got {len(body.items)}"}])
     request.state.system_id = body.system_id
-    await load_accessible_system(session, principal, body.system_id)
+    await authorize_system(request, session, principal, body.system_id)
     await session.commit()
     results = await run_ensemble(request, body.items, body.use_cache)
     trace_id = request.state.trace_id

@@ -7,6 +7,8 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from api.diagnosis import get_diagnosis
+
 router = APIRouter(prefix="/api/v1", tags=["health"])
 
 
@@ -31,9 +33,10 @@ async def ready(request: Request) -> JSONResponse:
     predictions go on uncached.
     """
     state = request.app.state
+    diagnosis = get_diagnosis(request)
     db_ok, db_err = await _check(state.db.ping())
-    cache_ok, cache_err = await _check(state.ensemble.cache_healthy.remote())
-    models, models_err = await _check(state.ensemble.models_info.remote(), 10.0)
+    cache_ok, cache_err = await _check(diagnosis.cache_healthy())
+    models, models_err = await _check(diagnosis.models_info(), 10.0)
     checks = {
         "database": {"ok": bool(db_ok), **({"error": db_err} if db_err else {})},
         "cache": {"ok": bool(cache_ok), "backend": "redis" if state.settings.redis_url else "in-process",

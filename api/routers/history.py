@@ -42,10 +42,7 @@ async def store_predictions(request: Request, system_id: str, served: Sequence[t
     rows = [predictions_repo.row(system_id, answer, raw, trace_id=request.state.trace_id, source=source,
                                  user_id=principal.user_id if principal else None) for answer, raw in served]
     try:
-        async with request.app.state.db.sessionmaker() as session:
-            ids = await predictions_repo.add_many(session, rows)
-            await session.commit()
-        return ids
+        return await request.app.state.history.add(rows)
     except Exception:
         log.exception("could not store %d predictions of system %s", len(rows), system_id)
         return None

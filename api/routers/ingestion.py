@@ -14,6 +14,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, status
 
 from api.deps import PrincipalDep, SessionDep, load_accessible_system
+from api.diagnosis import get_diagnosis
 from api.metrics import get_metrics
 from api.routers.history import store_predictions
 from api.schemas.ingestion import IngestItem, IngestRequest, IngestResponse
@@ -91,7 +92,7 @@ async def _diagnose(request: Request, system_id: str, cycles: list[tuple[int, di
     for start in range(0, len(cycles), chunk):
         part = cycles[start:start + chunk]
         try:
-            results = await request.app.state.ensemble.diagnose.remote([data for _, data in part], True)
+            results = await get_diagnosis(request).diagnose([data for _, data in part])
         except Exception as exc:  # the readings are stored; diagnosis can be rerun from them later
             return describe(exc)
         served = [(r, data) for r, (_, data) in zip(results, part) if r["ok"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from api.deps import PrincipalDep
+from api.diagnosis import get_diagnosis
 
 router = APIRouter(prefix="/api/v1", tags=["models"])
 
@@ -12,7 +13,7 @@ router = APIRouter(prefix="/api/v1", tags=["models"])
 @router.get("/models")
 async def list_models(request: Request, principal: PrincipalDep) -> dict:
     """Each model deployment's loaded bundle: version, feature set, training data and metrics."""
-    info = await request.app.state.ensemble.models_info.remote()
+    info = await get_diagnosis(request).models_info()
     settings = request.app.state.settings
     return {"feature_set": settings.feature_set, "ensemble_weights": settings.ensemble_weights,
             "models": list(info.values())}

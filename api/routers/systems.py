@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from sqlalchemy import func, or_, select
 
-from api.deps import PrincipalDep, SessionDep, require_role, system_access, system_write_access
+from api.deps import PrincipalDep, SessionDep, get_access_cache, require_role, system_access, system_write_access
 from api.schemas.systems import MemberIn, MemberOut, SystemCreate, SystemOut, SystemPage, SystemUpdate, channel_specs
 from auth.principal import Principal
 from auth.roles import Action, Role
@@ -105,12 +105,13 @@ async def update_system(body: SystemUpdate, system: Annotated[System, Depends(sy
 
 
 @router.delete("/{system_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_system(principal: PrincipalDep,
+async def delete_system(request: Request, principal: PrincipalDep,
                         system: Annotated[System, Depends(system_write_access)], session: SessionDep) -> Response:
     """Soft delete: the system disappears from the API; its history stays for the audit trail."""
     _require_owner(principal, system)
     await systems_repo.soft_delete_system(session, system)
     await session.commit()
+    get_access_cache(request).clear()
     log.info("system %s deleted by user %s", system.id, principal.username)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -125,7 +126,7 @@ async def list_members(system: Annotated[System, Depends(system_access)], sessio
 
 
 @router.post("/{system_id}/members", response_model=MemberOut, status_code=status.HTTP_201_CREATED)
-async def grant_member(body: MemberIn, principal: PrincipalDep,
+async def grant_member(request: Request, body: MemberIn, principal: PrincipalDep,
                        system: Annotated[System, Depends(system_write_access)], session: SessionDep) -> MemberOut:
     """Grant a user read or write access (or change it)."""
     _require_owner(principal, system)
@@ -137,15 +138,17 @@ async def grant_member(body: MemberIn, principal: PrincipalDep,
     member = await systems_repo.grant_membership(session, system_id=system.id, user_id=user.id,
                                                  permission=body.permission, granted_by=principal.user_id)
     await session.commit()
+    get_access_cache(request).clear()  # a write grant may have become read-only
     return MemberOut(user_id=user.id, username=user.username, permission=member.permission,
                      granted_by=member.granted_by, created_at=member.created_at)
 
 
 @router.delete("/{system_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def revoke_member(user_id: int, principal: PrincipalDep,
+async def revoke_member(request: Request, user_id: int, principal: PrincipalDep,
                         system: Annotated[System, Depends(system_write_access)], session: SessionDep) -> Response:
     _require_owner(principal, system)
     if not await systems_repo.revoke_membership(session, system.id, user_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"user {user_id} is not a member of {system.id!r}")
     await session.commit()
+    get_access_cache(request).clear()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -36,15 +36,11 @@ def row(system_id: str, answer: Mapping[str, Any], sensor_data: Mapping[str, Any
 
 
 async def add_many(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """Insert rows built by ``row``; return their ids in order. The caller commits."""
+    """Insert rows built by ``row`` in one statement; return their ids in row order. The caller commits."""
     if not rows:
         return []
-    ids = []
-    # One round trip per row keeps ids in order on both dialects (executemany + RETURNING
-    # does not promise an order); history batches are small (≤ max_batch_items).
-    for r in rows:
-        ids.append(await session.scalar(insert(PredictionRecord).values(**r).returning(PredictionRecord.id)))
-    return ids
+    stmt = insert(PredictionRecord).returning(PredictionRecord.id, sort_by_parameter_order=True)
+    return list((await session.scalars(stmt, list(rows))).all())
 
 
 async def get(session: AsyncSession, system_id: str, prediction_id: int) -> PredictionRecord | None:

@@ -1,0 +1,112 @@
+"""The ingress side of the diagnosis DAG: the prediction cache in front of the ensemble.
+
+A cached answer is served by the ingress replica itself, with no hop to the
+ensemble; a miss goes to ``DiagnosisEnsemble.diagnose`` and every complete
+answer (all models answered) is stored. The key covers the cycle's channel
+values, the feature set and the model versions in service
+(``storage.cache.cache_key``), so an answer of one model version is never
+served under another.
+
+The versions in service are learned from every ensemble answer and re-read in
+the background every ``model_version_refresh_s`` (and on every ``/models`` or
+``/ready`` call). After a rollout completes, a cached answer of the old models
+can be served for at most that long: the same as a request that reached a
+not-yet-updated replica during the rollout.
+
+A failing cache (Redis down) is a miss; it never fails a prediction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+
+from fastapi import Request
+
+from configs.settings import Settings
+from hydraulics.validation import cycle_arrays
+from storage.cache import cache_key, make_cache
+
+log = logging.getLogger("hdx.diagnosis")
+_UNCACHED_FIELDS = ("ok", "total_processing_time_ms")
+
+
+class DiagnosisClient:
+    def __init__(self, ensemble, settings: Settings):
+        self.ensemble = ensemble  # a DeploymentHandle (or anything with .diagnose/.models_info.remote)
+        self.settings = settings
+        self.cache = make_cache(settings)
+        self.versions: dict[str, str] = {}
+        self._refresh_task: asyncio.Task | None = None
+
+    # --- versions in service ---------------------------------------------------------
+    async def models_info(self) -> dict[str, dict]:
+        """Each model deployment's loaded bundle (or why it did not answer)."""
+        info = await self.ensemble.models_info.remote()
+        self.versions.update({name: i["version"] for name, i in info.items() if "version" in i})
+        return info
+
+    async def _refresh_versions(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.model_version_refresh_s)
+            try:
+                await self.models_info()
+            except Exception as exc:  # the ensemble is down or restarting: keep the versions we know
+                log.warning("model version refresh failed: %s", exc)
+
+    async def _known_versions(self) -> dict[str, str]:
+        if self._refresh_task is None:
+            self._refresh_task = asyncio.get_running_loop().create_task(self._refresh_versions())
+        if not self.versions:
+            await self.models_info()
+        return self.versions
+
+    # --- diagnosis ------------------------------------------------------------------------
+    async def diagnose(self, cycles: Sequence[Mapping], use_cache: bool = True) -> list[dict]:
+        """One result per cycle, as ``DiagnosisEnsemble.diagnose`` gives them, cache hits included.
+
+        Raises ``deployments.ensemble.NoModelAvailable`` when no model answers.
+        """
+        start = time.perf_counter()
+        results: list[dict | None] = [None] * len(cycles)
+        arrays: dict[int, dict] = {}
+        if use_cache:
+            versions = await self._known_versions()
+            for i, raw in enumerate(cycles):
+                try:
+                    arrays[i] = cycle_arrays(raw)
+                except ValueError:
+                    continue  # invalid: the ensemble's feature step says why
+                hit = await self.cache.get(cache_key(arrays[i], self.settings.feature_set, versions))
+                if hit is not None:
+                    hit.update(ok=True, cache_hit=True,
+                               total_processing_time_ms=round((time.perf_counter() - start) * 1000, 3))
+                    results[i] = hit
+        todo = [i for i, r in enumerate(results) if r is None]
+        if todo:
+            answers = await self.ensemble.diagnose.remote([cycles[i] for i in todo])
+            for i, answer in zip(todo, answers):
+                results[i] = answer
+                if not answer["ok"]:
+                    continue
+                self.versions.update(answer["model_versions"])
+                # Only complete answers are cached (a degraded one must not outlive the outage),
+                # under the versions that actually answered.
+                if i in arrays and not answer["models_failed"]:
+                    key = cache_key(arrays[i], self.settings.feature_set, answer["model_versions"])
+                    stored = {k: v for k, v in answer.items() if k not in _UNCACHED_FIELDS}
+                    await self.cache.set(key, stored, self.settings.cache_ttl_s)
+        return results
+
+    async def cache_healthy(self) -> bool:
+        return await self.cache.ping()
+
+
+def get_diagnosis(request: Request) -> DiagnosisClient:
+    """The app's client, made on first use from ``app.state.ensemble``."""
+    state = request.app.state
+    if getattr(state, "diagnosis", None) is None:
+        state.diagnosis = DiagnosisClient(state.ensemble, state.settings)
+    return state.diagnosis
