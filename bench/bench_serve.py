@@ -216,9 +216,15 @@ def main() -> None:
     parser.add_argument("--throughput-optimized", action="store_true",
                         help="start Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1: gRPC between replicas, "
                              "user code on each replica's own event loop (see README, ops)")
+    parser.add_argument("--haproxy", action="store_true",
+                        help="also RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy (needs the haproxy binary) instead of "
+                             "Serve's Python proxy, forwarding straight to the ingress replicas")
     args = parser.parse_args()
-    if args.throughput_optimized:  # read by every Ray process at start: set before ray.init
+    # Read by every Ray process when it starts: set before ray.init.
+    if args.throughput_optimized or args.haproxy:
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    if args.haproxy:
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
 
     from configs.settings import get_settings
     from diagnosis.families import FAMILY_NAMES

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     max_batch_items: int = 64
     request_timeout_s: float = 10.0
     model_call_timeout_s: float = 10.0
+    ensemble_batch_wait_s: float = Field(
+        0.01, ge=0.0, le=1.0,
+        description="how long the ensemble waits to batch concurrent requests into one call per model")
     model_version_refresh_s: float = Field(
         1.0, gt=0.0, description="how often the ingress re-reads the model versions in service (cache keys)")
 

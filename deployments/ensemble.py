@@ -48,6 +48,7 @@ class DiagnosisEnsemble:
         self.settings = get_settings()
         self.models = {"catboost": catboost, "xgboost": xgboost, "random_forest": random_forest, "adaptive": adaptive}
         self.feature_set = get_feature_set(self.settings.feature_set)
+        self._diagnose_together.set_batch_wait_timeout_s(self.settings.ensemble_batch_wait_s)
 
     async def models_info(self) -> dict[str, dict]:
         """Each model's loaded bundle, or the error that kept it from answering."""
@@ -85,11 +86,13 @@ class DiagnosisEnsemble:
         """
         return answered_or_raise(await self._diagnose_together(list(cycles)))
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)  # the wait: settings.ensemble_batch_wait_s
     async def _diagnose_together(self, requests: list[list[Mapping]]) -> list[list[dict]]:
         """Concurrent requests share one feature step and one call per model: each
         model hop costs milliseconds of serialisation and scheduling, paid here once
-        per batch instead of once per request."""
+        per batch instead of once per request. Waiting ``ensemble_batch_wait_s`` for
+        companions costs a lone request that long; under load it doubled the
+        uncached throughput on the 2-core benchmark machine (docs/benchmarks.md)."""
         flat = await self._diagnose([c for cycles in requests for c in cycles])
         out, offset = [], 0
         for cycles in requests:
