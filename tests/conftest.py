@@ -7,7 +7,6 @@ live in ``tests/fixtures/`` and are registered below.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
