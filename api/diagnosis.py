@@ -60,7 +60,10 @@ class DiagnosisClient:
         if self._refresh_task is None:
             self._refresh_task = asyncio.get_running_loop().create_task(self._refresh_versions())
         if not self.versions:
-            await self.models_info()
+            try:
+                await self.models_info()
+            except Exception as exc:  # no versions, no cache: the diagnosis call says what is wrong
+                log.warning("model versions unknown, cache skipped: %s", exc)
         return self.versions
 
     # --- diagnosis ------------------------------------------------------------------------
@@ -72,8 +75,8 @@ class DiagnosisClient:
         start = time.perf_counter()
         results: list[dict | None] = [None] * len(cycles)
         arrays: dict[int, dict] = {}
-        if use_cache:
-            versions = await self._known_versions()
+        versions = await self._known_versions() if use_cache else {}
+        if versions:
             for i, raw in enumerate(cycles):
                 try:
                     arrays[i] = cycle_arrays(raw)
