@@ -290,3 +290,19 @@ def test_one_failing_model_still_answers_and_none_is_503(api, engineer):
         assert "no model deployment answered" in r.json()["detail"]
     finally:
         serve.delete("dead")
+
+
+def test_access_revoked_through_the_api_is_refused_at_once(api, engineer):
+    """The ingress remembers a granted access for access_cache_ttl_s; a revocation through the
+    API clears that memory, so the very next request is refused instead of served for the TTL."""
+    guest, password = api.create_user("engineer")
+    guest_headers = api.auth(api.token(guest, password))
+    body = simulated_request(engineer["system"], seed=4)
+    members = f"/api/v1/systems/{engineer['system']}/members"
+    assert api.http.post(members, json={"username": guest}, headers=engineer["headers"]).status_code == 201
+    granted = api.http.post("/api/v1/diagnostics/predict", json=body, headers=guest_headers)
+    assert granted.status_code == 200, granted.text
+    [member] = api.http.get(members, headers=engineer["headers"]).json()
+    assert api.http.delete(f"{members}/{member['user_id']}", headers=engineer["headers"]).status_code == 204
+    refused = api.http.post("/api/v1/diagnostics/predict", json=body, headers=guest_headers)
+    assert refused.status_code == 403, refused.text
