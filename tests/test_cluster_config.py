@@ -97,6 +97,11 @@ def test_rayservice_embeds_serve_config_yaml():
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
     gpu_limits = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert set(groups) == {"cpu", "gpu"} and gpu_limits["nvidia.com/gpu"] == "1"
+    # Throughput mode (HAProxy, gRPC between replicas) on every node, as the README's ops section says.
+    pods = [cluster["headGroupSpec"], *groups.values()]
+    for pod in pods:
+        env = {e["name"]: e["value"] for e in pod["template"]["spec"]["containers"][0]["env"]}
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
 
 
 def test_rayjob_runs_batch_prediction():
