@@ -25,7 +25,7 @@ from sqlalchemy import (
     func,
     true,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, orm_insert_sentinel
 
 USER_ROLES = ("admin", "engineer", "viewer")
 MEMBER_PERMISSIONS = ("read", "write")
@@ -188,6 +188,9 @@ class PredictionRecord(Base):
     result: Mapped[dict[str, Any]]
     sensor_data: Mapped[dict[str, Any]]
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    # Lets one multi-row INSERT … RETURNING give the ids back in row order on SQLite too
+    # (migration 0003); it holds the row's position within its INSERT and means nothing else.
+    insert_sentinel: Mapped[int | None] = orm_insert_sentinel()
 
 
 class Feedback(Base):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from storage.models import Reading
 from storage.repositories import feedback as feedback_repo
@@ -72,6 +72,33 @@ async def test_prediction_history_pages_and_filters(session):
     await session.commit()
     [stored] = await feedback_repo.for_prediction(session, ids[0])
     assert stored.components == {"valve": 90} and stored.learned == {"state_revision": "r1"}
+
+
+async def test_prediction_rows_go_in_as_one_insert_and_ids_match_their_rows(session):
+    """The history writer's batch is one INSERT … RETURNING on both backends (on SQLite
+    this needs the insert sentinel; without it SQLAlchemy sends one INSERT per row), and
+    the ids come back in row order."""
+    owner = await add_user(session, "owner")
+    await add_system(session, "rig-1", owner)
+    rows = [predictions_repo.row("rig-1", answer("normal", i / 100), {"TS1": [float(i)]}, trace_id=f"r{i}",
+                                 source="predict", user_id=owner.id) for i in range(25)]
+    inserts = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO PREDICTIONS"):
+            inserts.append(statement)
+
+    engine = session.bind.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        ids = await predictions_repo.add_many(session, rows)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    await session.commit()
+    assert len(inserts) == 1
+    stored = {p.id: p for p in await predictions_repo.page(session, "rig-1", limit=100)}
+    assert [stored[i].trace_id for i in ids] == [f"r{i}" for i in range(25)]
+    assert [stored[i].sensor_data["TS1"][0] for i in ids] == [float(i) for i in range(25)]
 
 
 def test_latest_diagnosis_hook_reads_the_newest_stored_prediction(platform):
