@@ -189,7 +189,8 @@ class PredictionRecord(Base):
     sensor_data: Mapped[dict[str, Any]]
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), default=None)
     # Lets one multi-row INSERT … RETURNING give the ids back in row order on SQLite too
-    # (migration 0003); it holds the row's position within its INSERT and means nothing else.
+    # (migration 0003): a multi-row insert sets it to each row's position in the statement,
+    # a single-row insert leaves it NULL; it means nothing else.
     insert_sentinel: Mapped[int | None] = orm_insert_sentinel()
 
 

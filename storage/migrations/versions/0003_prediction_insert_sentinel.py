@@ -4,7 +4,8 @@ The history writer stores many rows in one ``INSERT … RETURNING id`` and hands
 each request its own id, so it needs the ids back in row order. PostgreSQL's
 SERIAL gives SQLAlchemy an ordering to sort by; SQLite's ROWID does not, and
 without a sentinel SQLAlchemy falls back to one INSERT per row there. The
-column holds each row's position within its INSERT and means nothing else.
+column holds each row's position within a multi-row INSERT (NULL after a
+single-row one) and means nothing else.
 
 Revision ID: 0003
 Revises: 0002
