@@ -20,6 +20,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from deployments.batching import group_slices
 from storage.repositories import predictions as predictions_repo
 
 log = logging.getLogger("hdx.history")
@@ -66,11 +67,9 @@ class HistoryWriter:
             return
         self.commits += 1
         self.rows_written += len(ids)
-        offset = 0
-        for rows, future in batch:
+        for (_, future), part in zip(batch, group_slices(len(rows) for rows, _ in batch)):
             if not future.done():  # a caller that went away still has its rows stored
-                future.set_result(ids[offset:offset + len(rows)])
-            offset += len(rows)
+                future.set_result(ids[part])
 
     async def _run(self) -> None:
         while True:

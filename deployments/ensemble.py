@@ -21,6 +21,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from configs.settings import get_settings
+from deployments.batching import group_slices
 from deployments.errors import describe
 from diagnosis.ensemble import combine
 from hydraulics.features import extract_cycles, get_feature_set
@@ -94,11 +95,7 @@ class DiagnosisEnsemble:
         companions costs a lone request that long; under load it doubled the
         uncached throughput on the 2-core benchmark machine (docs/benchmarks.md)."""
         flat = await self._diagnose([c for cycles in requests for c in cycles])
-        out, offset = [], 0
-        for cycles in requests:
-            out.append(flat[offset:offset + len(cycles)])
-            offset += len(cycles)
-        return out
+        return [flat[part] for part in group_slices(len(cycles) for cycles in requests)]
 
     async def _diagnose(self, cycles: Sequence[Mapping]) -> list[dict]:
         """Features once, the four models in parallel, one diagnosis per cycle."""

@@ -26,6 +26,7 @@ import pandas as pd
 from ray import serve
 
 from configs.settings import get_settings
+from deployments.batching import group_slices
 from diagnosis.store import ModelBundle, ModelStore
 
 log = logging.getLogger("ray.serve")
@@ -70,7 +71,6 @@ class ModelReplica:
     async def score(self, feature_blocks: list[np.ndarray]) -> list[dict]:
         """The work of one batch: all blocks stacked, one model call, split back."""
         bundle = await self._ensure_loaded()
-        sizes = [len(b) for b in feature_blocks]
         X = np.vstack(feature_blocks)
         start = time.perf_counter()
         if len(X) <= INLINE_ROWS:  # about a millisecond: cheaper than a thread hop
@@ -78,17 +78,13 @@ class ModelReplica:
         else:  # a large batch: keep the event loop free (health checks, reconfigure)
             probas = await asyncio.to_thread(bundle.model.predict_proba, X)
         elapsed_ms = (time.perf_counter() - start) * 1000
-        out, offset = [], 0
-        for n in sizes:
-            out.append({
-                "family": self.family,
-                "version": bundle.version,
-                "probas": {t: p[offset:offset + n] for t, p in probas.items()},
-                "processing_time_ms": elapsed_ms,
-                "batch_rows": len(X),
-            })
-            offset += n
-        return out
+        return [{
+            "family": self.family,
+            "version": bundle.version,
+            "probas": {t: p[part] for t, p in probas.items()},
+            "processing_time_ms": elapsed_ms,
+            "batch_rows": len(X),
+        } for part in group_slices(len(b) for b in feature_blocks)]
 
     async def info(self) -> dict:
         bundle = await self._ensure_loaded()
