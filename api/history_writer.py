@@ -15,7 +15,6 @@ callers log it and still answer the diagnosis, without a prediction id.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +32,7 @@ class HistoryWriter:
         self._waiting: list[tuple[Sequence[dict[str, Any]], asyncio.Future]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._closing = False
         self.commits = 0
         self.rows_written = 0
 
@@ -77,12 +77,15 @@ class HistoryWriter:
             self._wake.clear()
             while self._waiting:
                 await self._write(self._take_batch())
+            if self._closing:
+                return
 
     async def close(self) -> None:
-        """Write what is queued, then stop; called from the app's lifespan."""
-        while self._waiting:
+        """Write what is queued, the batch being written now included, then stop; called
+        from the app's lifespan."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None and not self._task.done():
+            await self._task
+        while self._waiting:  # queued when no writer task ran
             await self._write(self._take_batch())
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task

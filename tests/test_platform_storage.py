@@ -118,6 +118,28 @@ def test_latest_diagnosis_hook_reads_the_newest_stored_prediction(platform):
     assert platform.client.portal.call(hook, "rig-none") is None
 
 
+async def test_history_writer_close_finishes_the_batch_being_written(db):
+    """Shutdown while a batch is in the database: the batch is committed and its caller answered."""
+    import asyncio
+
+    from api.history_writer import HistoryWriter
+
+    async with db.session() as session:
+        owner = await add_user(session, "owner")
+        await add_system(session, "rig-1", owner)
+        await session.commit()
+    writer = HistoryWriter(db)
+    row = predictions_repo.row("rig-1", answer("normal", 0.1), {"TS1": [1.0]}, trace_id="in-flight",
+                               source="predict", user_id=owner.id)
+    pending = asyncio.create_task(writer.add([row]))
+    while writer._task is None or writer._waiting:  # the writer has taken the batch and is inserting it
+        await asyncio.sleep(0)
+    await writer.close()
+    [prediction_id] = await asyncio.wait_for(pending, 10)
+    async with db.session() as session:
+        assert (await predictions_repo.get(session, "rig-1", prediction_id)).trace_id == "in-flight"
+
+
 async def test_history_writer_groups_concurrent_requests_and_keeps_their_ids(db):
     """Group commit: concurrent requests share transactions, and each gets the ids of its own rows."""
     import asyncio
