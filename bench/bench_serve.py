@@ -140,7 +140,8 @@ async def drive(base: str, headers: dict, bodies: list[dict] | None, rate: float
             "p99_ms": round(float(np.percentile(lat, 99)), 2)}
 
 
-def _bodies(system_id: str, n: int) -> list[dict]:
+def simulated_bodies(system_id: str, n: int) -> list[dict]:
+    """``n`` uncached /diagnostics/predict bodies: simulated cycles, the same ones on every run."""
     from hydraulics.simulator import simulate_dataset
 
     data = simulate_dataset(1, seed=42, channels=CHANNELS)
@@ -216,7 +217,7 @@ def measured(base, headers, bodies, args, server_pids) -> dict:
 
 def run_phases(base: str, args, server_pids: tuple[int, ...] = ()) -> dict:
     headers = _token(base)
-    bodies = _bodies("bench-rig", 200)
+    bodies = simulated_bodies("bench-rig", 200)
     asyncio.run(drive(base, headers, bodies[:20], rate=20, seconds=2, concurrency=8))  # warm-up
     miss = measured(base, headers, bodies, args, server_pids)
     hit_body = dict(bodies[0], use_cache=True)

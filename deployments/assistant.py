@@ -24,6 +24,7 @@ from ray.serve.handle import DeploymentHandle
 
 from configs.settings import Settings, get_settings
 from deployments.errors import describe
+from deployments.rollout import SURGE_PERCENT
 from knowledge.answer import NO_ANSWER, ExtractiveAnswerer
 from knowledge.embedding import get_embedder
 from knowledge.index_store import IndexFormatError, IndexNotFound, IndexStore
@@ -33,7 +34,7 @@ from knowledge.retrieval import IndexSearcher, diagnosis_bias
 logger = logging.getLogger("ray.serve")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1})
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_surge_percent=SURGE_PERCENT)
 class Embedder:
     def __init__(self, model_path: str | None = None, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.005):
         self._model = get_embedder(model_path)
@@ -53,7 +54,8 @@ class Embedder:
         return self._model.embed(list(texts))
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, user_config={"index_version": "latest"})
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, user_config={"index_version": "latest"},
+                  max_surge_percent=SURGE_PERCENT)
 class Retriever:
     def __init__(self, store_uri: str | None = None, refresh_interval_s: float = 30.0):
         self._store = IndexStore(store_uri or get_settings().index_store_uri)
@@ -121,7 +123,7 @@ class Retriever:
                 "n_chunks": searcher.size if searcher else 0}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5})
+@serve.deployment(ray_actor_options={"num_cpus": 0.5})  # replaced in place: deployments/rollout.py
 class LLM:
     def __init__(self, backend: str | None = None, model: str | None = None, ollama_url: str | None = None,
                  vllm_model_path: str | None = None, timeout_s: float | None = None,
@@ -184,7 +186,7 @@ class LLM:
         return len(tok(prompt, add_special_tokens=False)["input_ids"]) + len(tok(completion, add_special_tokens=False)["input_ids"])
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_surge_percent=SURGE_PERCENT)
 class RagPipeline:
     def __init__(self, embedder: DeploymentHandle, retriever: DeploymentHandle, llm: DeploymentHandle,
                  llm_timeout_s: float | None = None):

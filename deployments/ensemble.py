@@ -23,6 +23,7 @@ from ray.serve.handle import DeploymentHandle
 from configs.settings import get_settings
 from deployments.batching import group_slices
 from deployments.errors import describe
+from deployments.rollout import SURGE_PERCENT
 from diagnosis.ensemble import combine
 from hydraulics.features import extract_cycles, get_feature_set
 
@@ -42,7 +43,8 @@ def answered_or_raise(results: list[dict]) -> list[dict]:
     return results
 
 
-@serve.deployment(name="DiagnosisEnsemble", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+@serve.deployment(name="DiagnosisEnsemble", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64,
+                  max_surge_percent=SURGE_PERCENT)
 class DiagnosisEnsemble:
     def __init__(self, catboost: DeploymentHandle, xgboost: DeploymentHandle,
                  random_forest: DeploymentHandle, adaptive: DeploymentHandle):

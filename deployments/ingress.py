@@ -12,9 +12,11 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from api.app import create_app
+from deployments.rollout import SURGE_PERCENT
 
 
-@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64,
+                  max_surge_percent=SURGE_PERCENT)
 @serve.ingress()
 class Ingress:
     def __init__(self, ensemble: DeploymentHandle, rag: DeploymentHandle | None = None):

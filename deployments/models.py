@@ -27,6 +27,7 @@ from ray import serve
 
 from configs.settings import get_settings
 from deployments.batching import group_slices
+from deployments.rollout import SURGE_PERCENT
 from diagnosis.store import ModelBundle, ModelStore
 
 log = logging.getLogger("ray.serve")
@@ -103,22 +104,22 @@ class ModelReplica:
         }
 
 
-@serve.deployment(name="CatBoostModel", ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(name="CatBoostModel", ray_actor_options={"num_cpus": 0.25}, max_surge_percent=SURGE_PERCENT)
 class CatBoostModel(ModelReplica):
     family = "catboost"
 
 
-@serve.deployment(name="XGBoostModel", ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(name="XGBoostModel", ray_actor_options={"num_cpus": 0.25}, max_surge_percent=SURGE_PERCENT)
 class XGBoostModel(ModelReplica):
     family = "xgboost"
 
 
-@serve.deployment(name="RandomForestModel", ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(name="RandomForestModel", ray_actor_options={"num_cpus": 0.25}, max_surge_percent=SURGE_PERCENT)
 class RandomForestModel(ModelReplica):
     family = "random_forest"
 
 
-@serve.deployment(name="AdaptiveModel", ray_actor_options={"num_cpus": 0.25})
+@serve.deployment(name="AdaptiveModel", ray_actor_options={"num_cpus": 0.25}, max_surge_percent=SURGE_PERCENT)
 class AdaptiveModel(ModelReplica):
     """Also learns from operator feedback. One replica applies an update and
     saves a new state revision to the store; every replica (that one included)

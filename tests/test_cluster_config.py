@@ -104,6 +104,15 @@ def test_rayservice_embeds_serve_config_yaml():
         assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
 
 
+def test_serve_config_fits_two_cpus_with_room_for_a_rollout():
+    """One replica of every deployment, plus a spare of the largest, fits the quick start's
+    2 CPUs: a code rollout starts each replacement before it stops the old replica
+    (deployments/rollout.py), and one that cannot be placed would wait forever."""
+    config = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
+    cpus = {d["name"]: d["ray_actor_options"]["num_cpus"] for d in config["applications"][0]["deployments"]}
+    assert round(sum(cpus.values()) + max(cpus.values()), 6) <= 2.0, cpus
+
+
 def test_rayjob_runs_batch_prediction():
     job = _manifest("rayjob-batch-predict.yaml")
     assert job["kind"] == "RayJob" and job["spec"]["shutdownAfterJobFinishes"] is True

@@ -68,9 +68,13 @@ def test_cache_hit_then_miss_after_rollout(api, engineer, ray_cluster):
 
 
 def test_rollout_under_load_drops_nothing(api, engineer):
+    """A new code version of every deployment at once, under load: no request fails or loses a
+    model, because every deployment keeps a running replica until its replacement is ready
+    (deployments/rollout.py). Without that, Serve stops the old replica first."""
     stop = threading.Event()
     statuses: list[int] = []
     failures: list[str] = []
+    models_failed: list[dict] = []
 
     def client():
         with httpx.Client(base_url=api.base, timeout=30) as http:
@@ -82,24 +86,60 @@ def test_rollout_under_load_drops_nothing(api, engineer):
                 statuses.append(r.status_code)
                 if r.status_code != 200:
                     failures.append(r.text[:300])
+                elif r.json()["models_failed"]:
+                    models_failed.append(r.json()["models_failed"])
 
-    threads = [threading.Thread(target=client) for _ in range(2)]
+    running = _RunningReplicas()
+    threads = [threading.Thread(target=client) for _ in range(2)] + [running.thread]
     for t in threads:
         t.start()
     time.sleep(1.0)
     _redeploy(versions=MODEL_VERSIONS[0])
     time.sleep(1.0)
     stop.set()
+    running.stop.set()
     for t in threads:
         t.join(60)
+    assert running.polls > 5
+    assert min(running.fewest.values()) >= 1, running.fewest  # never a deployment without a running replica
+    assert running.replaced == set(running.fewest), running.replaced  # and every one was replaced
     assert len(statuses) > 10
     assert set(statuses) == {200}, ({s: statuses.count(s) for s in set(statuses)}, failures)
+    assert not models_failed, models_failed
     info = api.http.get("/api/v1/models", headers=engineer["headers"]).json()
     assert {m["version"] for m in info["models"]} == {MODEL_VERSIONS[0]}
 
 
+class _RunningReplicas:
+    """Polls ``serve.status()`` in a thread: the fewest RUNNING replicas each deployment of
+    the app had, and which deployments started a new replica, while it ran."""
+
+    def __init__(self, app: str = "hdx"):
+        self.app = app
+        self.fewest: dict[str, int] = {}
+        self.replaced: set[str] = set()
+        self.polls = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        from ray import serve
+
+        while not self.stop.is_set():
+            for name, d in serve.status().applications[self.app].deployments.items():
+                states = {str(getattr(k, "value", k)): v for k, v in d.replica_states.items()}
+                self.fewest[name] = min(self.fewest.get(name, 10**6), states.get("RUNNING", 0))
+                if states.get("STARTING") or states.get("PENDING_MIGRATION"):
+                    self.replaced.add(name)
+            self.polls += 1
+            time.sleep(0.05)
+
+
 def _redeploy(versions: str) -> None:
-    """What `serve deploy` does after an edit of user_config: the same app, new model versions."""
+    """``serve.run`` again with other model versions. An app deployed from Python gets a new
+    code version on every ``serve.run``, so this replaces every replica: the heavier kind of
+    rollout. (``serve deploy`` of a config whose only change is a ``user_config`` restarts
+    nothing; the replicas reconfigure in place.)"""
     from ray import serve
 
     from deployments.app import build_app
@@ -287,7 +327,8 @@ def test_one_failing_model_still_answers_and_none_is_503(api, engineer):
         r = api.http.post("/dead/api/v1/diagnostics/predict", json=simulated_request(engineer["system"], seed=9),
                           headers=engineer["headers"])
         assert r.status_code == 503 and r.headers["Retry-After"]
-        assert "no model deployment answered" in r.json()["detail"]
+        detail = r.json()["detail"]
+        assert detail.startswith("NoModelAvailable: no model deployment answered") and "ray::" not in detail
     finally:
         serve.delete("dead")
 

@@ -9,6 +9,8 @@ client can send feedback on it.
 from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from api.deps import PrincipalDep, SessionDep, authorize_system
 from api.diagnosis import get_diagnosis
@@ -21,17 +23,20 @@ from api.schemas.diagnostics import (
     PredictResponse,
 )
 from deployments.ensemble import NoModelAvailable
+from deployments.errors import describe
 
 router = APIRouter(prefix="/api/v1/diagnostics", tags=["diagnostics"])
 
 UNAVAILABLE_RETRY_S = "5"
+# No model answered, the ensemble's queue is full, or its replica is gone: try again later.
+UNAVAILABLE = (NoModelAvailable, BackPressureError, DeploymentUnavailableError, RayActorError)
 
 
 async def run_ensemble(request: Request, cycles: list[dict], use_cache: bool) -> list[dict]:
     try:
         return await get_diagnosis(request).diagnose(cycles, use_cache)
-    except NoModelAvailable as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc),
+    except UNAVAILABLE as exc:  # the reason in one line, not the remote traceback
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=describe(exc, limit=1000),
                             headers={"Retry-After": UNAVAILABLE_RETRY_S}) from exc
 
 
