@@ -5,6 +5,7 @@ One application name ("rag-test") is redeployed by the tests in order; keep them
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -119,7 +120,7 @@ def test_index_hot_swap_drops_no_queries(serve_app, versions):
         t.start()
     time.sleep(2)
     before = len(results)
-    serve_app(index_version=v2)  # only the Retriever's user_config changes: reconfigure in place
+    serve_app(index_version=v2)  # serve.run again: Serve replaces every replica, the Retriever on v2
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not any(r["metadata"]["index_version"] == v2 for r in results[-3:]):
         time.sleep(0.2)
@@ -133,6 +134,27 @@ def test_index_hot_swap_drops_no_queries(serve_app, versions):
     assert seen[0] == v1 and seen[-1] == v2
     assert results[-1]["sources"][0]["document_id"] == "hose-burst"
     assert all(r["sources"][0]["document_id"] != "hose-burst" for r in results if r["metadata"]["index_version"] == v1)
+
+
+async def test_retriever_reconfigure_swaps_the_index_under_queries(versions):
+    """What ``serve deploy`` with a new ``index_version`` does to a running Retriever: it loads
+    the new index beside the old one and swaps the reference; queries meanwhile get the old."""
+    from deployments.assistant import Retriever
+
+    store_uri, v1, v2 = versions
+    retriever = Retriever.func_or_class(store_uri=store_uri)
+    await retriever.reconfigure({"index_version": v1})
+    vector = get_embedder().embed(["hydraulic hose burst spraying oil"])[0]
+    seen: list[str] = []
+    swap = asyncio.create_task(retriever.reconfigure({"index_version": v2}))
+    while not swap.done():
+        seen.append((await retriever.search(vector, k=1))["index_version"])
+        await asyncio.sleep(0.001)
+    await swap
+    after = await retriever.search(vector, k=1)
+    assert len(seen) > 1 and set(seen) == {v1}, seen  # answered while v2 loaded, from v1
+    assert after["index_version"] == v2 and after["hits"][0]["document_id"] == "hose-burst"
+    assert retriever.info()["configured"] == v2
 
 
 def test_ollama_backend_then_degraded_when_it_goes_down(serve_app):

@@ -71,53 +71,89 @@ def test_rollout_under_load_drops_nothing(api, engineer):
     """A new code version of every deployment at once, under load: no request fails or loses a
     model, because every deployment keeps a running replica until its replacement is ready
     (deployments/rollout.py). Without that, Serve stops the old replica first."""
-    stop = threading.Event()
-    statuses: list[int] = []
-    failures: list[str] = []
-    models_failed: list[dict] = []
-
-    def client():
-        with httpx.Client(base_url=api.base, timeout=30) as http:
-            seed = 100
-            while not stop.is_set():
-                seed += 1
-                r = http.post("/api/v1/diagnostics/predict", json=simulated_request(engineer["system"], seed=seed),
-                              headers=engineer["headers"])
-                statuses.append(r.status_code)
-                if r.status_code != 200:
-                    failures.append(r.text[:300])
-                elif r.json()["models_failed"]:
-                    models_failed.append(r.json()["models_failed"])
-
-    running = _RunningReplicas()
-    threads = [threading.Thread(target=client) for _ in range(2)] + [running.thread]
-    for t in threads:
-        t.start()
-    time.sleep(1.0)
-    _redeploy(versions=MODEL_VERSIONS[0])
-    time.sleep(1.0)
-    stop.set()
-    running.stop.set()
-    for t in threads:
-        t.join(60)
+    with _RunningReplicas() as running, _Load(api, engineer) as load:
+        time.sleep(1.0)
+        _redeploy(versions=MODEL_VERSIONS[0])
+        time.sleep(1.0)
     assert running.polls > 5
     assert min(running.fewest.values()) >= 1, running.fewest  # never a deployment without a running replica
     assert running.replaced == set(running.fewest), running.replaced  # and every one was replaced
-    assert len(statuses) > 10
-    assert set(statuses) == {200}, ({s: statuses.count(s) for s in set(statuses)}, failures)
-    assert not models_failed, models_failed
+    load.assert_all_answered()
     info = api.http.get("/api/v1/models", headers=engineer["headers"]).json()
     assert {m["version"] for m in info["models"]} == {MODEL_VERSIONS[0]}
 
 
+def test_model_version_rollout_by_config_reconfigures_in_place(api, engineer, hdx_env):
+    """The README's rollout: ``serve deploy`` of the config with a new ``user_config.version``
+    on the model deployments. No replica restarts: each loads the new bundle beside the old
+    one and swaps, so answers go from one version to the other with none failed."""
+    old, new = MODEL_VERSIONS[1], MODEL_VERSIONS[0]  # the app is left on v1, as the other tests expect
+    _deploy_config(old, hdx_env["env"])  # from Python to config: this one replaces replicas
+    _wait_models(api, engineer, old)
+    with _RunningReplicas() as running, _Load(api, engineer) as load:
+        time.sleep(1.0)
+        _deploy_config(new, hdx_env["env"])
+        _wait_models(api, engineer, new)
+        time.sleep(1.0)
+    assert running.polls > 5
+    # Replicas go UPDATING while they reconfigure (so RUNNING reads 0), but they stay in the
+    # routers' sets and keep answering: the load below is the check that they do.
+    assert running.replaced == set() and running.stopped == set(), (running.replaced, running.stopped)
+    load.assert_all_answered()
+    assert load.versions[0] == {old} and load.versions[-1] == {new}, load.versions
+
+
+class _Load:
+    """Two clients posting uncached diagnoses until the block ends; keeps every status, the
+    failures and the model versions of each answer."""
+
+    def __init__(self, api, engineer, clients: int = 2):
+        self.api, self.engineer = api, engineer
+        self.statuses: list[int] = []
+        self.failures: list[str] = []
+        self.versions: list[set[str]] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._client, args=(1000 * k,)) for k in range(clients)]
+
+    def _client(self, seed: int) -> None:
+        with httpx.Client(base_url=self.api.base, timeout=30) as http:
+            while not self.stop.is_set():
+                seed += 1
+                body = {**simulated_request(self.engineer["system"], seed=seed), "use_cache": False}
+                r = http.post("/api/v1/diagnostics/predict", json=body, headers=self.engineer["headers"])
+                self.statuses.append(r.status_code)
+                if r.status_code != 200:
+                    self.failures.append(r.text[:300])
+                elif r.json()["models_failed"]:
+                    self.failures.append(str(r.json()["models_failed"])[:300])
+                else:
+                    self.versions.append(set(r.json()["model_versions"].values()))
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+    def assert_all_answered(self) -> None:
+        assert len(self.statuses) > 10
+        counts = {s: self.statuses.count(s) for s in set(self.statuses)}
+        assert counts.keys() == {200} and not self.failures, (counts, self.failures)
+
+
 class _RunningReplicas:
-    """Polls ``serve.status()`` in a thread: the fewest RUNNING replicas each deployment of
-    the app had, and which deployments started a new replica, while it ran."""
+    """Polls ``serve.status()`` in a thread while the block runs: the fewest RUNNING
+    replicas each deployment of the app had, and which deployments started or stopped a replica."""
 
     def __init__(self, app: str = "hdx"):
         self.app = app
         self.fewest: dict[str, int] = {}
         self.replaced: set[str] = set()
+        self.stopped: set[str] = set()
         self.polls = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run)
@@ -131,15 +167,27 @@ class _RunningReplicas:
                 self.fewest[name] = min(self.fewest.get(name, 10**6), states.get("RUNNING", 0))
                 if states.get("STARTING") or states.get("PENDING_MIGRATION"):
                     self.replaced.add(name)
+                if states.get("STOPPING"):
+                    self.stopped.add(name)
             self.polls += 1
             time.sleep(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(60)
+
+
+MODEL_DEPLOYMENT_NAMES = ("CatBoostModel", "XGBoostModel", "RandomForestModel", "AdaptiveModel")
 
 
 def _redeploy(versions: str) -> None:
     """``serve.run`` again with other model versions. An app deployed from Python gets a new
     code version on every ``serve.run``, so this replaces every replica: the heavier kind of
-    rollout. (``serve deploy`` of a config whose only change is a ``user_config`` restarts
-    nothing; the replicas reconfigure in place.)"""
+    rollout (a new image). ``_deploy_config`` is the lighter one."""
     from ray import serve
 
     from deployments.app import build_app
@@ -147,6 +195,36 @@ def _redeploy(versions: str) -> None:
     serve.run(build_app({"assistant": False, "model_versions": {f: versions for f in
                                                                  ("catboost", "xgboost", "random_forest", "adaptive")}}),
               name="hdx", route_prefix="/")
+
+
+def _deploy_config(versions: str, env: dict) -> None:
+    """What ``serve deploy`` sends the controller: the app by import path, the model
+    versions as each model deployment's ``user_config``."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate({"applications": [{
+        "name": "hdx", "route_prefix": "/", "import_path": "deployments.app:build_app",
+        "args": {"assistant": False}, "runtime_env": {"env_vars": env},
+        "deployments": [{"name": name, "user_config": {"version": versions}} for name in MODEL_DEPLOYMENT_NAMES],
+    }]})
+    _get_global_client().deploy_apps(config)
+
+
+def _wait_models(api, engineer, version: str, timeout_s: float = 120) -> None:
+    """Until ``/models`` shows every model at ``version`` and Serve has nothing starting or stopping."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        models = api.http.get("/api/v1/models", headers=engineer["headers"]).json().get("models", [])
+        app = serve.status().applications["hdx"]
+        settled = getattr(app.status, "value", app.status) == "RUNNING" and not any(
+            {getattr(k, "value", k) for k in d.replica_states} - {"RUNNING"} for d in app.deployments.values())
+        if settled and len(models) == 4 and {m.get("version") for m in models} == {version}:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"models not at {version} after {timeout_s:g} s: {models}")
 
 
 def test_batch_answers_per_item(api, engineer):
