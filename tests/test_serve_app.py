@@ -163,7 +163,7 @@ class _RunningReplicas:
 
         while not self.stop.is_set():
             for name, d in serve.status().applications[self.app].deployments.items():
-                states = {str(getattr(k, "value", k)): v for k, v in d.replica_states.items()}
+                states = _replica_states(d)
                 self.fewest[name] = min(self.fewest.get(name, 10**6), states.get("RUNNING", 0))
                 if states.get("STARTING") or states.get("PENDING_MIGRATION"):
                     self.replaced.add(name)
@@ -181,7 +181,9 @@ class _RunningReplicas:
         self.thread.join(60)
 
 
-MODEL_DEPLOYMENT_NAMES = ("CatBoostModel", "XGBoostModel", "RandomForestModel", "AdaptiveModel")
+def _replica_states(deployment_status) -> dict[str, int]:
+    """A deployment's replica count by state name, from ``serve.status()``."""
+    return {getattr(state, "value", state): n for state, n in deployment_status.replica_states.items()}
 
 
 def _redeploy(versions: str) -> None:
@@ -191,9 +193,9 @@ def _redeploy(versions: str) -> None:
     from ray import serve
 
     from deployments.app import build_app
+    from deployments.models import MODEL_DEPLOYMENTS
 
-    serve.run(build_app({"assistant": False, "model_versions": {f: versions for f in
-                                                                 ("catboost", "xgboost", "random_forest", "adaptive")}}),
+    serve.run(build_app({"assistant": False, "model_versions": {f: versions for f in MODEL_DEPLOYMENTS}}),
               name="hdx", route_prefix="/")
 
 
@@ -203,10 +205,12 @@ def _deploy_config(versions: str, env: dict) -> None:
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
+    from deployments.models import MODEL_DEPLOYMENTS
+
     config = ServeDeploySchema.model_validate({"applications": [{
         "name": "hdx", "route_prefix": "/", "import_path": "deployments.app:build_app",
         "args": {"assistant": False}, "runtime_env": {"env_vars": env},
-        "deployments": [{"name": name, "user_config": {"version": versions}} for name in MODEL_DEPLOYMENT_NAMES],
+        "deployments": [{"name": d.name, "user_config": {"version": versions}} for d in MODEL_DEPLOYMENTS.values()],
     }]})
     _get_global_client().deploy_apps(config)
 
@@ -219,8 +223,8 @@ def _wait_models(api, engineer, version: str, timeout_s: float = 120) -> None:
     while time.monotonic() < deadline:
         models = api.http.get("/api/v1/models", headers=engineer["headers"]).json().get("models", [])
         app = serve.status().applications["hdx"]
-        settled = getattr(app.status, "value", app.status) == "RUNNING" and not any(
-            {getattr(k, "value", k) for k in d.replica_states} - {"RUNNING"} for d in app.deployments.values())
+        settled = app.status == "RUNNING" and not any(
+            _replica_states(d).keys() - {"RUNNING"} for d in app.deployments.values())
         if settled and len(models) == 4 and {m.get("version") for m in models} == {version}:
             return
         time.sleep(0.5)
