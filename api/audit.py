@@ -21,7 +21,7 @@ from typing import Any
 from fastapi import Request
 
 from auth.principal import Principal
-from storage.models import utcnow
+from storage.tables import utcnow
 from storage.repositories import audit as audit_repo
 
 log = logging.getLogger("hdx.audit")

@@ -20,7 +20,7 @@ from auth.principal import Principal, can_access_system
 from auth.roles import Role
 from auth.service import AuthError, AuthService
 from auth.tokens import TokenError
-from storage.models import System
+from storage.tables import System
 from storage.repositories import systems as systems_repo
 from storage.repositories import users as users_repo
 

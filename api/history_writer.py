@@ -19,7 +19,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from deployments.batching import group_slices
+from diagnosis.batching import group_slices
 from storage.repositories import predictions as predictions_repo
 
 log = logging.getLogger("hdx.history")

@@ -8,7 +8,7 @@ store counts 0 and requests go through: an outage relaxes limits, it does not
 refuse service.
 
 ``enforce_rate_limit`` is added as a dependency to every limited router in
-``api.app``; the middleware puts ``X-RateLimit-*`` headers on their responses.
+``api.application``; the middleware puts ``X-RateLimit-*`` headers on their responses.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ async def enforce_rate_limit(request: Request, principal: PrincipalDep) -> None:
     decision = await limiter.check(subject(principal), principal.tier)
     request.state.rate_limit = decision
     if not decision.allowed:
-        from api.metrics import get_metrics
+        from api.request_metrics import get_metrics
 
         get_metrics().rate_limited.inc(tags={"reason": decision.reason, "tier": limiter.tier(principal.tier).name})
         what = (f"rate limit of {decision.limit} calls per {limiter.tier(principal.tier).window_s} s"

@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import ApiKey, User, utcnow
+from storage.tables import ApiKey, User, utcnow
 from storage.repositories import api_keys as repo
 from storage.repositories import users as users_repo
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from auth.roles import Action, Role, role_allows
 from auth.tokens import TokenClaims
-from storage.models import System, SystemMember
+from storage.tables import System, SystemMember
 
 
 @dataclass(frozen=True)

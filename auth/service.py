@@ -15,12 +15,12 @@ from datetime import datetime, timezone
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from auth.metrics import CounterLike, make_counter
+from storage.telemetry import CounterLike, make_counter
 from auth.passwords import verify_password
 from auth.tokens import LEEWAY_S, TokenClaims, TokenCodec, TokenError
 from configs.settings import Settings
 from storage.kv import KV
-from storage.models import User
+from storage.tables import User
 from storage.repositories import refresh_tokens as refresh_repo
 from storage.repositories import users as users_repo
 

@@ -157,7 +157,7 @@ def run_local(args) -> dict:
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
         port = 18_000 + os.getpid() % 1000
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        from deployments.app import build_app
+        from deployments.builder import build_app
 
         serve.run(build_app({"assistant": False, "model_versions": {f: "test-v1" for f in
                                                                     ("catboost", "xgboost", "random_forest", "adaptive")}}),

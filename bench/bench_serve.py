@@ -69,7 +69,7 @@ class _DirectEnsemble(_Direct):
 
     def __getattr__(self, name):
         if name == "diagnose":
-            from deployments.ensemble import answered_or_raise
+            from deployments.diagnosis_ensemble import answered_or_raise
 
             async def diagnose(cycles):
                 return answered_or_raise(await self._obj._diagnose(cycles))
@@ -79,9 +79,9 @@ class _DirectEnsemble(_Direct):
 
 def single_process_app():
     """uvicorn factory: the same FastAPI app with ensemble and models in this process."""
-    from api.app import create_app
-    from deployments.ensemble import DiagnosisEnsemble
-    from deployments.models import MODEL_DEPLOYMENTS
+    from api.application import create_app
+    from deployments.diagnosis_ensemble import DiagnosisEnsemble
+    from deployments.model_servers import MODEL_DEPLOYMENTS
 
     models = {name: _DirectModel(dep.func_or_class()) for name, dep in MODEL_DEPLOYMENTS.items()}
     ensemble = DiagnosisEnsemble.func_or_class(**models)
@@ -247,7 +247,7 @@ def main() -> None:
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
 
     from configs.settings import get_settings
-    from diagnosis.families import FAMILY_NAMES
+    from diagnosis.registry import FAMILY_NAMES
     from diagnosis.store import ModelStore
 
     os.environ.setdefault("HDX_DEV_MODE", "true")
@@ -265,7 +265,7 @@ def main() -> None:
     from ray import serve
 
     import ray
-    from deployments.app import build_app
+    from deployments.builder import build_app
 
     ray.init(runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("HDX_", "OMP_"))}},
              log_to_driver=False, include_dashboard=False)

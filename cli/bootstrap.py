@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from auth.passwords import hash_password
 from cli.users import run_db
 from configs.settings import get_settings
-from diagnosis.families import FAMILY_NAMES
+from diagnosis.registry import FAMILY_NAMES
 from diagnosis.store import ModelStore
 from storage.repositories import systems as systems_repo
 from storage.repositories import users as users_repo

@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     # --- features and models ----------------------------------------------
     feature_set: str = "rig_1hz"
     ensemble_weights: dict[str, float] = Field(
-        default_factory=lambda: {"catboost": 1.0, "xgboost": 1.0, "random_forest": 1.0, "adaptive": 1.0}
-    )
+        default_factory=dict,
+        description="vote weight by model family, overriding the family's default in diagnosis.registry")
     anomaly_threshold: float = Field(0.5, ge=0.0, le=1.0, description="anomaly_score at or above this flags an anomaly")
     simulator_cycles_per_condition: int = Field(12, ge=1)
     batch_predict_batch_size: int = Field(500, ge=1, description="cycles per model call in batch prediction")
@@ -87,9 +87,6 @@ class Settings(BaseSettings):
     max_batch_items: int = 64
     request_timeout_s: float = 10.0
     model_call_timeout_s: float = 10.0
-    ensemble_batch_wait_s: float = Field(
-        0.01, ge=0.0, le=1.0,
-        description="how long the ensemble waits to batch concurrent requests into one call per model")
     model_version_refresh_s: float = Field(
         1.0, gt=0.0, description="how often the ingress re-reads the model versions in service (cache keys)")
 

@@ -22,8 +22,8 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from configs.settings import Settings, get_settings
-from deployments.errors import describe
+from configs.settings import Settings
+from diagnosis.errors import describe
 from deployments.rollout import SURGE_PERCENT
 from knowledge.answer import NO_ANSWER, ExtractiveAnswerer
 from knowledge.embedding import get_embedder
@@ -32,16 +32,21 @@ from knowledge.prompt import build_prompt
 from knowledge.retrieval import IndexSearcher, diagnosis_bias
 
 logger = logging.getLogger("ray.serve")
+EMBED_BATCH = {"max_batch_size": 16, "batch_wait_timeout_s": 0.005}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_surge_percent=SURGE_PERCENT)
+@serve.deployment(max_surge_percent=SURGE_PERCENT)
 class Embedder:
-    def __init__(self, model_path: str | None = None, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.005):
+    def __init__(self, model_path: str | None = None):
         self._model = get_embedder(model_path)
-        self.embed.set_max_batch_size(max_batch_size)
-        self.embed.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    def reconfigure(self, user_config: dict | None) -> None:
+        """``max_batch_size`` and ``batch_wait_timeout_s`` of ``embed``, from ``user_config``."""
+        config = {**EMBED_BATCH, **(user_config or {})}
+        self.embed.set_max_batch_size(int(config["max_batch_size"]))
+        self.embed.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+
+    @serve.batch(**EMBED_BATCH)  # applied again from user_config in reconfigure
     async def embed(self, queries: list[str]) -> list[np.ndarray]:
         """One query per call; Serve hands the method a batch of concurrent calls."""
         # The forward pass runs in a thread so the replica keeps accepting (and batching) requests.
@@ -54,11 +59,10 @@ class Embedder:
         return self._model.embed(list(texts))
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, user_config={"index_version": "latest"},
-                  max_surge_percent=SURGE_PERCENT)
+@serve.deployment(user_config={"index_version": "latest"}, max_surge_percent=SURGE_PERCENT)
 class Retriever:
-    def __init__(self, store_uri: str | None = None, refresh_interval_s: float = 30.0):
-        self._store = IndexStore(store_uri or get_settings().index_store_uri)
+    def __init__(self, store_uri: str, refresh_interval_s: float = 30.0):
+        self._store = IndexStore(store_uri)
         self._searcher: IndexSearcher | None = None
         self._wanted = "latest"
         self._refresh_interval_s = refresh_interval_s
@@ -123,26 +127,22 @@ class Retriever:
                 "n_chunks": searcher.size if searcher else 0}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5})  # replaced in place: deployments/rollout.py
+@serve.deployment  # replaced in place on a code rollout: deployments/rollout.py
 class LLM:
-    def __init__(self, backend: str | None = None, model: str | None = None, ollama_url: str | None = None,
-                 vllm_model_path: str | None = None, timeout_s: float | None = None,
-                 prompt_template_path: str | None = None, embed_model_path: str | None = None):
+    def __init__(self, backend: str, model: str, ollama_url: str, vllm_model_path: str, timeout_s: float,
+                 prompt_template_path: str, embed_model_path: str | None = None):
         from knowledge.llm import make_backend
 
-        settings = get_settings()
-        self.kind = backend or settings.llm_backend
-        self._template = str(prompt_template_path or settings.prompt_template_path)
+        self.kind = backend
+        self._template = str(prompt_template_path)
         self._init_error: str | None = None
         self._backend = None
         try:
             # Index passages bring their sentence vectors: the model loads only if other passages come.
             embed = (lambda texts: get_embedder(embed_model_path).embed(texts)) if self.kind == "extractive" else None
             self._backend = make_backend(
-                self.kind, embed=embed, model=model or settings.llm_model,
-                ollama_url=ollama_url or settings.ollama_url,
-                vllm_model_path=vllm_model_path if vllm_model_path is not None else settings.vllm_model_path,
-                timeout_s=timeout_s or settings.llm_timeout_s)
+                self.kind, embed=embed, model=model, ollama_url=ollama_url, vllm_model_path=vllm_model_path,
+                timeout_s=timeout_s)
         except Exception as exc:  # keep serving: every answer degrades to extractive with this reason
             self._init_error = f"{self.kind} backend unavailable: {exc}"
             logger.error(self._init_error)
@@ -186,15 +186,15 @@ class LLM:
         return len(tok(prompt, add_special_tokens=False)["input_ids"]) + len(tok(completion, add_special_tokens=False)["input_ids"])
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_surge_percent=SURGE_PERCENT)
+@serve.deployment(max_surge_percent=SURGE_PERCENT)
 class RagPipeline:
     def __init__(self, embedder: DeploymentHandle, retriever: DeploymentHandle, llm: DeploymentHandle,
-                 llm_timeout_s: float | None = None):
+                 llm_timeout_s: float):
         self._embedder = embedder
         self._retriever = retriever
         self._llm = llm
         self._llm_stream = llm.options(stream=True)
-        self._timeout_s = llm_timeout_s or get_settings().llm_timeout_s
+        self._timeout_s = llm_timeout_s
         self._answerer = ExtractiveAnswerer()
 
     async def _retrieve(self, query: str, max_results: int, diagnosis: dict | None) -> dict:
@@ -317,21 +317,22 @@ def _metadata(model: str, started: float, retrieved: dict, tokens: int, degraded
     return meta
 
 
-def build_assistant(settings: Settings | None = None, index_version: str = "latest"):
+def build_assistant(settings: Settings, index_version: str = "latest", options=None):
     """The bound RagPipeline application, ready for ``serve.run`` or the main app builder.
 
     ``index_version`` pins the Retriever to one published version; "latest" follows
     new builds. Changing it on a running app only reconfigures the Retriever.
+    ``options(deployment, name)`` applies deployment options (``deployments.builder``
+    passes serve_config.yaml's); resources, a GPU for vLLM included, come from there.
     """
-    s = settings or get_settings()
-    llm = LLM
-    if s.llm_backend == "vllm":
-        llm = LLM.options(ray_actor_options={"num_cpus": 1, "num_gpus": 1})
-    return RagPipeline.bind(
-        Embedder.bind(),
-        Retriever.options(user_config={"index_version": index_version}).bind(store_uri=s.index_store_uri),
-        llm.bind(backend=s.llm_backend, model=s.llm_model, ollama_url=s.ollama_url,
-                 vllm_model_path=s.vllm_model_path, timeout_s=s.llm_timeout_s,
-                 prompt_template_path=str(s.prompt_template_path)),
+    options = options or (lambda deployment, name: deployment.options(name=name))
+    s = settings
+    retriever = options(Retriever.options(user_config={"index_version": index_version}), "Retriever")
+    return options(RagPipeline, "RagPipeline").bind(
+        options(Embedder, "Embedder").bind(),
+        retriever.bind(store_uri=s.index_store_uri),
+        options(LLM, "LLM").bind(backend=s.llm_backend, model=s.llm_model, ollama_url=s.ollama_url,
+                                 vllm_model_path=s.vllm_model_path, timeout_s=s.llm_timeout_s,
+                                 prompt_template_path=str(s.prompt_template_path)),
         llm_timeout_s=s.llm_timeout_s,
     )

@@ -20,7 +20,7 @@ import pandas as pd
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
-from diagnosis.families import FamilyModel, encode_labels
+from diagnosis.family_base import FamilyModel, encode_labels
 from hydraulics.components import TARGETS, target_classes
 
 
@@ -53,6 +53,14 @@ class AdaptiveFamily(FamilyModel):
 
     def predict_proba(self, X: np.ndarray) -> dict[str, np.ndarray]:
         return super().predict_proba(self.scaler.transform(X))
+
+    def pin_threads(self, threads: int) -> None:
+        """The networks multiply through numpy's BLAS, whose thread pool is per process:
+        this limits it for the whole process (one model process, one limit)."""
+        from threadpoolctl import threadpool_limits
+
+        super().pin_threads(threads)
+        threadpool_limits(limits=threads, user_api="blas")
 
     def update(self, X: np.ndarray, labels: pd.DataFrame) -> int:
         """Learn from operator-confirmed cycles. ``labels`` may hold any subset of

@@ -28,7 +28,8 @@ from pathlib import Path
 import fsspec
 import numpy as np
 
-from diagnosis.families import FamilyModel, family_class
+from diagnosis.family_base import FamilyModel
+from diagnosis.registry import family_class
 from hydraulics.components import TARGETS, target_classes
 from hydraulics.features import get_feature_set
 

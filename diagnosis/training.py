@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score
 
-from diagnosis.families import FamilyModel, encode_labels, family_class
+from diagnosis.family_base import FamilyModel, encode_labels
+from diagnosis.registry import family_class
 from hydraulics.components import TARGETS
 
 

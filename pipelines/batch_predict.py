@@ -29,8 +29,8 @@ import pyarrow.compute as pc
 import typer
 
 from configs.settings import Settings, get_settings
-from diagnosis.ensemble import combine
-from diagnosis.families import FAMILY_NAMES
+from diagnosis.voting import combine
+from diagnosis.registry import FAMILY_NAMES
 from diagnosis.store import LATEST, BundleError, ModelStore, check_feature_set
 from hydraulics.channels import CHANNELS
 from hydraulics.components import COMPONENT_NAMES

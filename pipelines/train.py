@@ -23,8 +23,8 @@ import ray
 import typer
 
 from configs.settings import Settings, get_settings
-from diagnosis.ensemble import weighted_probas
-from diagnosis.families import FAMILY_NAMES
+from diagnosis.voting import weighted_probas
+from diagnosis.registry import FAMILY_NAMES
 from diagnosis.store import ModelStore, fingerprint, new_version
 from diagnosis.training import fit_family, score
 from hydraulics.dataset import RigDataset

@@ -16,7 +16,7 @@ from auth.api_keys import create_api_key
 from configs.settings import Settings
 from storage.db import Database
 from storage.kv import KV
-from storage.models import System
+from storage.tables import System
 from storage.repositories import systems as systems_repo
 from tests.fixtures.db import TEST_JWT_SECRET, TEST_PASSWORD, add_system, add_user
 

@@ -8,7 +8,7 @@ import pytest
 
 from auth.principal import Principal, can_access_system
 from auth.roles import Action, Role, role_allows
-from storage.models import System, SystemMember
+from storage.tables import System, SystemMember
 
 OWNER, MEMBER, STRANGER, ADMIN = 1, 2, 3, 4
 RIG = System(id="rig-01", name="rig", owner_id=OWNER)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from auth.metrics import NoopCounter, make_counter
+from storage.telemetry import NoopCounter, make_counter
 from auth.service import AuthError, AuthService, LoginThrottled
 from auth.tokens import TokenError
 from configs.settings import Settings

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from configs.settings import Settings
-from diagnosis.ensemble import combine
-from diagnosis.families import FAMILY_NAMES
+from diagnosis.voting import combine
+from diagnosis.registry import FAMILY_NAMES
 from diagnosis.store import BundleError, ModelStore
 from diagnosis.training import fit_family
 from hydraulics.components import COMPONENT_NAMES
@@ -53,7 +53,7 @@ def settings(tmp_path_factory):
 
 
 def online_answers(settings, cycles):
-    """What deployments/ensemble.py computes: extract_cycles -> each family -> combine."""
+    """What deployments/diagnosis_ensemble.py computes: extract_cycles -> each family -> combine."""
     store = ModelStore(settings.model_store_uri)
     bundles = {f: store.load(f) for f in FAMILY_NAMES}
     X, errors = extract_cycles(cycles, settings.feature_set)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from diagnosis.ensemble import combine, diagnose, weighted_probas
+from diagnosis.voting import combine, diagnose, weighted_probas
 from hydraulics.components import COMPONENTS, TARGETS, target_classes
 
 

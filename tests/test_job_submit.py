@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from configs.settings import PROJECT_ROOT
-from diagnosis.families import FAMILY_NAMES
+from diagnosis.registry import FAMILY_NAMES
 from diagnosis.store import ModelStore
 from diagnosis.training import fit_family
 from hydraulics.features import extract, get_feature_set

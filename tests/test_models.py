@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from diagnosis.families import FAMILY_NAMES
+from diagnosis.registry import FAMILY_NAMES
 from diagnosis.store import BundleError, ModelStore
 from diagnosis.training import fit_family, score
 from hydraulics.components import TARGETS, target_classes

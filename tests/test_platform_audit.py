@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from api.app import create_app
+from api.application import create_app
 from storage.repositories.audit import AuditFilter, search
 from tests.test_platform_support import Platform, platform, platform_settings  # noqa: F401
 
@@ -88,7 +88,7 @@ def test_a_database_outage_delays_the_trail_without_losing_it(platform):
 
 
 def test_json_log_lines_carry_the_trace_id(platform):
-    from api.logging import JsonFormatter, TraceIdFilter
+    from api.log_format import JsonFormatter, TraceIdFilter
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

@@ -8,9 +8,9 @@ import logging
 import re
 from pathlib import Path
 
-from api.app import trace_id_var
-from api.logging import configure_logging
-from api.metrics import Metrics
+from api.log_format import trace_id_var
+from api.log_format import configure_logging
+from api.request_metrics import Metrics
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "configs" / "grafana" / "hdx-dashboard.json"
 

@@ -88,7 +88,7 @@ def test_feedback_teaches_the_adaptive_model_everywhere_and_survives_a_restart(a
     import ray
     from ray import serve
 
-    from deployments.models import AdaptiveModel
+    from deployments.model_servers import AdaptiveModel
 
     main = serve.get_deployment_handle("AdaptiveModel", app_name="hdx")
     # Two more Adaptive replicas in an app of their own stand for a scaled-out deployment.

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import event, select
 
-from storage.models import Reading
+from storage.tables import Reading
 from storage.repositories import feedback as feedback_repo
 from storage.repositories import predictions as predictions_repo
 from storage.repositories import readings as readings_repo

@@ -1,6 +1,6 @@
 """Shared helpers of the platform tests (no tests here): the API app in-process.
 
-``platform`` runs ``api.app.create_app`` in a ``TestClient`` (lifespan included:
+``platform`` runs ``api.application.create_app`` in a ``TestClient`` (lifespan included:
 migrations, audit writer, rate limiter) on the ``database_url`` fixture, so each
 test using it runs on SQLite and on PostgreSQL (the ``db`` fixture empties the
 tables afterwards). No Ray: routes that need the ensemble are covered by the
@@ -60,7 +60,7 @@ def platform_settings(tmp_path: Path, database_url: str, **overrides) -> Setting
 
 @pytest.fixture
 def platform(db, tmp_path: Path, database_url: str):
-    from api.app import create_app
+    from api.application import create_app
 
     with TestClient(create_app(platform_settings(tmp_path, database_url))) as client:
         yield Platform(client)

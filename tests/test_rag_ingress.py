@@ -42,7 +42,7 @@ def rag_app(hdx_env, ray_cluster, index_manifest):
     from ray import serve
     from ray.serve.context import _get_global_client
 
-    from deployments.app import build_app
+    from deployments.builder import build_app
 
     started_serve = _get_global_client(raise_if_no_controller_running=False) is None
     # When the session app already started Serve, its HTTP options stay; ask which port it listens on.

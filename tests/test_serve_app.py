@@ -192,8 +192,8 @@ def _redeploy(versions: str) -> None:
     rollout (a new image). ``_deploy_config`` is the lighter one."""
     from ray import serve
 
-    from deployments.app import build_app
-    from deployments.models import MODEL_DEPLOYMENTS
+    from deployments.builder import build_app
+    from deployments.model_servers import MODEL_DEPLOYMENTS
 
     serve.run(build_app({"assistant": False, "model_versions": {f: versions for f in MODEL_DEPLOYMENTS}}),
               name="hdx", route_prefix="/")
@@ -205,10 +205,10 @@ def _deploy_config(versions: str, env: dict) -> None:
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    from deployments.models import MODEL_DEPLOYMENTS
+    from deployments.model_servers import MODEL_DEPLOYMENTS
 
     config = ServeDeploySchema.model_validate({"applications": [{
-        "name": "hdx", "route_prefix": "/", "import_path": "deployments.app:build_app",
+        "name": "hdx", "route_prefix": "/", "import_path": "deployments.builder:build_app",
         "args": {"assistant": False}, "runtime_env": {"env_vars": env},
         "deployments": [{"name": d.name, "user_config": {"version": versions}} for d in MODEL_DEPLOYMENTS.values()],
     }]})
@@ -377,9 +377,9 @@ def broken_loader(family: str, version: str):
 def _deploy_with_broken(name: str, broken: set[str]) -> None:
     from ray import serve
 
-    from deployments.ensemble import DiagnosisEnsemble
+    from deployments.diagnosis_ensemble import DiagnosisEnsemble
     from deployments.ingress import Ingress
-    from deployments.models import MODEL_DEPLOYMENTS
+    from deployments.model_servers import MODEL_DEPLOYMENTS
 
     models = {f: d.options(user_config={"version": MODEL_VERSIONS[0]}).bind(
         loader=broken_loader if f in broken else None) for f, d in MODEL_DEPLOYMENTS.items()}

@@ -9,7 +9,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
 from storage.db import Database, alembic_config, create_engine, current_revision, migrate
-from storage.models import Base
+from storage.tables import Base
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -13,7 +13,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from api.deps import PrincipalDep, SessionDep, authorize_system
-from api.diagnosis import get_diagnosis
+from api.services.diagnosis_client import get_diagnosis
 from api.routers.history import store_predictions
 from api.schemas.diagnostics import (
     BatchItem,
@@ -22,8 +22,8 @@ from api.schemas.diagnostics import (
     PredictRequest,
     PredictResponse,
 )
-from deployments.ensemble import NoModelAvailable
-from deployments.errors import describe
+from deployments.diagnosis_ensemble import NoModelAvailable
+from diagnosis.errors import describe
 
 router = APIRouter(prefix="/api/v1/diagnostics", tags=["diagnostics"])
 

@@ -13,10 +13,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 
 from api.deps import PrincipalDep, SessionDep, system_write_access
-from api.metrics import get_metrics
+from api.request_metrics import get_metrics
 from api.schemas.history import FeedbackIn, FeedbackOut
-from deployments.errors import describe
-from storage.models import System
+from diagnosis.errors import describe
+from storage.tables import System
 from storage.repositories import feedback as feedback_repo
 from storage.repositories import predictions as predictions_repo
 

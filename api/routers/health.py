@@ -7,7 +7,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from api.diagnosis import get_diagnosis
+from api.services.diagnosis_client import get_diagnosis
 
 router = APIRouter(prefix="/api/v1", tags=["health"])
 

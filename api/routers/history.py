@@ -15,9 +15,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import AwareDatetime
 
 from api.deps import SessionDep, system_access
-from api.metrics import get_metrics
+from api.request_metrics import get_metrics
 from api.schemas.history import PredictionOut, PredictionPage, ReadingOut, ReadingPage
-from storage.models import System
+from storage.tables import System
 from storage.repositories import predictions as predictions_repo
 from storage.repositories import readings as readings_repo
 

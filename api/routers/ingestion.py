@@ -14,14 +14,14 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request, status
 
 from api.deps import PrincipalDep, SessionDep, load_accessible_system
-from api.diagnosis import get_diagnosis
-from api.metrics import get_metrics
+from api.services.diagnosis_client import get_diagnosis
+from api.request_metrics import get_metrics
 from api.routers.history import store_predictions
 from api.schemas.ingestion import IngestItem, IngestRequest, IngestResponse
-from deployments.errors import describe
+from diagnosis.errors import describe
 from hydraulics.channels import canonical_name
 from hydraulics.validation import SensorDataError, cycle_arrays
-from storage.models import utcnow
+from storage.tables import utcnow
 from storage.repositories import readings as readings_repo
 
 router = APIRouter(prefix="/api/v1/ingestion", tags=["ingestion"])

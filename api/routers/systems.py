@@ -12,7 +12,7 @@ from api.deps import PrincipalDep, SessionDep, get_access_cache, require_role, s
 from api.schemas.systems import MemberIn, MemberOut, SystemCreate, SystemOut, SystemPage, SystemUpdate, channel_specs
 from auth.principal import Principal
 from auth.roles import Action, Role
-from storage.models import System, SystemMember, User
+from storage.tables import System, SystemMember, User
 from storage.repositories import systems as systems_repo
 from storage.repositories import users as users_repo
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import ApiKey, utcnow
+from storage.tables import ApiKey, utcnow
 
 
 async def create_api_key(

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import AuditRecord
+from storage.tables import AuditRecord
 
 
 async def add_many(session: AsyncSession, records: Sequence[dict[str, Any]]) -> None:

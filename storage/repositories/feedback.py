@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Feedback
+from storage.tables import Feedback
 
 
 async def add(session: AsyncSession, *, prediction_id: int, system_id: str, user_id: int | None,

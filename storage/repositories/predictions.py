@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import PredictionRecord
+from storage.tables import PredictionRecord
 
 # The diagnosis fields worth keeping; timing fields belong to the request, not the history.
 _RESULT_KEYS = ("prediction", "ml_predictions", "models_failed", "ensemble_score", "ensemble_coverage",

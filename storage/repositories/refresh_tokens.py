@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import RefreshToken, utcnow
+from storage.tables import RefreshToken, utcnow
 
 
 async def add_refresh_token(

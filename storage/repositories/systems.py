@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import MEMBER_PERMISSIONS, System, SystemMember, utcnow
+from storage.tables import MEMBER_PERMISSIONS, System, SystemMember, utcnow
 
 
 async def create_system(

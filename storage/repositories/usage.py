@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import AuditRecord
+from storage.tables import AuditRecord
 
 
 async def calls_by_day_and_route(session: AsyncSession, *, user_id: int, since: datetime,

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import USER_ROLES, User
+from storage.tables import USER_ROLES, User
 
 
 async def create_user(

@@ -70,7 +70,7 @@ class DiagnosisClient:
     async def diagnose(self, cycles: Sequence[Mapping], use_cache: bool = True) -> list[dict]:
         """One result per cycle, as ``DiagnosisEnsemble.diagnose`` gives them, cache hits included.
 
-        Raises ``deployments.ensemble.NoModelAvailable`` when no model answers.
+        Raises ``deployments.diagnosis_ensemble.NoModelAvailable`` when no model answers.
         """
         start = time.perf_counter()
         results: list[dict | None] = [None] * len(cycles)

@@ -8,7 +8,6 @@ its handles (``ensemble``, ``rag``) on ``app.state``.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import time
 import uuid
@@ -21,11 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.logging import configure_logging
+from api.log_format import configure_logging, trace_id_var
 from api.ratelimit import enforce_rate_limit, load_tiers, rate_limit_headers
 from configs.settings import Settings, get_settings
 
-trace_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="-")
 TRACE_HEADER = "X-Request-ID"
 
 
@@ -177,7 +175,7 @@ def create_app(settings: Settings | None = None, echo_request_id: bool = True) -
         health,
         history,
         ingestion,
-        models,
+        model_info,
         rag,
         systems,
         users,
@@ -186,7 +184,7 @@ def create_app(settings: Settings | None = None, echo_request_id: bool = True) -
     limited = [Depends(enforce_rate_limit)]
     for module in (health, auth):  # probes and login: no caller to count yet
         app.include_router(module.router)
-    for module in (diagnostics, models, systems, history, feedback, ingestion, audit, users):
+    for module in (diagnostics, model_info, systems, history, feedback, ingestion, audit, users):
         app.include_router(module.router, dependencies=limited)
     app.include_router(rag.router, dependencies=limited)
     return app
@@ -195,7 +193,7 @@ def create_app(settings: Settings | None = None, echo_request_id: bool = True) -
 def _observer():
     """What every request leaves behind: an audit record, metrics and one access-log line."""
     from api.audit import UNAUDITED_PATHS, entry
-    from api.metrics import get_metrics
+    from api.request_metrics import get_metrics
 
     access_log = logging.getLogger("hdx.access")
 

@@ -2,13 +2,14 @@
 
 ``configure_logging`` attaches the formatter to the ``hdx`` logger tree (the
 platform's own loggers: ``hdx.access``, ``hdx.audit``, ``hdx.systems``, …). The
-trace id comes from ``api.app.trace_id_var``, set per request by the app's
+trace id comes from ``trace_id_var``, set per request by the app's
 middleware, so a line logged anywhere while serving a request carries it.
 Under Ray Serve these lines land in the replica's worker log files.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import sys
@@ -16,12 +17,12 @@ from datetime import datetime, timezone
 
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "trace_id"}
 HDX_LOGGER = "hdx"
+# Set per request by the app's middleware (api.application.RequestObserver).
+trace_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("trace_id", default="-")
 
 
 class TraceIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        from api.app import trace_id_var
-
         if not hasattr(record, "trace_id"):
             record.trace_id = trace_id_var.get()
         return True

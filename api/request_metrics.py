@@ -8,37 +8,15 @@ Ray (plain unit tests, the CLI) there is no agent, so they are no-ops.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from functools import lru_cache
 
-LATENCY_BOUNDARIES_MS = [1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000]
-
-
-class _Noop:
-    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None:
-        pass
-
-    def observe(self, value: float, tags: dict[str, str] | None = None) -> None:
-        pass
+from storage.telemetry import make_counter as counter
+from storage.telemetry import make_histogram as histogram
 
 
 class Metrics:
     def __init__(self) -> None:
-        ray = sys.modules.get("ray")  # never import Ray just to find out it is not running
-        live = ray is not None and ray.is_initialized()
-        if live:
-            from ray.serve.metrics import Counter, Histogram
-        else:
-            Counter = Histogram = None  # noqa: N806
-
-        def counter(name: str, description: str, tags: tuple[str, ...] = ()):
-            return Counter(name, description=description, tag_keys=tags) if live else _Noop()
-
-        def histogram(name: str, description: str, tags: tuple[str, ...] = ()):
-            return Histogram(name, description=description, boundaries=LATENCY_BOUNDARIES_MS,
-                             tag_keys=tags) if live else _Noop()
-
         self.requests = counter("hdx_requests", "API calls by route, method and status",
                                 ("route", "method", "status"))
         self.request_latency = histogram("hdx_request_latency_ms", "API call latency in ms", ("route", "method"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from api.deps import PrincipalDep
-from api.diagnosis import get_diagnosis
+from api.services.diagnosis_client import get_diagnosis
 
 router = APIRouter(prefix="/api/v1", tags=["models"])
 

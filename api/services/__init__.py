@@ -1,0 +1,1 @@
+"""Services of the ingress app: what routes call besides repositories."""

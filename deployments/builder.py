@@ -1,0 +1,93 @@
+"""The application builder: ``serve run serve_config.yaml`` imports ``build_app``.
+
+    Ingress ──> DiagnosisEnsemble ──> one ModelServer per family of diagnosis.registry
+            └─> RagPipeline ──> Embedder, Retriever, LLM
+
+``build_app`` validates its ``args`` (``AppArgs``), reads the settings once and
+hands every deployment plain values through ``.bind()``; no replica reads
+settings itself. Deployment options (replicas, autoscaling, resources,
+``user_config`` with model versions and batching) have one source,
+``serve_config.yaml``: Serve applies them over these deployments on ``serve run`` /
+``serve deploy``, and ``app_from_serve_config`` applies the same file for
+``serve.run`` from Python (tests, benchmarks). The code's own defaults matter only
+where the file is silent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+from ray.serve import Application
+
+from configs.settings import PROJECT_ROOT, Settings, get_settings
+from deployments.assistant import build_assistant
+from deployments.diagnosis_ensemble import DiagnosisEnsemble
+from deployments.ingress import Ingress
+from deployments.model_servers import ModelServer
+from diagnosis.registry import FAMILIES, ensemble_weights
+from diagnosis.store import ModelStore
+
+SERVE_CONFIG = PROJECT_ROOT / "serve_config.yaml"
+
+
+class AppArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    assistant: bool = True  # the maintenance assistant (embedding, retrieval, LLM)
+    # Model bundle versions by family, for builds without serve_config.yaml's user_config.
+    model_versions: dict[str, str] = {}
+    # Options by deployment name, as in serve_config.yaml (app_from_serve_config fills it).
+    deployment_options: dict[str, dict[str, Any]] = {}
+
+
+def build_app(args: dict | None = None, settings: Settings | None = None) -> Application:
+    opts = AppArgs(**(args or {}))
+    unknown = sorted(set(opts.model_versions) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"model_versions for unknown families {unknown}; known: {list(FAMILIES)}")
+    s = settings or get_settings()
+    s.effective_jwt_secret()  # refuse to build an app that would refuse to start
+
+    def configured(deployment, name: str, **defaults):
+        options = {**defaults, **opts.deployment_options.get(name, {})}
+        options.pop("name", None)
+        return deployment.options(name=name, **options)
+
+    store = ModelStore(s.model_store_uri)
+    models = {
+        family: configured(ModelServer, spec.deployment,
+                           user_config={"version": opts.model_versions.get(family, "latest")})
+        .bind(family=family, store=store, sync_interval_s=s.adaptive_sync_interval_s)
+        for family, spec in FAMILIES.items()
+    }
+    ensemble = configured(DiagnosisEnsemble, "DiagnosisEnsemble").bind(
+        models=models, feature_set=s.feature_set, weights=ensemble_weights(s.ensemble_weights),
+        anomaly_threshold=s.anomaly_threshold, model_call_timeout_s=s.model_call_timeout_s)
+    rag = build_assistant(s, options=lambda d, name: configured(d, name)) if opts.assistant else None
+    return configured(Ingress, "Ingress").bind(ensemble, rag, s)
+
+
+def serve_config_application(path: Path = SERVE_CONFIG, name: str = "hdx") -> dict:
+    """One application's entry of a Serve config file."""
+    config = yaml.safe_load(Path(path).read_text())
+    for app in config["applications"]:
+        if app["name"] == name:
+            return app
+    raise KeyError(f"{path}: no application named {name!r}")
+
+
+def app_from_serve_config(path: Path = SERVE_CONFIG, settings: Settings | None = None, **args) -> Application:
+    """The application as ``serve run <path>`` builds it, for ``serve.run`` from Python:
+    the file's args (overridden by ``args``) and its deployment options. A model's
+    ``user_config`` keeps the file's batching and takes the version from ``model_versions``
+    when given."""
+    app = serve_config_application(path)
+    merged = {**app.get("args", {}), **args}
+    options = {d["name"]: dict(d) for d in app.get("deployments", [])}
+    for family, version in merged.get("model_versions", {}).items():
+        entry = options.setdefault(FAMILIES[family].deployment, {})
+        entry["user_config"] = {**entry.get("user_config", {}), "version": version}
+    return build_app({**merged, "deployment_options": options}, settings)

@@ -1,0 +1,111 @@
+"""One Serve deployment per model family, all of one class: ``ModelServer``.
+
+``deployments.builder`` binds it once per family of ``diagnosis.registry.FAMILIES``
+under the family's deployment name (``CatBoostModel``, …), so each family
+autoscales on its own. A replica holds one versioned bundle, loaded by the
+injected ``store`` (``diagnosis.store.ModelStore`` or a test's stand-in).
+
+``user_config`` (``serve_config.yaml``) sets, per deployment and at run time:
+
+* ``version``: ``latest`` or a bundle version. On a change Serve calls
+  ``reconfigure``, which loads the new bundle *beside* the old one and swaps the
+  reference only when it is ready: requests in flight finish on the old model.
+* ``max_batch_size`` and ``batch_wait_timeout_s`` of ``@serve.batch``: concurrent
+  requests are stacked into one matrix and scored in one call.
+
+A family that learns from feedback (the Adaptive family) also takes ``learn``:
+one replica applies an update and saves a new state revision to the store;
+every replica picks up the newest revision within ``sync_interval_s``, and a
+restarted replica loads it at start, so nothing learned is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+from ray import serve
+
+from deployments.rollout import SURGE_PERCENT
+from diagnosis.errors import ModelCannotLearn
+from diagnosis.registry import family_spec
+from diagnosis.report import FamilyAnswer
+from diagnosis.scoring import answer_blocks, bundle_info
+from diagnosis.store import ModelBundle, ModelStore
+
+log = logging.getLogger("ray.serve")
+
+INLINE_ROWS = 16  # about a millisecond of scoring: cheaper inline than a thread hop
+DEFAULT_BATCH = {"max_batch_size": 64, "batch_wait_timeout_s": 0.002}
+
+
+@serve.deployment(max_surge_percent=SURGE_PERCENT)
+class ModelServer:
+    def __init__(self, family: str, store: ModelStore, sync_interval_s: float = 5.0):
+        self.family = family
+        self.learns = family_spec(family).learns_from_feedback
+        self._store = store
+        self._sync_interval_s = sync_interval_s
+        self._lock = asyncio.Lock()
+        self._sync_task: asyncio.Task | None = None
+        self.bundle: ModelBundle | None = None
+        self.loaded_at = 0.0
+        self.requested_version = "latest"
+
+    async def reconfigure(self, user_config: dict | None) -> None:
+        config = {**DEFAULT_BATCH, **(user_config or {})}
+        self.predict.set_max_batch_size(int(config["max_batch_size"]))
+        self.predict.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+        version = str(config.get("version", "latest"))
+        async with self._lock:
+            bundle = await asyncio.to_thread(self._store.load, self.family, version)
+            self.bundle, self.loaded_at, self.requested_version = bundle, time.time(), version
+        log.info("%s serving bundle %s", self.family, bundle.version)
+        if self.learns and self._sync_task is None:
+            self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
+
+    async def _ensure_loaded(self) -> ModelBundle:
+        if self.bundle is None:  # deployed without user_config: serve the latest bundle
+            await self.reconfigure({})
+        return self.bundle
+
+    @serve.batch(**DEFAULT_BATCH)  # applied again from user_config in reconfigure
+    async def predict(self, feature_blocks: list[np.ndarray]) -> list[FamilyAnswer]:
+        """Each item is one request's ``(n, n_features)`` matrix; each answer its probabilities."""
+        bundle = await self._ensure_loaded()
+        if sum(len(b) for b in feature_blocks) <= INLINE_ROWS:
+            return answer_blocks(bundle, feature_blocks)
+        # A large batch: keep the event loop free (health checks, reconfigure).
+        return await asyncio.to_thread(answer_blocks, bundle, feature_blocks)
+
+    async def info(self) -> dict:
+        bundle = await self._ensure_loaded()
+        return {**bundle_info(bundle), "requested_version": self.requested_version, "loaded_at": self.loaded_at}
+
+    async def learn(self, features: np.ndarray, labels: dict[str, list]) -> dict:
+        """Apply operator-confirmed labels and persist the new state."""
+        if not self.learns:
+            raise ModelCannotLearn(f"the {self.family} model does not learn from feedback")
+        bundle = await self._ensure_loaded()
+        async with self._lock:
+            made = await asyncio.to_thread(bundle.model.update, features, pd.DataFrame(labels))
+            revision = (await asyncio.to_thread(self._store.save_state, bundle)) if made else bundle.state_revision
+        return {"targets_updated": made, "state_revision": revision, "version": bundle.version}
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._sync_interval_s)
+            try:
+                bundle = self.bundle
+                latest = await asyncio.to_thread(self._store.latest_state, bundle.family, bundle.version)
+                if latest and latest != bundle.state_revision:
+                    fresh = await asyncio.to_thread(self._store.load, bundle.family, bundle.version)
+                    async with self._lock:
+                        if self.bundle.version == fresh.version:
+                            self.bundle = fresh
+                    log.info("%s state revision %s loaded", self.family, fresh.state_revision)
+            except Exception:  # keep serving the state we have; try again next round
+                log.exception("%s state sync failed", self.family)

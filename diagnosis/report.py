@@ -1,0 +1,90 @@
+"""The diagnosis of one cycle, as a type.
+
+``diagnosis.voting.diagnose_answers`` makes it from the model families' answers;
+the ensemble deployment returns it, the ingress caches and stores it, the API
+returns it (``api.schemas.diagnostics`` extends it with the request's ids), and
+the batch job flattens it into Parquet columns. Nothing else builds one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel
+
+
+class ComponentState(BaseModel):
+    level: int
+    meaning: str
+    severity: str
+    probabilities: dict[str, float]  # level value → probability
+    nominal_probability: float
+
+
+class SteadyState(BaseModel):
+    stable: bool
+    probability_not_stable: float
+
+
+class Verdict(BaseModel):
+    """What the ensemble concludes about a cycle (``diagnosis.voting`` says how)."""
+
+    is_anomaly: bool
+    anomaly_score: float
+    severity: str
+    confidence: float
+    affected_components: list[str]
+    anomaly_type: str
+    components: dict[str, ComponentState]
+    steady_state: SteadyState | None = None
+
+
+class ModelReply(BaseModel):
+    """One model family's part in a diagnosis."""
+
+    ml_model: str
+    version: str
+    prediction_score: float  # 1 − P(every component nominal), by this family alone
+    confidence: float  # this family's weakest component's top probability
+    processing_time_ms: float
+    round_trip_ms: float | None = None
+    features_used: int
+
+
+class Diagnosis(BaseModel):
+    prediction: Verdict
+    ml_predictions: list[ModelReply]
+    models_failed: dict[str, str] = {}  # family → why it did not answer
+    ensemble_score: float
+    ensemble_coverage: float  # share of the ensemble weight that answered
+    features_extracted: int
+    model_versions: dict[str, str]
+    cache_hit: bool = False
+    feature_extraction_ms: float | None = None
+    total_processing_time_ms: float = 0.0
+
+
+class CycleRejected(BaseModel):
+    """A cycle that cannot be diagnosed, and why (from ``hydraulics.validation.SensorDataError``)."""
+
+    channel: str | None
+    problem: str
+    message: str
+
+    @classmethod
+    def from_error(cls, error) -> "CycleRejected":
+        return cls(channel=error.channel, problem=error.problem, message=str(error))
+
+
+@dataclass
+class FamilyAnswer:
+    """One model family's probabilities for a block of cycles, before voting."""
+
+    family: str
+    version: str
+    probas: dict[str, np.ndarray]  # target → (n_cycles, n_levels)
+    processing_time_ms: float = 0.0
+    round_trip_ms: float | None = None
+    batch_rows: int = 0
+    extra: dict = field(default_factory=dict)
