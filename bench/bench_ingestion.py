@@ -157,10 +157,10 @@ def run_local(args) -> dict:
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
         port = 18_000 + os.getpid() % 1000
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        from deployments.builder import build_app
+        from deployments.builder import app_from_serve_config
+        from diagnosis.registry import FAMILY_NAMES
 
-        serve.run(build_app({"assistant": False, "model_versions": {f: "test-v1" for f in
-                                                                    ("catboost", "xgboost", "random_forest", "adaptive")}}),
+        serve.run(app_from_serve_config(assistant=False, model_versions={f: "test-v1" for f in FAMILY_NAMES}),
                   name="hdx-bench", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         wait_ready(url)

@@ -52,12 +52,13 @@ def bench_end_to_end(store_uri: str, version: str, questions: list[str], n: int)
     import ray
     from ray import serve
 
-    from deployments.assistant import build_assistant
+    from deployments.builder import assistant_from_serve_config
 
     if not ray.is_initialized():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     settings = Settings(index_store_uri=store_uri, llm_backend="extractive")
-    handle = serve.run(build_assistant(settings, index_version=version), name="rag-bench", route_prefix=None)
+    handle = serve.run(assistant_from_serve_config(settings, index_version=version), name="rag-bench",
+                       route_prefix=None)
     try:
         for q in questions[:3]:
             handle.query.remote(q, 5).result()

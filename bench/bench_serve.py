@@ -42,51 +42,54 @@ CHANNELS = ["TS1", "TS2", "TS3", "TS4", "VS1", "CE", "CP", "SE"]
 
 # --- the single-process variant ------------------------------------------------------
 
-class _Direct:
-    """Stands where a DeploymentHandle stands: ``x.method.remote(...)`` calls in-process."""
+class LocalEnsemble:
+    """Stands where the ensemble's DeploymentHandle stands (``x.method.remote(...)``), with
+    the ensemble's library steps called in this process, one request at a time and one
+    model call per request (no batching: what the single-service design does)."""
 
-    def __init__(self, obj):
-        self._obj = obj
+    def __init__(self, settings):
+        from diagnosis.registry import FAMILIES, ensemble_weights
+        from diagnosis.store import ModelStore
+        from hydraulics.features import get_feature_set
 
-    def __getattr__(self, name):
-        return SimpleNamespace(remote=getattr(self._obj, name))
+        store = ModelStore(settings.model_store_uri)
+        self.bundles = {family: store.load(family) for family in FAMILIES}
+        self.feature_set = get_feature_set(settings.feature_set)
+        self.weights = ensemble_weights(settings.ensemble_weights)
+        self.threshold = settings.anomaly_threshold
+        self.diagnose = SimpleNamespace(remote=self._diagnose)
+        self.models_info = SimpleNamespace(remote=self._models_info)
 
+    async def _diagnose(self, cycles):
+        from diagnosis.report import CycleRejected
+        from diagnosis.scoring import answer_blocks
+        from diagnosis.voting import diagnose_answers
+        from hydraulics.features import extract_cycles
 
-class _DirectModel(_Direct):
-    """A model replica called in-process: one request is one model call (no batching,
-    which is what the single-service design does)."""
+        start = time.perf_counter()
+        X, errors = extract_cycles(cycles, self.feature_set)
+        answers = {family: answer_blocks(bundle, [X])[0] for family, bundle in self.bundles.items()} if len(X) else {}
+        diagnoses = iter(diagnose_answers(answers, self.weights, self.threshold, X.shape[1]) if answers else ())
+        out = [CycleRejected.from_error(errors[i]) if i in errors else next(diagnoses) for i in range(len(cycles))]
+        for d in out:
+            if not isinstance(d, CycleRejected):
+                d.total_processing_time_ms = round((time.perf_counter() - start) * 1000, 3)
+        return out
 
-    def __getattr__(self, name):
-        if name == "predict":
-            async def predict(X):
-                return (await self._obj.score([X]))[0]
-            return SimpleNamespace(remote=predict)
-        return super().__getattr__(name)
+    async def _models_info(self):
+        from diagnosis.scoring import bundle_info
 
-
-class _DirectEnsemble(_Direct):
-    """The ensemble called in-process, one request at a time (no batching)."""
-
-    def __getattr__(self, name):
-        if name == "diagnose":
-            from deployments.diagnosis_ensemble import answered_or_raise
-
-            async def diagnose(cycles):
-                return answered_or_raise(await self._obj._diagnose(cycles))
-            return SimpleNamespace(remote=diagnose)
-        return super().__getattr__(name)
+        return {family: bundle_info(bundle) for family, bundle in self.bundles.items()}
 
 
 def single_process_app():
-    """uvicorn factory: the same FastAPI app with ensemble and models in this process."""
+    """uvicorn factory: the same FastAPI app with the ensemble's library code in this process."""
     from api.application import create_app
-    from deployments.diagnosis_ensemble import DiagnosisEnsemble
-    from deployments.model_servers import MODEL_DEPLOYMENTS
+    from configs.settings import get_settings
 
-    models = {name: _DirectModel(dep.func_or_class()) for name, dep in MODEL_DEPLOYMENTS.items()}
-    ensemble = DiagnosisEnsemble.func_or_class(**models)
-    app = create_app()
-    app.state.ensemble = _DirectEnsemble(ensemble)
+    settings = get_settings()
+    app = create_app(settings)
+    app.state.ensemble = LocalEnsemble(settings)
     app.state.rag = None
     return app
 
@@ -265,12 +268,12 @@ def main() -> None:
     from ray import serve
 
     import ray
-    from deployments.builder import build_app
+    from deployments.builder import app_from_serve_config
 
     ray.init(runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("HDX_", "OMP_"))}},
              log_to_driver=False, include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": 8011})
-    serve.run(build_app({"assistant": False}), name="hdx-bench", route_prefix="/")
+    serve.run(app_from_serve_config(assistant=False), name="hdx-bench", route_prefix="/")
     wait_ready("http://127.0.0.1:8011", 180)
     results["ray_serve"] = run_phases("http://127.0.0.1:8011", args)
     print("ray_serve", json.dumps(results["ray_serve"]), flush=True)

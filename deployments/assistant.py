@@ -24,7 +24,6 @@ from ray.serve.handle import DeploymentHandle
 
 from configs.settings import Settings
 from diagnosis.errors import describe
-from deployments.rollout import SURGE_PERCENT
 from knowledge.answer import NO_ANSWER, ExtractiveAnswerer
 from knowledge.embedding import get_embedder
 from knowledge.index_store import IndexFormatError, IndexNotFound, IndexStore
@@ -35,7 +34,7 @@ logger = logging.getLogger("ray.serve")
 EMBED_BATCH = {"max_batch_size": 16, "batch_wait_timeout_s": 0.005}
 
 
-@serve.deployment(max_surge_percent=SURGE_PERCENT)
+@serve.deployment
 class Embedder:
     def __init__(self, model_path: str | None = None):
         self._model = get_embedder(model_path)
@@ -59,7 +58,7 @@ class Embedder:
         return self._model.embed(list(texts))
 
 
-@serve.deployment(user_config={"index_version": "latest"}, max_surge_percent=SURGE_PERCENT)
+@serve.deployment(user_config={"index_version": "latest"})
 class Retriever:
     def __init__(self, store_uri: str, refresh_interval_s: float = 30.0):
         self._store = IndexStore(store_uri)
@@ -127,7 +126,7 @@ class Retriever:
                 "n_chunks": searcher.size if searcher else 0}
 
 
-@serve.deployment  # replaced in place on a code rollout: deployments/rollout.py
+@serve.deployment  # replaced in place on a code rollout: serve_config.yaml says why
 class LLM:
     def __init__(self, backend: str, model: str, ollama_url: str, vllm_model_path: str, timeout_s: float,
                  prompt_template_path: str, embed_model_path: str | None = None):
@@ -186,7 +185,7 @@ class LLM:
         return len(tok(prompt, add_special_tokens=False)["input_ids"]) + len(tok(completion, add_special_tokens=False)["input_ids"])
 
 
-@serve.deployment(max_surge_percent=SURGE_PERCENT)
+@serve.deployment
 class RagPipeline:
     def __init__(self, embedder: DeploymentHandle, retriever: DeploymentHandle, llm: DeploymentHandle,
                  llm_timeout_s: float):

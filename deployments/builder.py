@@ -43,20 +43,17 @@ class AppArgs(BaseModel):
     deployment_options: dict[str, dict[str, Any]] = {}
 
 
-def build_app(args: dict | None = None, settings: Settings | None = None) -> Application:
+def build_app(args: dict | None = None, settings: Settings | None = None, model_store=None) -> Application:
+    """``model_store`` (what loads the bundles; default ``ModelStore(settings.model_store_uri)``)
+    is injected for tests that hand the model servers a failing or fixture store."""
     opts = AppArgs(**(args or {}))
     unknown = sorted(set(opts.model_versions) - set(FAMILIES))
     if unknown:
         raise ValueError(f"model_versions for unknown families {unknown}; known: {list(FAMILIES)}")
     s = settings or get_settings()
     s.effective_jwt_secret()  # refuse to build an app that would refuse to start
-
-    def configured(deployment, name: str, **defaults):
-        options = {**defaults, **opts.deployment_options.get(name, {})}
-        options.pop("name", None)
-        return deployment.options(name=name, **options)
-
-    store = ModelStore(s.model_store_uri)
+    configured = _configure(opts.deployment_options)
+    store = model_store or ModelStore(s.model_store_uri)
     models = {
         family: configured(ModelServer, spec.deployment,
                            user_config={"version": opts.model_versions.get(family, "latest")})
@@ -66,8 +63,19 @@ def build_app(args: dict | None = None, settings: Settings | None = None) -> App
     ensemble = configured(DiagnosisEnsemble, "DiagnosisEnsemble").bind(
         models=models, feature_set=s.feature_set, weights=ensemble_weights(s.ensemble_weights),
         anomaly_threshold=s.anomaly_threshold, model_call_timeout_s=s.model_call_timeout_s)
-    rag = build_assistant(s, options=lambda d, name: configured(d, name)) if opts.assistant else None
+    rag = build_assistant(s, options=configured) if opts.assistant else None
     return configured(Ingress, "Ingress").bind(ensemble, rag, s)
+
+
+def _configure(options_by_name: dict[str, dict[str, Any]]):
+    """``configured(deployment, name, **defaults)``: the deployment under ``name`` with the
+    code's defaults, overridden by the options given for that name."""
+    def configured(deployment, name: str, **defaults):
+        options = {**defaults, **options_by_name.get(name, {})}
+        options.pop("name", None)
+        return deployment.options(name=name, **options)
+
+    return configured
 
 
 def serve_config_application(path: Path = SERVE_CONFIG, name: str = "hdx") -> dict:
@@ -79,15 +87,29 @@ def serve_config_application(path: Path = SERVE_CONFIG, name: str = "hdx") -> di
     raise KeyError(f"{path}: no application named {name!r}")
 
 
-def app_from_serve_config(path: Path = SERVE_CONFIG, settings: Settings | None = None, **args) -> Application:
+def _file_options(path: Path) -> dict[str, dict[str, Any]]:
+    return {d["name"]: dict(d) for d in serve_config_application(path).get("deployments", [])}
+
+
+def app_from_serve_config(path: Path = SERVE_CONFIG, settings: Settings | None = None, model_store=None,
+                          **args) -> Application:
     """The application as ``serve run <path>`` builds it, for ``serve.run`` from Python:
     the file's args (overridden by ``args``) and its deployment options. A model's
     ``user_config`` keeps the file's batching and takes the version from ``model_versions``
     when given."""
-    app = serve_config_application(path)
-    merged = {**app.get("args", {}), **args}
-    options = {d["name"]: dict(d) for d in app.get("deployments", [])}
+    merged = {**serve_config_application(path).get("args", {}), **args}
+    options = _file_options(path)
     for family, version in merged.get("model_versions", {}).items():
         entry = options.setdefault(FAMILIES[family].deployment, {})
         entry["user_config"] = {**entry.get("user_config", {}), "version": version}
-    return build_app({**merged, "deployment_options": options}, settings)
+    return build_app({**merged, "deployment_options": options}, settings, model_store)
+
+
+def assistant_from_serve_config(settings: Settings, index_version: str = "latest",
+                                path: Path = SERVE_CONFIG) -> Application:
+    """The assistant alone (RagPipeline and what it calls) with the file's deployment options;
+    ``index_version`` pins the Retriever."""
+    options = _file_options(path)
+    retriever = options.setdefault("Retriever", {})
+    retriever["user_config"] = {**retriever.get("user_config", {}), "index_version": index_version}
+    return build_assistant(settings, index_version, options=_configure(options))

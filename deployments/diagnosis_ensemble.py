@@ -28,7 +28,6 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.rollout import SURGE_PERCENT
 from diagnosis.batching import group_slices
 from diagnosis.errors import NoModelAvailable, describe
 from diagnosis.registry import FAMILIES
@@ -41,7 +40,7 @@ INLINE_FEATURE_CYCLES = 4  # under a millisecond: cheaper than a thread hop
 DEFAULT_BATCH = {"max_batch_size": 32, "batch_wait_timeout_s": 0.01}
 
 
-@serve.deployment(max_surge_percent=SURGE_PERCENT)
+@serve.deployment
 class DiagnosisEnsemble:
     def __init__(self, models: dict[str, DeploymentHandle], feature_set: str, weights: dict[str, float],
                  anomaly_threshold: float, model_call_timeout_s: float):

@@ -13,10 +13,9 @@ from ray.serve.handle import DeploymentHandle
 
 from api.application import create_app
 from configs.settings import Settings
-from deployments.rollout import SURGE_PERCENT
 
 
-@serve.deployment(name="Ingress", max_surge_percent=SURGE_PERCENT)
+@serve.deployment(name="Ingress")
 @serve.ingress()
 class Ingress:
     def __init__(self, ensemble: DeploymentHandle, rag: DeploymentHandle | None, settings: Settings):

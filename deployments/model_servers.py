@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 from ray import serve
 
-from deployments.rollout import SURGE_PERCENT
 from diagnosis.errors import ModelCannotLearn
 from diagnosis.registry import family_spec
 from diagnosis.report import FamilyAnswer
@@ -42,7 +41,7 @@ INLINE_ROWS = 16  # about a millisecond of scoring: cheaper inline than a thread
 DEFAULT_BATCH = {"max_batch_size": 64, "batch_wait_timeout_s": 0.002}
 
 
-@serve.deployment(max_surge_percent=SURGE_PERCENT)
+@serve.deployment
 class ModelServer:
     def __init__(self, family: str, store: ModelStore, sync_interval_s: float = 5.0):
         self.family = family

@@ -107,7 +107,7 @@ def test_rayservice_embeds_serve_config_yaml():
 def test_serve_config_fits_two_cpus_with_room_for_a_rollout():
     """One replica of every deployment, plus a spare of the largest, fits the quick start's
     2 CPUs: a code rollout starts each replacement before it stops the old replica
-    (deployments/rollout.py), and one that cannot be placed would wait forever."""
+    (serve_config.yaml: max_surge_percent), and one that cannot be placed would wait forever."""
     config = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
     cpus = {d["name"]: d["ray_actor_options"]["num_cpus"] for d in config["applications"][0]["deployments"]}
     assert round(sum(cpus.values()) + max(cpus.values()), 6) <= 2.0, cpus
@@ -136,3 +136,25 @@ def test_k8s_manifests_command_writes_and_checks(tmp_path):
     (tmp_path / "rayjob-batch-predict.yaml").write_text("edited by hand\n")
     stale = runner.invoke(app, ["k8s-manifests", "--check", "--out-dir", str(tmp_path)])
     assert stale.exit_code == 1 and "rayjob-batch-predict.yaml" in stale.output
+
+
+def test_serve_config_has_one_entry_per_deployment_the_builder_makes():
+    """serve_config.yaml is the one source of deployment options: every deployment the
+    builder makes has its entry (a new model family in diagnosis/registry.py needs one),
+    and the file names no deployment that does not exist."""
+    from diagnosis.registry import FAMILIES
+
+    config = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
+    entries = {d["name"]: d for d in config["applications"][0]["deployments"]}
+    models = {spec.deployment for spec in FAMILIES.values()}
+    assert set(entries) == {"Ingress", "DiagnosisEnsemble", "RagPipeline", "Embedder", "Retriever", "LLM"} | models
+    for name in models:
+        assert set(entries[name]["user_config"]) == {"version", "max_batch_size", "batch_wait_timeout_s"}, name
+    for name in ("DiagnosisEnsemble", "Embedder"):
+        assert set(entries[name]["user_config"]) == {"max_batch_size", "batch_wait_timeout_s"}, name
+
+
+def test_every_deployment_but_the_llm_surges_on_a_rollout():
+    config = yaml.safe_load((PROJECT_ROOT / "serve_config.yaml").read_text())
+    surge = {d["name"]: d.get("max_surge_percent", 0) for d in config["applications"][0]["deployments"]}
+    assert surge.pop("LLM") == 0 and set(surge.values()) == {100}, surge

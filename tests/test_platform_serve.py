@@ -88,12 +88,20 @@ def test_feedback_teaches_the_adaptive_model_everywhere_and_survives_a_restart(a
     import ray
     from ray import serve
 
-    from deployments.model_servers import AdaptiveModel
+    from configs.settings import get_settings
+    from deployments.builder import serve_config_application
+    from deployments.model_servers import ModelServer
+    from diagnosis.store import ModelStore
 
     main = serve.get_deployment_handle("AdaptiveModel", app_name="hdx")
     # Two more Adaptive replicas in an app of their own stand for a scaled-out deployment.
-    serve.run(AdaptiveModel.options(num_replicas=2, user_config={"version": MODEL_VERSIONS[0]}).bind(),
-              name="hdx-adaptive-pair", route_prefix=None)
+    [options] = [d for d in serve_config_application()["deployments"] if d["name"] == "AdaptiveModel"]
+    options = {k: v for k, v in options.items() if k != "autoscaling_config"}
+    settings = get_settings()
+    pair_app = ModelServer.options(**{**options, "num_replicas": 2, "user_config": {
+        **options["user_config"], "version": MODEL_VERSIONS[0]}}).bind(
+        family="adaptive", store=ModelStore(settings.model_store_uri), sync_interval_s=settings.adaptive_sync_interval_s)
+    serve.run(pair_app, name="hdx-adaptive-pair", route_prefix=None)
     pair = serve.get_deployment_handle("AdaptiveModel", app_name="hdx-adaptive-pair")
     try:
         # A healthy cycle the operator knows is not healthy: the valve lags badly.
@@ -199,10 +207,12 @@ def _run_ingress(name: str) -> str:
     """A second HDX ingress (another app, same database, the session's ensemble) under ``/name``."""
     from ray import serve
 
+    from configs.settings import get_settings
     from deployments.ingress import Ingress
 
     ensemble = serve.get_deployment_handle("DiagnosisEnsemble", app_name="hdx")
-    serve.run(Ingress.options(name=f"Ingress-{name}").bind(ensemble, None), name=name, route_prefix=f"/{name}")
+    serve.run(Ingress.options(name=f"Ingress-{name}", ray_actor_options={"num_cpus": 0.2}).bind(
+        ensemble, None, get_settings()), name=name, route_prefix=f"/{name}")
     return name
 
 

@@ -16,12 +16,12 @@ import httpx
 import pytest
 
 from bench.ready import wait_ready
+from diagnosis.registry import FAMILY_NAMES as FAMILIES
 from tests.fixtures.serve_app import Api, free_port
 
 pytestmark = pytest.mark.ray
 APP, PREFIX = "hdx-rag", "/rag-app"
 URL = "/api/v1/rag/query"
-FAMILIES = ("catboost", "xgboost", "random_forest", "adaptive")
 QUESTION = "How do I measure the coil voltage of the valve solenoid?"
 DEPLOY_TIMEOUT_S = 300
 UNSCHEDULABLE_S = 90
@@ -42,13 +42,13 @@ def rag_app(hdx_env, ray_cluster, index_manifest):
     from ray import serve
     from ray.serve.context import _get_global_client
 
-    from deployments.builder import build_app
+    from deployments.builder import app_from_serve_config
 
     started_serve = _get_global_client(raise_if_no_controller_running=False) is None
     # When the session app already started Serve, its HTTP options stay; ask which port it listens on.
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     port = _get_global_client().http_config.port
-    app = build_app({"assistant": True, "model_versions": {f: "test-v1" for f in FAMILIES}})
+    app = app_from_serve_config(assistant=True, model_versions={f: "test-v1" for f in FAMILIES})
 
     failure: list[BaseException] = []
 

@@ -59,11 +59,12 @@ def versions(tmp_path_factory):
 def serve_app(ray_cluster, versions):
     from ray import serve
 
-    from deployments.assistant import build_assistant
+    from deployments.builder import assistant_from_serve_config
 
     def deploy(index_version="latest", **settings):
         settings = Settings(index_store_uri=versions[0], **settings)
-        return serve.run(build_assistant(settings, index_version=index_version), name=APP, route_prefix=None)
+        return serve.run(assistant_from_serve_config(settings, index_version=index_version), name=APP,
+                         route_prefix=None)
 
     yield deploy
     serve.delete(APP)
@@ -193,13 +194,14 @@ def test_an_outdated_index_is_reported_not_served(serve_app, tmp_path):
 
     from ray import serve
 
-    from deployments.assistant import build_assistant
+    from deployments.builder import assistant_from_serve_config
 
     store = IndexStore(tmp_path / "old")
     version = _publish(write_sample_corpus(tmp_path / "kb"), store)
     manifest = tmp_path / "old" / version / "manifest.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 1}))  # before sentence vectors
-    handle = serve.run(build_assistant(Settings(index_store_uri=str(tmp_path / "old"))), name=APP, route_prefix=None)
+    handle = serve.run(assistant_from_serve_config(Settings(index_store_uri=str(tmp_path / "old"))), name=APP,
+                       route_prefix=None)
     result = handle.query.remote("How do I fix valve lag?", 2).result()
     meta = result["metadata"]
     assert result["sources"] == [] and meta["degraded"] is True and meta["index_version"] is None

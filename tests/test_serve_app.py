@@ -70,7 +70,7 @@ def test_cache_hit_then_miss_after_rollout(api, engineer, ray_cluster):
 def test_rollout_under_load_drops_nothing(api, engineer):
     """A new code version of every deployment at once, under load: no request fails or loses a
     model, because every deployment keeps a running replica until its replacement is ready
-    (deployments/rollout.py). Without that, Serve stops the old replica first."""
+    (max_surge_percent in serve_config.yaml). Without that, Serve stops the old replica first."""
     with _RunningReplicas() as running, _Load(api, engineer) as load:
         time.sleep(1.0)
         _redeploy(versions=MODEL_VERSIONS[0])
@@ -192,10 +192,10 @@ def _redeploy(versions: str) -> None:
     rollout (a new image). ``_deploy_config`` is the lighter one."""
     from ray import serve
 
-    from deployments.builder import build_app
-    from deployments.model_servers import MODEL_DEPLOYMENTS
+    from deployments.builder import app_from_serve_config
+    from diagnosis.registry import FAMILIES
 
-    serve.run(build_app({"assistant": False, "model_versions": {f: versions for f in MODEL_DEPLOYMENTS}}),
+    serve.run(app_from_serve_config(assistant=False, model_versions={f: versions for f in FAMILIES}),
               name="hdx", route_prefix="/")
 
 
@@ -205,12 +205,16 @@ def _deploy_config(versions: str, env: dict) -> None:
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    from deployments.model_servers import MODEL_DEPLOYMENTS
+    from deployments.builder import serve_config_application
+    from diagnosis.registry import FAMILIES
 
+    models = {spec.deployment for spec in FAMILIES.values()}
+    deployments = [{**d, "user_config": {**d["user_config"], "version": versions}} if d["name"] in models else d
+                   for d in serve_config_application()["deployments"]]
     config = ServeDeploySchema.model_validate({"applications": [{
         "name": "hdx", "route_prefix": "/", "import_path": "deployments.builder:build_app",
         "args": {"assistant": False}, "runtime_env": {"env_vars": env},
-        "deployments": [{"name": d.name, "user_config": {"version": versions}} for d in MODEL_DEPLOYMENTS.values()],
+        "deployments": deployments,
     }]})
     _get_global_client().deploy_apps(config)
 
@@ -365,25 +369,35 @@ class _BrokenModel:
         raise RuntimeError("model file corrupted")
 
 
-def broken_loader(family: str, version: str):
-    from diagnosis.store import ModelStore
-    from configs.settings import get_settings
+class BrokenModelStore:
+    """The model store, except that the bundles of ``broken`` families fail every prediction."""
 
-    bundle = ModelStore(get_settings().model_store_uri).load(family, version)
-    bundle.model = _BrokenModel()
-    return bundle
+    def __init__(self, uri: str, broken: set[str]):
+        from diagnosis.store import ModelStore
+
+        self.store, self.broken = ModelStore(uri), broken
+
+    def load(self, family: str, version: str):
+        bundle = self.store.load(family, version)
+        if family in self.broken:
+            bundle.model = _BrokenModel()
+        return bundle
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
 
 
 def _deploy_with_broken(name: str, broken: set[str]) -> None:
     from ray import serve
 
-    from deployments.diagnosis_ensemble import DiagnosisEnsemble
-    from deployments.ingress import Ingress
-    from deployments.model_servers import MODEL_DEPLOYMENTS
+    from configs.settings import get_settings
+    from deployments.builder import app_from_serve_config
+    from diagnosis.registry import FAMILIES
 
-    models = {f: d.options(user_config={"version": MODEL_VERSIONS[0]}).bind(
-        loader=broken_loader if f in broken else None) for f, d in MODEL_DEPLOYMENTS.items()}
-    serve.run(Ingress.bind(DiagnosisEnsemble.bind(**models), None), name=name, route_prefix=f"/{name}")
+    store = BrokenModelStore(get_settings().model_store_uri, broken)
+    app = app_from_serve_config(assistant=False, model_versions={f: MODEL_VERSIONS[0] for f in FAMILIES},
+                                model_store=store)
+    serve.run(app, name=name, route_prefix=f"/{name}")
 
 
 def test_one_failing_model_still_answers_and_none_is_503(api, engineer):

@@ -1,0 +1,96 @@
+"""The batch job's predictor: one Ray Data actor that diagnoses batch after batch.
+
+It gives a cycle the answer the online ``DiagnosisEnsemble`` gives it: the same
+feature extraction and validation (``hydraulics.features``), every family's
+probabilities as a ``FamilyAnswer`` (``diagnosis.scoring.answer_blocks``, as the
+model replicas make them) and the same ``diagnosis.voting.diagnose_answers``
+with the configured weights and threshold. Only the conversion from Arrow
+(``pipelines.cycle_reader``) and the output columns
+(``pipelines.prediction_output``) are the batch job's own.
+
+The bundles are loaded once per actor and pinned to ``threads`` threads through
+``FamilyModel.pin_threads``: a model loaded from disk otherwise predicts on every
+core, which oversubscribes the CPUs an actor pool was given, and makes the
+benchmark's "single process" loop quietly use the whole machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from diagnosis.report import Diagnosis
+from diagnosis.scoring import answer_blocks
+from diagnosis.store import ModelStore
+from diagnosis.voting import diagnose_answers
+from hydraulics.features import extract, extract_cycles, get_feature_set
+from hydraulics.validation import SensorDataError
+from pipelines.cycle_reader import batch_to_cycles, fast_block
+from pipelines.prediction_output import scored_table
+
+
+class EnsemblePredictor:
+    """Actor-pool UDF: loads the four bundles once, then diagnoses batch after batch.
+
+    ``threads`` pins every model library to that many threads (one per actor: the
+    pool's parallelism is the number of actors).
+    """
+
+    def __init__(self, store_uri: str, versions: dict[str, str], feature_set: str,
+                 weights: dict[str, float], threshold: float, default_system_id: str | None,
+                 threads: int = 1):
+        store = ModelStore(store_uri)
+        self.bundles = {f: store.load(f, v) for f, v in versions.items()}
+        for bundle in self.bundles.values():
+            bundle.model.pin_threads(threads)
+        self.feature_set = get_feature_set(feature_set)
+        self.n_features = len(self.feature_set.feature_names())
+        self.weights = weights
+        self.threshold = threshold
+        self.default_system_id = default_system_id
+
+    def features(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray, dict[int, SensorDataError]]:
+        """Feature rows of the valid cycles (in batch order), their row numbers, and the
+        errors of the others by row number.
+
+        Rows of one common shape with plausible values are converted as one block
+        (``fast_block``); the rest take the request path one by one, exactly as the
+        online ensemble does, so a bad row gets the same error as over HTTP.
+        """
+        n = batch.num_rows
+        X = np.empty((n, self.n_features))
+        valid = np.zeros(n, dtype=bool)
+        errors: dict[int, SensorDataError] = {}
+        fast, block = fast_block(batch, self.feature_set)
+        if fast.any():
+            try:
+                X[fast] = extract(block, self.feature_set)
+                valid |= fast
+            except SensorDataError:  # e.g. too short: every row on the per-row path names it
+                fast[:] = False
+        slow = np.flatnonzero(~fast)
+        if len(slow):
+            part = batch if len(slow) == n else batch.take(pa.array(slow))
+            cycles, bad = batch_to_cycles(part, self.feature_set.channels)
+            for k, err in bad.items():
+                errors[int(slow[k])] = err
+            todo = [k for k in range(len(cycles)) if k not in bad]
+            if todo:
+                Xs, feature_errors = extract_cycles([cycles[k] for k in todo], self.feature_set)
+                for j, err in feature_errors.items():
+                    errors[int(slow[todo[j]])] = err
+                ok = slow[[todo[j] for j in range(len(todo)) if j not in feature_errors]]
+                X[ok] = Xs
+                valid[ok] = True
+        rows = np.flatnonzero(valid)
+        return X[rows], rows, errors
+
+    def diagnose(self, X: np.ndarray) -> list[Diagnosis]:
+        """One ``Diagnosis`` per feature row, by every loaded family."""
+        answers = {f: answer_blocks(b, [X])[0] for f, b in self.bundles.items()}
+        return diagnose_answers(answers, self.weights, self.threshold, self.n_features)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        X, rows, errors = self.features(batch)
+        diagnoses = self.diagnose(X) if len(rows) else []
+        return scored_table(batch, rows, diagnoses, errors, self.default_system_id)
