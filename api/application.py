@@ -1,9 +1,11 @@
 """The FastAPI application served by the ingress deployment.
 
-``create_app`` is called inside each ingress replica: it wires the routers,
-the request-id and body-size middleware and error handlers, and on start-up
-runs database migrations and opens the key-value store. The deployment puts
-its handles (``ensemble``, ``rag``) on ``app.state``.
+``create_app`` is called inside each ingress replica with the settings the app
+builder read: it wires the routers, the request-id and body-size middleware and
+the error handlers (``api.errors``), and on start-up runs database migrations,
+opens the key-value store and starts the two batched writers (audit trail,
+prediction history). The deployment puts its handles (``ensemble``, ``rag``) on
+``app.state``.
 """
 
 from __future__ import annotations
@@ -14,15 +16,22 @@ import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.audit_records import UNAUDITED_PATHS, entry
+from api.deps import enforce_rate_limit, rate_limit_headers
+from api.errors import install_error_handlers
 from api.log_format import configure_logging, trace_id_var
-from api.ratelimit import enforce_rate_limit, load_tiers, rate_limit_headers
-from configs.settings import Settings, get_settings
+from api.request_metrics import get_metrics
+from auth.rate_limits import RateLimiter, load_tiers
+from configs.settings import Settings
+from storage.batch_writer import BatchWriter
+from storage.db import Database, migrate
+from storage.kv import make_kv
+from storage.repositories import audit as audit_repo
+from storage.repositories import predictions as predictions_repo
 
 TRACE_HEADER = "X-Request-ID"
 
@@ -102,36 +111,26 @@ class RequestObserver:
             trace_id_var.reset(token)
 
 
-def _error_body(request: Request, detail) -> dict:
-    return {"detail": detail, "trace_id": getattr(request.state, "trace_id", trace_id_var.get())}
-
-
-def create_app(settings: Settings | None = None, echo_request_id: bool = True) -> FastAPI:
+def create_app(settings: Settings, echo_request_id: bool = True) -> FastAPI:
     """``echo_request_id=False`` under Ray Serve, whose proxy already assigns the
     request id (or keeps the client's) and puts it on the response."""
-    settings = settings or get_settings()
     settings.effective_jwt_secret()  # refuse to start with a missing or default secret
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from api.audit import AuditWriter
-        from api.history_writer import HistoryWriter
-        from api.ratelimit import RateLimiter
-        from storage.db import Database, migrate
-        from storage.kv import make_kv
-        from storage.repositories.predictions import latest_prediction
-
         await migrate(settings.database_url)
         app.state.db = Database(settings.database_url)
         app.state.kv = make_kv(settings)
         app.state.rate_limiter = RateLimiter(app.state.kv, tiers)
-        app.state.audit = AuditWriter(app.state.db, settings.audit_flush_interval_s)
-        app.state.audit.start()
-        app.state.history = HistoryWriter(app.state.db)
+        # Off the request path: the trail every flush interval, kept through an outage;
+        # the history with group commit, each request waiting for its own ids.
+        app.state.audit = BatchWriter(app.state.db, audit_repo.add_many, name="audit", max_rows=1000,
+                                      flush_interval_s=settings.audit_flush_interval_s)
+        app.state.history = BatchWriter(app.state.db, predictions_repo.add_many, name="history", max_rows=500)
 
         async def latest_diagnosis(system_id: str) -> dict | None:
             async with app.state.db.sessionmaker() as session:
-                return await latest_prediction(session, system_id)
+                return await predictions_repo.latest_prediction(session, system_id)
 
         app.state.latest_diagnosis = latest_diagnosis  # the assistant's hook (api/routers/rag.py)
         try:
@@ -156,16 +155,7 @@ def create_app(settings: Settings | None = None, echo_request_id: bool = True) -
 
     app.add_middleware(RequestObserver, observe=observe, echo_request_id=echo_request_id)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        return JSONResponse(_error_body(request, exc.detail), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError):
-        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
-        return JSONResponse(_error_body(request, errors), status_code=422)
+    install_error_handlers(app)
 
     from api.routers import (
         audit,
@@ -192,9 +182,6 @@ def create_app(settings: Settings | None = None, echo_request_id: bool = True) -
 
 def _observer():
     """What every request leaves behind: an audit record, metrics and one access-log line."""
-    from api.audit import UNAUDITED_PATHS, entry
-    from api.request_metrics import get_metrics
-
     access_log = logging.getLogger("hdx.access")
 
     def observe(request: Request, status_code: int, latency_ms: float) -> None:
@@ -203,7 +190,7 @@ def _observer():
         record = entry(request, status_code, latency_ms)
         writer = getattr(request.app.state, "audit", None)
         if writer is not None:
-            writer.record(dict(record))
+            writer.record(record)
         metrics = get_metrics()
         metrics.requests.inc(tags={"route": record["route"], "method": record["method"], "status": str(status_code)})
         metrics.request_latency.observe(latency_ms, tags={"route": record["route"], "method": record["method"]})

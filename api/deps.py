@@ -1,8 +1,11 @@
-"""FastAPI dependencies: where every request is authenticated and authorised.
+"""FastAPI dependencies: where every request is authenticated, authorised and counted.
 
 Shared services are read from ``request.app.state`` (set by the ingress at start,
-or by tests): ``db`` (storage.db.Database), ``kv`` (storage.kv.KV) and
-``settings``; ``auth`` (auth.service.AuthService) is created on first use.
+or by tests): ``db`` (storage.db.Database), ``kv`` (storage.kv.KV), ``settings``
+and ``rate_limiter`` (auth.rate_limits.RateLimiter); ``auth``
+(auth.service.AuthService) is created on first use. Refusals are raised as typed
+errors (``auth.service.AuthError``, ``api.errors.Forbidden``, ...), which
+``api.errors`` answers.
 """
 
 from __future__ import annotations
@@ -14,29 +17,22 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.errors import Forbidden, NotFound
+from api.request_metrics import get_metrics
 from auth.access_cache import AccessCache, CachedUser
 from auth.api_keys import ApiKeyError, hash_key, verify_api_key
 from auth.principal import Principal, can_access_system
+from auth.rate_limits import Decision, RateLimiter, subject
 from auth.roles import Role
 from auth.service import AuthError, AuthService
 from auth.tokens import TokenError
-from storage.tables import System
 from storage.repositories import systems as systems_repo
 from storage.repositories import users as users_repo
+from storage.tables import System
 
-BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 # Declared for the OpenAPI docs ("Authorize" button); the headers are checked below.
 bearer_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False)
-
-
-def unauthorized(detail: str) -> HTTPException:
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers=BEARER_CHALLENGE)
-
-
-def http_error(error: AuthError) -> HTTPException:
-    headers = {**BEARER_CHALLENGE, **error.headers} if error.status_code == 401 else error.headers
-    return HTTPException(error.status_code, detail=error.detail, headers=headers or None)
 
 
 async def get_auth_service(request: Request) -> AuthService:
@@ -71,7 +67,7 @@ async def current_principal(
     _bearer: Annotated[str | None, Depends(bearer_scheme)],
     x_api_key: Annotated[str | None, Depends(api_key_scheme)],
 ) -> Principal:
-    """The caller, from ``Authorization: Bearer <jwt>`` or ``X-API-Key: hdx_...``; 401 otherwise.
+    """The caller, from ``Authorization: Bearer <jwt>`` or ``X-API-Key: hdx_...``; ``AuthError`` (401) otherwise.
 
     The principal is also left on ``request.state`` for the audit record and the rate limit.
     """
@@ -79,12 +75,12 @@ async def current_principal(
     if authorization is not None:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise unauthorized("malformed Authorization header; expected 'Bearer <token>'")
+            raise AuthError("malformed Authorization header; expected 'Bearer <token>'")
         principal = await _principal_from_token(session, auth, get_access_cache(request), token.strip())
     elif x_api_key is not None:
         principal = await _principal_from_api_key(session, get_access_cache(request), x_api_key.strip())
     else:
-        raise unauthorized("missing credentials; send 'Authorization: Bearer <token>' or 'X-API-Key: <key>'")
+        raise AuthError("missing credentials; send 'Authorization: Bearer <token>' or 'X-API-Key: <key>'")
     request.state.principal = principal
     return principal
 
@@ -94,12 +90,12 @@ async def _principal_from_token(session: AsyncSession, auth: AuthService, cache:
     try:
         claims = await auth.verify_access_token(token)  # signature, expiry, revocation: every call
     except TokenError as error:
-        raise unauthorized(str(error)) from error
+        raise AuthError(str(error)) from error
     user = cache.get("user", claims.user_id)
     if user is None:
         row = await users_repo.get_user(session, claims.user_id)
         if row is None or not row.is_active:
-            raise unauthorized("token's user no longer exists or is disabled")
+            raise AuthError("token's user no longer exists or is disabled")
         user = cache.put("user", claims.user_id, CachedUser(row.id, row.username, row.role, row.tier))
     # Role and tier come from the database (within the access cache's TTL), not the token,
     # so a change applies without a new login.
@@ -114,7 +110,7 @@ async def _principal_from_api_key(session: AsyncSession, cache: AccessCache, pla
     try:
         key, owner = await verify_api_key(session, plaintext)
     except ApiKeyError as error:
-        raise unauthorized(str(error)) from error
+        raise AuthError(str(error)) from error
     await session.commit()  # last_used_at
     return cache.put("api_key", key_hash, Principal(
         owner.id,
@@ -137,9 +133,7 @@ def require_role(*roles: Role | str) -> Callable[[Principal], Awaitable[Principa
     async def dependency(principal: PrincipalDep) -> Principal:
         if principal.role not in allowed:
             needed = " or ".join(sorted(allowed))
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN, detail=f"this needs the {needed} role; you are {principal.role}"
-            )
+            raise Forbidden(f"this needs the {needed} role; you are {principal.role}")
         return principal
 
     return dependency
@@ -151,15 +145,13 @@ async def load_accessible_system(
     """The system, or 404 when it is unknown or deleted, or 403 when the caller may not use it."""
     system = await systems_repo.get_system(session, system_id)
     if system is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"system {system_id!r} not found")
+        raise NotFound(f"system {system_id!r} not found")
     membership = await systems_repo.get_membership(session, system_id, principal.user_id)
     if not can_access_system(principal, system, membership, write=write):
         out_of_scope = principal.system_scope is not None and system_id not in principal.system_scope
         scope = " (outside this API key's scope)" if out_of_scope else ""
         action = "change" if write else "access"
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN, detail=f"you may not {action} system {system_id!r}{scope}"
-        )
+        raise Forbidden(f"you may not {action} system {system_id!r}{scope}")
     return system
 
 
@@ -180,3 +172,35 @@ async def system_access(system_id: str, principal: PrincipalDep, session: Sessio
 
 async def system_write_access(system_id: str, principal: PrincipalDep, session: SessionDep) -> System:
     return await load_accessible_system(session, principal, system_id, write=True)
+
+
+# --- rate limits --------------------------------------------------------------------------------
+def decision_headers(decision: Decision) -> dict[str, str]:
+    headers = {"X-RateLimit-Limit": str(decision.limit), "X-RateLimit-Remaining": str(decision.remaining),
+               "X-RateLimit-Reset": str(decision.reset_s)}
+    if not decision.allowed:
+        headers["Retry-After"] = str(decision.retry_after_s)
+    return headers
+
+
+async def enforce_rate_limit(request: Request, principal: PrincipalDep) -> None:
+    """The dependency on every limited router (``api.application``): 429 with ``Retry-After``
+    when the caller is over its tier's rate limit or daily quota."""
+    limiter: RateLimiter = request.app.state.rate_limiter
+    decision = await limiter.check(subject(principal), principal.tier)
+    request.state.rate_limit = decision
+    if not decision.allowed:
+        tier = limiter.tier(principal.tier)
+        get_metrics().rate_limited.inc(tags={"reason": decision.reason, "tier": tier.name})
+        what = (f"rate limit of {decision.limit} calls per {tier.window_s} s" if decision.reason == "rate_limit"
+                else f"daily quota of {tier.daily_quota} calls")
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
+                            detail=f"{what} exceeded for tier {tier.name!r}; retry in {decision.retry_after_s} s",
+                            headers=decision_headers(decision))
+
+
+def rate_limit_headers(request: Request) -> dict[str, str]:
+    """The ``X-RateLimit-*`` headers of this request's decision (none before the check ran);
+    the app's middleware puts them on every response."""
+    decision: Decision | None = getattr(request.state, "rate_limit", None)
+    return decision_headers(decision) if decision is not None else {}

@@ -8,9 +8,9 @@ Ray (plain unit tests, the CLI) there is no agent, so they are no-ops.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from functools import lru_cache
 
+from diagnosis.report import Diagnosis
 from storage.telemetry import make_counter as counter
 from storage.telemetry import make_histogram as histogram
 
@@ -33,18 +33,15 @@ class Metrics:
         self.rate_limited = counter("hdx_rate_limited", "requests refused by the rate limit or quota",
                                     ("reason", "tier"))
 
-    def diagnosis(self, answer: Mapping) -> None:
-        """Record one served diagnosis (an ``ok`` item of ``DiagnosisEnsemble.diagnose``)."""
-        cache_hit = bool(answer.get("cache_hit"))
-        self.cache.inc(tags={"result": "hit" if cache_hit else "miss"})
-        if not cache_hit:
-            for model in answer.get("ml_predictions", []):
-                latency = model.get("round_trip_ms") or model.get("processing_time_ms") or 0.0
-                self.prediction_latency.observe(float(latency), tags={"model": model["ml_model"]})
-        prediction = answer.get("prediction", {})
-        if prediction.get("is_anomaly"):
-            self.anomalies.inc(tags={"anomaly_type": str(prediction.get("anomaly_type")),
-                                     "severity": str(prediction.get("severity"))})
+    def diagnosis(self, d: Diagnosis) -> None:
+        """Record one served diagnosis (cache hits included)."""
+        self.cache.inc(tags={"result": "hit" if d.cache_hit else "miss"})
+        if not d.cache_hit:
+            for model in d.ml_predictions:
+                latency = model.round_trip_ms or model.processing_time_ms or 0.0
+                self.prediction_latency.observe(float(latency), tags={"model": model.ml_model})
+        if d.prediction.is_anomaly:
+            self.anomalies.inc(tags={"anomaly_type": d.prediction.anomaly_type, "severity": d.prediction.severity})
 
 
 @lru_cache(maxsize=1)

@@ -14,9 +14,9 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.tables import ApiKey, User, utcnow
 from storage.repositories import api_keys as repo
 from storage.repositories import users as users_repo
+from storage.tables import ApiKey, User, utcnow
 
 SCHEME = "hdx"
 PREFIX_BYTES = 6    # 12 hex chars: enough that random prefixes practically never collide

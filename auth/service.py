@@ -15,14 +15,14 @@ from datetime import datetime, timezone
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.telemetry import CounterLike, make_counter
 from auth.passwords import verify_password
 from auth.tokens import LEEWAY_S, TokenClaims, TokenCodec, TokenError
 from configs.settings import Settings
 from storage.kv import KV
-from storage.tables import User
 from storage.repositories import refresh_tokens as refresh_repo
 from storage.repositories import users as users_repo
+from storage.tables import User
+from storage.telemetry import CounterLike, make_counter
 
 
 class AuthError(Exception):

@@ -4,10 +4,11 @@
 
 Both sides run the same code on the same Parquet file of simulated cycles
 (only the feature set's channels): read -> ``EnsemblePredictor`` (features,
-four models, ``combine``) -> write Parquet, with the same batch size. The loop
-calls the predictor in-process, one batch after another; the job runs it in a
-Ray Data actor pool on a local cluster of ``--cpus`` CPUs. Prints cycles/s and
-the ratio; no assertions (timings depend on the machine and its load).
+four models, ``diagnose_answers``) -> ``OutputWriter`` (Parquet), with the same
+batch size. The loop calls the predictor in-process, one batch after another;
+the job runs it in a Ray Data actor pool on a local cluster of ``--cpus`` CPUs.
+Prints cycles/s and the ratio; no assertions (timings depend on the machine and
+its load).
 
 Model bundles come from the configured store when it holds all four families;
 otherwise they are trained first (``python -m pipelines.train --source
@@ -29,11 +30,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from configs.settings import PROJECT_ROOT, Settings, get_settings
+from diagnosis.registry import ensemble_weights
 from diagnosis.store import BundleError
 from hydraulics.features import get_feature_set
 from hydraulics.loaders import save_table
 from hydraulics.simulator import simulate_dataset
-from pipelines.batch_predict import EnsemblePredictor, OutputWriter, resolve_versions, run_batch_predict
+from pipelines.batch_predict import resolve_versions, run_batch_predict
+from pipelines.ensemble_predictor import EnsemblePredictor
+from pipelines.prediction_output import OutputWriter
 
 DOC = PROJECT_ROOT / "docs" / "bench_batch.md"
 
@@ -62,11 +66,13 @@ def make_input(n_cycles: int, settings: Settings, path: Path) -> None:
 
 def single_process(source: Path, out: Path, settings: Settings, batch_size: int) -> float:
     """Cycles/s of the same predictor called batch after batch in this process, on one
-    thread (``EnsemblePredictor`` pins CatBoost, XGBoost and BLAS to ``threads=1``, as
-    in each actor), writing the same two outputs with the same writer as the job."""
+    thread (``EnsemblePredictor`` pins every family to ``threads=1`` through
+    ``FamilyModel.pin_threads``, as in each actor), writing the same two outputs
+    with the same writer as the job."""
     started = time.perf_counter()
     predictor = EnsemblePredictor(settings.model_store_uri, resolve_versions(settings), settings.feature_set,
-                                  dict(settings.ensemble_weights), settings.anomaly_threshold, "bench", threads=1)
+                                  ensemble_weights(settings.ensemble_weights), settings.anomaly_threshold, "bench",
+                                  threads=1)
     rows = 0
     with OutputWriter(str(out)) as writer:
         for batch in pq.ParquetFile(source).iter_batches(batch_size=batch_size):
@@ -81,13 +87,14 @@ def write_doc(table: str, command: str, models: str) -> None:
         "# Batch prediction throughput\n\n"
         f"Measured with:\n\n```\n{command}\n```\n\n"
         f"Models: {models}.\n\n" + table +
-        "\nBoth rows run the same code (`pipelines.batch_predict.EnsemblePredictor`: Arrow -> feature block, "
-        "four models, `combine`; then `OutputWriter` for the two Parquet outputs) on the same Parquet file, with "
-        "the same batch size and one thread per process: CatBoost, XGBoost and BLAS are pinned to 1 thread "
-        "(`threads=1`) in the loop and in every actor. The loop is one process, one thread. The job runs a fixed "
-        "pool of `workers` actors on a local Ray cluster that is already up (a warm-up job has started its "
-        "worker processes), so cluster start-up is not counted, but actor start-up (a new process per actor: "
-        "imports, model loading) is, as the loop's imports and model loading are.\n")
+        "\nBoth rows run the same code (`pipelines.ensemble_predictor.EnsemblePredictor`: Arrow -> feature "
+        "block, four models, `diagnose_answers`; then `pipelines.prediction_output.OutputWriter` for the two "
+        "Parquet outputs) on the same Parquet file, with the same batch size and one thread per process: every "
+        "family is pinned to 1 thread (`FamilyModel.pin_threads(1)`: CatBoost, XGBoost, the forest and the "
+        "adaptive family's BLAS) in the loop and in every actor. The loop is one process, one thread. The job "
+        "runs a fixed pool of `workers` actors on a local Ray cluster that is already up (a warm-up job has "
+        "started its worker processes), so cluster start-up is not counted, but actor start-up (a new process "
+        "per actor: imports, model loading) is, as the loop's imports and model loading are.\n")
 
 
 def main(argv=None) -> None:

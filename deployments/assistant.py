@@ -23,7 +23,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from configs.settings import Settings
-from diagnosis.errors import describe
+from diagnosis.failures import describe
 from knowledge.answer import NO_ANSWER, ExtractiveAnswerer
 from knowledge.embedding import get_embedder
 from knowledge.index_store import IndexFormatError, IndexNotFound, IndexStore

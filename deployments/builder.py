@@ -43,9 +43,16 @@ class AppArgs(BaseModel):
     deployment_options: dict[str, dict[str, Any]] = {}
 
 
-def build_app(args: dict | None = None, settings: Settings | None = None, model_store=None) -> Application:
-    """``model_store`` (what loads the bundles; default ``ModelStore(settings.model_store_uri)``)
-    is injected for tests that hand the model servers a failing or fixture store."""
+def build_app(args: dict | None = None) -> Application:
+    """What ``serve run`` calls (Serve's builders take exactly one argument)."""
+    return build_configured_app(args)
+
+
+def build_configured_app(args: dict | None = None, settings: Settings | None = None,
+                         model_store=None) -> Application:
+    """``build_app`` with the settings (default: read from the environment) and the model
+    store (default ``ModelStore(settings.model_store_uri)``) injected, for tests and
+    benchmarks that hand the model servers a failing or fixture store."""
     opts = AppArgs(**(args or {}))
     unknown = sorted(set(opts.model_versions) - set(FAMILIES))
     if unknown:
@@ -102,7 +109,7 @@ def app_from_serve_config(path: Path = SERVE_CONFIG, settings: Settings | None =
     for family, version in merged.get("model_versions", {}).items():
         entry = options.setdefault(FAMILIES[family].deployment, {})
         entry["user_config"] = {**entry.get("user_config", {}), "version": version}
-    return build_app({**merged, "deployment_options": options}, settings, model_store)
+    return build_configured_app({**merged, "deployment_options": options}, settings, model_store)
 
 
 def assistant_from_serve_config(settings: Settings, index_version: str = "latest",

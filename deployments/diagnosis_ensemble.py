@@ -29,7 +29,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from diagnosis.batching import group_slices
-from diagnosis.errors import NoModelAvailable, describe
+from diagnosis.failures import NoModelAvailable, describe
 from diagnosis.registry import FAMILIES
 from diagnosis.report import CycleRejected, Diagnosis, FamilyAnswer
 from diagnosis.voting import diagnose_answers

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from ray import serve
 
-from diagnosis.errors import ModelCannotLearn
+from diagnosis.failures import ModelCannotLearn
 from diagnosis.registry import family_spec
 from diagnosis.report import FamilyAnswer
 from diagnosis.scoring import answer_blocks, bundle_info

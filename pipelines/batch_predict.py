@@ -1,427 +1,42 @@
 """Diagnose stored cycles in bulk with Ray Data and write the answers to Parquet.
 
-    read Parquet / CSV / UCI folder -> features + four models + combine (actor pool)
+    read Parquet / CSV / UCI folder -> features + four models + diagnose_answers (actor pool)
     -> <output>/predictions/*.parquet and <output>/errors/*.parquet (+ summary.json)
 
 Locally:       python -m pipelines.batch_predict --source cycles.parquet --output out/
 On a cluster:  ray job submit --working-dir . -- python -m pipelines.batch_predict \
                    --source s3://bucket/cycles.parquet --output s3://bucket/hdx/predictions
 
+This module is only the job: it pins the bundle versions, builds the Ray Data
+plan and writes the summary. Reading and Arrow conversion are in
+``pipelines.cycle_reader``, the actor that diagnoses each batch in
+``pipelines.ensemble_predictor``, and the output columns and writer in
+``pipelines.prediction_output``.
+
 Each row is diagnosed by exactly the code the online ``DiagnosisEnsemble`` runs
-(``extract_cycles`` -> every family's ``predict_proba`` -> ``combine`` with the
-configured weights and threshold), so a cycle gets the same answer in batch as
-over HTTP. A row that fails validation is written to the error output with the
-channel at fault and why; it never aborts the job and never vanishes.
+(``extract_cycles`` -> every family's ``predict_proba`` -> ``diagnose_answers``
+with the configured weights and threshold), so a cycle gets the same answer in
+batch as over HTTP. A row that fails validation is written to the error output
+with the channel at fault and why; it never aborts the job and never vanishes.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import time
-import uuid
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import typer
 
 from configs.settings import Settings, get_settings
-from diagnosis.voting import combine
-from diagnosis.registry import FAMILY_NAMES
+from diagnosis.registry import FAMILY_NAMES, ensemble_weights
 from diagnosis.store import LATEST, BundleError, ModelStore, check_feature_set
-from hydraulics.channels import CHANNELS
-from hydraulics.components import COMPONENT_NAMES
-from hydraulics.features import FeatureSet, extract, extract_cycles, get_feature_set
-from hydraulics.validation import SensorDataError
+from hydraulics.features import get_feature_set
+from pipelines.cycle_reader import BatchInputError, read_cycles
+from pipelines.ensemble_predictor import EnsemblePredictor
+from pipelines.prediction_output import ERRORS_DIR, PREDICTIONS_DIR, OutputWriter
 
-PREDICTIONS_DIR = "predictions"
-ERRORS_DIR = "errors"
 SUMMARY_FILE = "summary.json"
-_KIND = "_kind"  # internal column: which output a row goes to
-# CPUs asked for by the read tasks: they are short and mostly I/O, so several can
-# share the CPU that the actor pool leaves free (see _actor_cpus).
-READ_CPUS = 0.25
-
-PREDICTION_SCHEMA = pa.schema(
-    [pa.field("system_id", pa.string()), pa.field("cycle_id", pa.int64())]
-    + [f for c in COMPONENT_NAMES for f in (
-        pa.field(f"{c}_level", pa.int64()),
-        pa.field(f"{c}_severity", pa.string()),
-        pa.field(f"{c}_probability", pa.float64()),          # of the predicted level
-        pa.field(f"{c}_nominal_probability", pa.float64()),  # of the healthy level
-    )]
-    + [
-        pa.field("is_anomaly", pa.bool_()),
-        pa.field("anomaly_score", pa.float64()),
-        pa.field("severity", pa.string()),
-        pa.field("confidence", pa.float64()),
-        pa.field("anomaly_type", pa.string()),
-        pa.field("affected_components", pa.list_(pa.string())),
-        pa.field("probability_not_stable", pa.float64()),
-    ]
-    + [pa.field(f"model_version_{f}", pa.string()) for f in FAMILY_NAMES]
-)
-ERROR_SCHEMA = pa.schema([
-    pa.field("system_id", pa.string()),
-    pa.field("cycle_id", pa.int64()),
-    pa.field("channel", pa.string()),
-    pa.field("problem", pa.string()),
-])
-# One schema for both kinds of rows, so every batch of the actor pool looks alike;
-# the rows are split into the two outputs after the pool has run.
-_COMBINED_SCHEMA = pa.schema(
-    list(PREDICTION_SCHEMA) + [f for f in ERROR_SCHEMA if f.name not in PREDICTION_SCHEMA.names]
-    + [pa.field(_KIND, pa.string())]
-)
-
-
-class BatchInputError(ValueError):
-    """The input as a whole cannot be read (as opposed to one bad row)."""
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def source_format(source: str) -> str:
-    """``parquet``, ``csv`` or ``uci``: by suffix, else by what a directory holds.
-
-    A directory (local or URI) of ``*.parquet`` / ``*.csv`` files is one table, as Ray
-    Data reads it; a local directory of ``<CHANNEL>.txt`` files is the UCI format.
-    """
-    import pyarrow.fs as pafs
-
-    suffix = Path(source.split("?", 1)[0].rstrip("/")).suffix.lower()
-    if suffix in (".parquet", ".csv"):
-        return suffix[1:]
-    if "://" not in source and Path(source).is_dir():
-        folder = Path(source)
-        if (folder / "profile.txt").is_file() or any((folder / f"{c}.txt").is_file() for c in CHANNELS):
-            return "uci"
-    try:
-        fs, path = pafs.FileSystem.from_uri(source) if "://" in source else (
-            pafs.LocalFileSystem(), str(Path(source).resolve()))
-        names = [i.path for i in fs.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.File]
-    except (FileNotFoundError, OSError, pa.ArrowInvalid):
-        names = []
-    for fmt in ("parquet", "csv"):
-        if any(n.lower().endswith("." + fmt) for n in names):
-            return fmt
-    raise BatchInputError(
-        f"{source}: expected a .parquet or .csv table (a file, or a directory of them, local or URI) "
-        "or a UCI folder (<CHANNEL>.txt files)")
-
-
-def read_cycles(source: str, channels: Sequence[str], cycles: Sequence[int] | None = None):
-    """A Ray Dataset with ``cycle_id``, maybe ``system_id``, and one column per channel.
-
-    Tables are read by Ray Data in parallel (only the columns we need); a UCI
-    folder is loaded by ``hydraulics.loaders`` (its text matrices are not a
-    format Ray Data reads) and handed over as Arrow.
-    """
-    import pyarrow.csv as pacsv
-    import ray
-
-    fmt = source_format(source)
-    if fmt == "parquet":
-        schema_names = _parquet_columns(source)
-        wanted = ["cycle_id", "system_id", *channels]
-        ds = ray.data.read_parquet(source, columns=[c for c in wanted if c in schema_names], num_cpus=READ_CPUS)
-    elif fmt == "csv":
-        # Channel cells are JSON arrays (see hydraulics.loaders); keep them and ids as text.
-        types = {c: pa.string() for c in ("system_id", *channels)}
-        ds = ray.data.read_csv(source, convert_options=pacsv.ConvertOptions(column_types=types), num_cpus=READ_CPUS)
-    else:
-        from hydraulics.loaders import load_uci
-
-        data = load_uci(source, channels=None, cycles=cycles)
-        present = [c for c in channels if c in data.channels]
-        columns = {"cycle_id": pa.array(data.cycle_ids.astype(np.int64))}
-        for name in present:
-            block = np.ascontiguousarray(data.channels[name], dtype=np.float64)
-            columns[name] = pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1])
-        return ray.data.from_arrow(pa.table(columns))
-    names = ds.schema().names
-    if "cycle_id" not in names:
-        raise BatchInputError(f"{source}: no cycle_id column (columns: {names})")
-    if cycles is not None:
-        keep = pa.array(sorted({int(c) for c in cycles}), pa.int64())
-        ds = ds.map_batches(_keep_cycles, fn_kwargs={"keep": keep}, batch_format="pyarrow", num_cpus=READ_CPUS)
-    return ds
-
-
-def _keep_cycles(batch: pa.Table, keep: pa.Array) -> pa.Table:
-    return batch.filter(pc.is_in(batch["cycle_id"].cast(pa.int64()), value_set=keep))
-
-
-def _parquet_columns(source: str) -> list[str]:
-    import pyarrow.dataset as pads
-
-    try:
-        return pads.dataset(source if "://" in source else str(Path(source).resolve()), format="parquet").schema.names
-    except (FileNotFoundError, pa.ArrowInvalid) as exc:
-        raise BatchInputError(f"{source}: cannot open as Parquet ({exc})") from exc
-
-
-# --------------------------------------------------------------------------- rows -> cycles
-
-
-def _list_column(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A list<float> column as (length per row, -1 where the cell is null; start of each
-    row in the flat values; the flat float64 values). Null samples inside a list become
-    NaN, which validation then rejects by name."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if pa.types.is_fixed_size_list(arr.type):
-        arr = arr.cast(pa.list_(arr.type.value_type))
-    lengths = pc.list_value_length(arr).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = pc.list_flatten(arr).cast(pa.float64()).to_numpy(zero_copy_only=False)
-    starts = np.zeros(len(lengths), dtype=np.int64)
-    if len(lengths) > 1:
-        np.cumsum(np.maximum(lengths[:-1], 0), out=starts[1:])
-    return lengths, starts, flat
-
-
-def _list_rows(column: pa.ChunkedArray) -> list[np.ndarray | None]:
-    """A list<float> column as one array per row; None where the cell is null."""
-    lengths, starts, flat = _list_column(column)
-    return [None if n < 0 else flat[s:s + n] for n, s in zip(lengths.tolist(), starts.tolist())]
-
-
-def _is_list(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
-
-
-def fast_block(batch: pa.Table, fs: FeatureSet) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The rows that can go to ``extract`` as one block, straight from the Arrow columns.
-
-    A row qualifies when every channel of the feature set is a non-null list of that
-    channel's most common length in the batch, with finite values inside the channel's
-    plausible range. Returns the mask of those rows and ``{channel: (rows, samples)}``.
-    This is only a pre-filter: ``extract`` still validates the block, and every row
-    outside it goes through the per-row path (``batch_to_cycles`` + ``extract_cycles``),
-    which names what is wrong with it.
-    """
-    n = batch.num_rows
-    none = np.zeros(n, dtype=bool), {}
-    columns = {}
-    ok = np.ones(n, dtype=bool)
-    for name in fs.channels:
-        if n == 0 or name not in batch.column_names or not _is_list(batch[name].type):
-            return none  # a missing channel, or CSV text: the per-row path
-        lengths, starts, flat = _list_column(batch[name])
-        present = lengths[lengths > 0]
-        if not len(present):
-            return none
-        values, counts = np.unique(present, return_counts=True)
-        length = int(values[counts.argmax()])
-        ok &= lengths == length
-        columns[name] = (length, starts, flat)
-    rows = np.flatnonzero(ok)
-    if not len(rows):
-        return none
-    blocks = {}
-    for name, (length, starts, flat) in columns.items():
-        if len(rows) == n and len(flat) == n * length:
-            block = flat.reshape(n, length)  # every row has the common length: no copy
-        else:
-            block = flat[starts[rows, None] + np.arange(length)]
-        lo, hi = CHANNELS[name].plausible_range
-        ok[rows] &= np.isfinite(block).all(axis=1) & ((block >= lo) & (block <= hi)).all(axis=1)
-        blocks[name] = block
-    keep = ok[rows]
-    if not keep.all():
-        blocks = {name: block[keep] for name, block in blocks.items()}
-    return ok, blocks
-
-
-def _json_rows(column: pa.ChunkedArray, name: str) -> tuple[list[object], dict[int, SensorDataError]]:
-    out: list[object] = []
-    errors: dict[int, SensorDataError] = {}
-    for i, text in enumerate(column.to_pylist()):
-        if text is None or text == "":
-            out.append(None)
-            continue
-        try:
-            out.append(json.loads(text))
-        except json.JSONDecodeError as exc:
-            out.append(None)
-            errors[i] = SensorDataError(name, f"not a JSON array of numbers ({exc.msg})")
-    return out, errors
-
-
-def batch_to_cycles(batch: pa.Table, channels: Sequence[str]) -> tuple[list[dict], dict[int, SensorDataError]]:
-    """Request-shaped cycles (channel -> samples) and the rows already known to be bad.
-
-    A null cell or an absent column leaves the channel out of the cycle, so
-    validation reports it as missing, exactly as for an API request without it.
-    """
-    n = batch.num_rows
-    cycles: list[dict] = [{} for _ in range(n)]
-    errors: dict[int, SensorDataError] = {}
-    for name in channels:
-        if name not in batch.column_names:
-            continue
-        column = batch[name]
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            values, bad = _json_rows(column, name)
-            for i, err in bad.items():
-                errors.setdefault(i, err)
-        elif _is_list(column.type):
-            values = _list_rows(column)
-        else:
-            raise BatchInputError(f"channel column {name} has type {column.type}, expected list<double> "
-                                  "(Parquet) or a JSON array string (CSV)")
-        for i, v in enumerate(values):
-            if v is not None:
-                cycles[i][name] = v
-    return cycles, errors
-
-
-# --------------------------------------------------------------------------- the actor
-
-
-def pin_threads(bundles: dict, threads: int) -> None:
-    """Make every model of ``bundles`` (and this process's BLAS/OpenMP pools) use ``threads`` threads.
-
-    Bundles loaded from disk otherwise predict on every core: CatBoost's
-    ``predict_proba`` defaults to all cores, XGBoost's loaded booster likewise, and
-    numpy's BLAS (the adaptive family's MLP) starts one thread per core. In an actor
-    pool that oversubscribes the CPUs the pool was given; in a single-process loop
-    it makes the "single process" quietly use the whole machine.
-    """
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=threads)  # process-wide, for the rest of its life
-    for bundle in bundles.values():
-        for est in getattr(bundle.model, "estimators", {}).values():
-            module = type(est).__module__
-            if module.startswith("catboost"):
-                est.predict_proba = functools.partial(type(est).predict_proba, est, thread_count=threads)
-            elif module.startswith("xgboost"):
-                est.set_params(n_jobs=threads)
-            elif hasattr(est, "n_jobs"):
-                est.n_jobs = threads
-
-
-class EnsemblePredictor:
-    """Actor-pool UDF: loads the four bundles once, then diagnoses batch after batch.
-
-    ``threads`` pins every model library to that many threads (one per actor: the
-    pool's parallelism is the number of actors).
-    """
-
-    def __init__(self, store_uri: str, versions: dict[str, str], feature_set: str,
-                 weights: dict[str, float], threshold: float, default_system_id: str | None,
-                 threads: int = 1):
-        store = ModelStore(store_uri)
-        self.bundles = {f: store.load(f, v) for f, v in versions.items()}
-        pin_threads(self.bundles, threads)
-        self.feature_set = get_feature_set(feature_set)
-        self.n_features = len(self.feature_set.feature_names())
-        self.weights = weights
-        self.threshold = threshold
-        self.default_system_id = default_system_id
-
-    def features(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray, dict[int, SensorDataError]]:
-        """Feature rows of the valid cycles (in batch order), their row numbers, and the
-        errors of the others by row number.
-
-        Rows of one common shape with plausible values are converted as one block
-        (``fast_block``); the rest take the request path one by one, exactly as the
-        online ensemble does, so a bad row gets the same error as over HTTP.
-        """
-        n = batch.num_rows
-        X = np.empty((n, self.n_features))
-        valid = np.zeros(n, dtype=bool)
-        errors: dict[int, SensorDataError] = {}
-        fast, block = fast_block(batch, self.feature_set)
-        if fast.any():
-            try:
-                X[fast] = extract(block, self.feature_set)
-                valid |= fast
-            except SensorDataError:  # e.g. too short: every row on the per-row path names it
-                fast[:] = False
-        slow = np.flatnonzero(~fast)
-        if len(slow):
-            part = batch if len(slow) == n else batch.take(pa.array(slow))
-            cycles, bad = batch_to_cycles(part, self.feature_set.channels)
-            for k, err in bad.items():
-                errors[int(slow[k])] = err
-            todo = [k for k in range(len(cycles)) if k not in bad]
-            if todo:
-                Xs, feature_errors = extract_cycles([cycles[k] for k in todo], self.feature_set)
-                for j, err in feature_errors.items():
-                    errors[int(slow[todo[j]])] = err
-                ok = slow[[todo[j] for j in range(len(todo)) if j not in feature_errors]]
-                X[ok] = Xs
-                valid[ok] = True
-        rows = np.flatnonzero(valid)
-        return X[rows], rows, errors
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        X, rows, errors = self.features(batch)
-        diags: list[dict] = []
-        if len(rows):
-            by_family = {f: b.model.predict_proba(X) for f, b in self.bundles.items()}
-            diags = combine(by_family, self.weights, self.threshold)
-        return self._output(batch, rows, diags, errors)
-
-    def _output(self, batch: pa.Table, rows: np.ndarray, diags: list[dict],
-                errors: dict[int, SensorDataError]) -> pa.Table:
-        """One output row per input row, in order: a prediction, or the error."""
-        n = batch.num_rows
-        all_valid = len(rows) == n
-        rows_list = rows.tolist()
-
-        def spread(values: list) -> list:  # values of the valid rows -> one per row
-            if all_valid:
-                return values
-            out = [None] * n
-            for i, v in zip(rows_list, values):
-                out[i] = v
-            return out
-
-        cols: dict[str, list] = {
-            "system_id": self._system_ids(batch),
-            "cycle_id": batch["cycle_id"].cast(pa.int64()).to_pylist(),
-        }
-        for name in COMPONENT_NAMES:
-            comps = [d["components"][name] for d in diags]
-            cols[f"{name}_level"] = spread([c["level"] for c in comps])
-            cols[f"{name}_severity"] = spread([c["severity"] for c in comps])
-            cols[f"{name}_probability"] = spread([c["probabilities"][str(c["level"])] for c in comps])
-            cols[f"{name}_nominal_probability"] = spread([c["nominal_probability"] for c in comps])
-        for key in ("is_anomaly", "anomaly_score", "severity", "confidence", "anomaly_type", "affected_components"):
-            cols[key] = spread([d[key] for d in diags])
-        cols["probability_not_stable"] = spread(
-            [d.get("steady_state", {}).get("probability_not_stable") for d in diags])
-        for f, b in self.bundles.items():
-            cols[f"model_version_{f}"] = spread([b.version] * len(diags))
-        cols["channel"] = [None] * n
-        cols["problem"] = [None] * n
-        kinds = ["prediction"] * n
-        for i, err in errors.items():
-            cols["channel"][i] = err.channel
-            cols["problem"][i] = err.problem
-            kinds[i] = "error"
-        cols[_KIND] = kinds
-        return pa.Table.from_pydict({f.name: cols.get(f.name, [None] * n) for f in _COMBINED_SCHEMA},
-                                    schema=_COMBINED_SCHEMA)
-
-    def _system_ids(self, batch: pa.Table) -> list[str | None]:
-        if "system_id" not in batch.column_names:
-            return [self.default_system_id] * batch.num_rows
-        ids = batch["system_id"].cast(pa.string()).to_pylist()
-        return [self.default_system_id if s is None else s for s in ids]
-
-
-def _select(batch: pa.Table, kind: str, schema: pa.Schema) -> pa.Table:
-    return batch.filter(pc.equal(batch[_KIND], kind)).select(schema.names).cast(schema)
-
-
-# --------------------------------------------------------------------------- the job
 
 
 def resolve_versions(settings: Settings, model_version: str = LATEST) -> dict[str, str]:
@@ -439,49 +54,6 @@ def resolve_versions(settings: Settings, model_version: str = LATEST) -> dict[st
                 f"but HDX_FEATURE_SET is {settings.feature_set}")
         versions[family] = manifest["version"]
     return versions
-
-
-def _filesystem(uri: str):
-    import pyarrow.fs as pafs
-
-    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), str(Path(uri).resolve()))
-
-
-class OutputWriter:
-    """Writes the two outputs as scored batches arrive: ``predictions/`` and ``errors/``
-    under ``output_dir``, one Parquet file each (a new name per run), empty if no row
-    of that kind came. Used by the job (on the driver, streaming the actor pool's
-    small result rows) and by the benchmark's single-process loop alike."""
-
-    OUTPUTS = (("prediction", PREDICTIONS_DIR, PREDICTION_SCHEMA), ("error", ERRORS_DIR, ERROR_SCHEMA))
-
-    def __init__(self, output_dir: str):
-        import pyarrow.parquet as pq
-
-        fs, base = _filesystem(output_dir)
-        name = f"part-{uuid.uuid4().hex[:12]}.parquet"
-        self.counts = {kind: 0 for kind, _, _ in self.OUTPUTS}
-        self.writers = {}
-        for kind, folder, schema in self.OUTPUTS:
-            fs.create_dir(f"{base}/{folder}", recursive=True)
-            self.writers[kind] = pq.ParquetWriter(f"{base}/{folder}/{name}", schema, filesystem=fs)
-
-    def write(self, scored: pa.Table) -> None:
-        for kind, _, schema in self.OUTPUTS:
-            part = _select(scored, kind, schema)
-            if part.num_rows:
-                self.writers[kind].write_table(part)
-                self.counts[kind] += part.num_rows
-
-    def close(self) -> None:
-        for writer in self.writers.values():
-            writer.close()
-
-    def __enter__(self) -> "OutputWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _actor_cpus(workers: int) -> float:
@@ -512,6 +84,7 @@ def run_batch_predict(source: str, output_dir: str, model_version: str = LATEST,
         raise ValueError(f"batch_size and workers must be at least 1 (got {batch_size}, {workers})")
     source, output_dir = str(source), str(output_dir).rstrip("/")
     versions = resolve_versions(settings, model_version)
+    weights = ensemble_weights(settings.ensemble_weights)  # a bad override fails here, not in every actor
     if not ray.is_initialized():
         ray.init()  # joins the cluster named by RAY_ADDRESS (ray job submit), else starts a local one
     ray.data.DataContext.get_current().enable_progress_bars = True
@@ -526,7 +99,8 @@ def run_batch_predict(source: str, output_dir: str, model_version: str = LATEST,
     scored = ds.map_batches(
         EnsemblePredictor,
         fn_constructor_kwargs={"store_uri": settings.model_store_uri, "versions": versions,
-                               "feature_set": settings.feature_set, "weights": dict(settings.ensemble_weights),
+                               "feature_set": settings.feature_set,
+                               "weights": weights,
                                "threshold": settings.anomaly_threshold, "default_system_id": system_id,
                                "threads": 1},
         batch_size=batch_size, batch_format="pyarrow", num_cpus=_actor_cpus(workers),
@@ -604,8 +178,11 @@ def main(
 
 
 if __name__ == "__main__":
-    # Run through the importable module, not __main__: Ray pickles the UDFs by
-    # reference and workers must import them as pipelines.batch_predict.
+    # Run through the importable module, not __main__: Ray pickles functions and
+    # classes by reference, and workers cannot import anything from a __main__
+    # that is not theirs. The UDFs live in pipelines.ensemble_predictor and
+    # pipelines.cycle_reader; this keeps whatever this module ever hands to Ray
+    # importable as pipelines.batch_predict too.
     from pipelines.batch_predict import main as _main
 
     typer.run(_main)

@@ -17,9 +17,9 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

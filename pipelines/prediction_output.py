@@ -166,7 +166,7 @@ class OutputWriter:
         for writer in self.writers.values():
             writer.close()
 
-    def __enter__(self) -> "OutputWriter":
+    def __enter__(self) -> OutputWriter:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -23,15 +23,16 @@ import ray
 import typer
 
 from configs.settings import Settings, get_settings
-from diagnosis.voting import weighted_probas
-from diagnosis.registry import FAMILY_NAMES
+from diagnosis.registry import FAMILY_NAMES, ensemble_weights
 from diagnosis.store import ModelStore, fingerprint, new_version
 from diagnosis.training import fit_family, score
+from diagnosis.voting import weighted_probas
 from hydraulics.dataset import RigDataset
 from hydraulics.features import extract, get_feature_set
 
 
-def load_training_data(source: str, settings: Settings, eval_split: bool = True) -> tuple[RigDataset, RigDataset | None]:
+def load_training_data(source: str, settings: Settings,
+                       eval_split: bool = True) -> tuple[RigDataset, RigDataset | None]:
     """Training and evaluation cycles. UCI: the benchmark hold-out split. Simulator:
     training cycles from the configured seed, evaluation cycles from the next seed."""
     channels = list(get_feature_set(settings.feature_set).channels)
@@ -47,7 +48,9 @@ def load_training_data(source: str, settings: Settings, eval_split: bool = True)
 
         n = settings.simulator_cycles_per_condition
         train = simulate_dataset(n, seed=settings.random_seed, channels=channels)
-        test = simulate_dataset(max(2, n // 3), seed=settings.random_seed + 1, channels=channels) if eval_split else None
+        test = None
+        if eval_split:
+            test = simulate_dataset(max(2, n // 3), seed=settings.random_seed + 1, channels=channels)
         return train, test
     raise ValueError(f"unknown data source {source!r}; use 'uci' or 'simulator'")
 
@@ -97,7 +100,8 @@ def run_training(source: str = "simulator", settings: Settings | None = None,
         "store_uri": settings.model_store_uri,
     }
     if test is not None:
-        weights = {f: settings.ensemble_weights[f] for f in families}
+        all_weights = ensemble_weights(settings.ensemble_weights)
+        weights = {f: all_weights[f] for f in families}
         combined, _ = weighted_probas({f: r["probas"] for f, r in results.items()}, weights)
         report["ensemble"] = score(combined, test.labels)
         report["ensemble_weights"] = weights

@@ -11,13 +11,14 @@ import pytest
 from fastapi import Depends, FastAPI
 
 from api.deps import PrincipalDep, require_role, system_access, system_write_access
+from api.errors import install_error_handlers
 from api.routers.auth import router
 from auth.api_keys import create_api_key
 from configs.settings import Settings
 from storage.db import Database
 from storage.kv import KV
-from storage.tables import System
 from storage.repositories import systems as systems_repo
+from storage.tables import System
 from tests.fixtures.db import TEST_JWT_SECRET, TEST_PASSWORD, add_system, add_user
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -27,6 +28,7 @@ BASE = "/api/v1/auth"
 def build_app(db: Database, kv: KV, settings: Settings) -> FastAPI:
     app = FastAPI()
     app.state.db, app.state.kv, app.state.settings = db, kv, settings
+    install_error_handlers(app)  # as api.application.create_app does
     app.include_router(router)
 
     @app.get("/systems/{system_id}")

@@ -9,22 +9,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from configs.settings import Settings
-from diagnosis.voting import combine
-from diagnosis.registry import FAMILY_NAMES
+from diagnosis.registry import FAMILY_NAMES, ensemble_weights
+from diagnosis.scoring import answer_blocks
 from diagnosis.store import BundleError, ModelStore
 from diagnosis.training import fit_family
+from diagnosis.voting import diagnose_answers
 from hydraulics.components import COMPONENT_NAMES
 from hydraulics.features import extract, extract_cycles, get_feature_set
 from hydraulics.loaders import load_uci, save_table
 from hydraulics.simulator import simulate_dataset
-from pipelines.batch_predict import (
-    ERROR_SCHEMA,
-    PREDICTION_SCHEMA,
-    BatchInputError,
-    parse_cycles,
-    run_batch_predict,
-    source_format,
-)
+from pipelines.batch_predict import parse_cycles, run_batch_predict
+from pipelines.cycle_reader import BatchInputError, source_format
+from pipelines.prediction_output import ERROR_SCHEMA, PREDICTION_SCHEMA
 
 pytestmark = pytest.mark.ray
 
@@ -53,33 +49,37 @@ def settings(tmp_path_factory):
 
 
 def online_answers(settings, cycles):
-    """What deployments/diagnosis_ensemble.py computes: extract_cycles -> each family -> combine."""
+    """What the online path computes (deployments/model_servers.py and
+    deployments/diagnosis_ensemble.py): extract_cycles -> each family's answer ->
+    diagnose_answers with the configured weights and threshold."""
     store = ModelStore(settings.model_store_uri)
     bundles = {f: store.load(f) for f in FAMILY_NAMES}
     X, errors = extract_cycles(cycles, settings.feature_set)
     assert not errors
-    by_family = {f: b.model.predict_proba(X) for f, b in bundles.items()}
-    return combine(by_family, settings.ensemble_weights, settings.anomaly_threshold)
+    answers = {f: answer_blocks(b, [X])[0] for f, b in bundles.items()}
+    return diagnose_answers(answers, ensemble_weights(settings.ensemble_weights), settings.anomaly_threshold,
+                            X.shape[1])
 
 
 def assert_matches_online(frame, diagnoses, cycle_ids):
     frame = frame.set_index("cycle_id").loc[list(cycle_ids)]
     assert len(frame) == len(diagnoses)
-    for (cycle_id, row), diag in zip(frame.iterrows(), diagnoses):
+    for (cycle_id, row), diagnosis in zip(frame.iterrows(), diagnoses):
         where = f"cycle {cycle_id}"
-        assert bool(row["is_anomaly"]) == diag["is_anomaly"], where
-        assert row["anomaly_score"] == pytest.approx(diag["anomaly_score"], abs=1e-6), where
-        assert row["confidence"] == pytest.approx(diag["confidence"], abs=1e-6), where
-        assert row["severity"] == diag["severity"], where
-        assert row["anomaly_type"] == diag["anomaly_type"], where
-        assert list(row["affected_components"]) == diag["affected_components"], where
-        assert row["probability_not_stable"] == pytest.approx(diag["steady_state"]["probability_not_stable"], abs=1e-6)
+        diag = diagnosis.prediction
+        assert bool(row["is_anomaly"]) == diag.is_anomaly, where
+        assert row["anomaly_score"] == pytest.approx(diag.anomaly_score, abs=1e-6), where
+        assert row["confidence"] == pytest.approx(diag.confidence, abs=1e-6), where
+        assert row["severity"] == diag.severity, where
+        assert row["anomaly_type"] == diag.anomaly_type, where
+        assert list(row["affected_components"]) == diag.affected_components, where
+        assert row["probability_not_stable"] == pytest.approx(diag.steady_state.probability_not_stable, abs=1e-6)
         for c in COMPONENT_NAMES:
-            comp = diag["components"][c]
-            assert row[f"{c}_level"] == comp["level"], where
-            assert row[f"{c}_severity"] == comp["severity"], where
-            assert row[f"{c}_probability"] == pytest.approx(comp["probabilities"][str(comp["level"])], abs=1e-6)
-            assert row[f"{c}_nominal_probability"] == pytest.approx(comp["nominal_probability"], abs=1e-6)
+            comp = diag.components[c]
+            assert row[f"{c}_level"] == comp.level, where
+            assert row[f"{c}_severity"] == comp.severity, where
+            assert row[f"{c}_probability"] == pytest.approx(comp.probabilities[str(comp.level)], abs=1e-6)
+            assert row[f"{c}_nominal_probability"] == pytest.approx(comp.nominal_probability, abs=1e-6)
 
 
 def read_output(out, name):
@@ -97,7 +97,8 @@ def _bad_rows(good: dict) -> list[dict]:
 
 def test_parquet_matches_online_ensemble_and_keeps_bad_rows(ray_cluster, settings, tmp_path):
     data = simulate_dataset(1, seed=41, channels=CHANNELS)  # 144 cycles, every condition once
-    good = [{"cycle_id": int(cid), "system_id": f"rig-{int(cid) % 3}", **{c: data.channels[c][i].tolist() for c in CHANNELS}}
+    good = [{"cycle_id": int(cid), "system_id": f"rig-{int(cid) % 3}",
+             **{c: data.channels[c][i].tolist() for c in CHANNELS}}
             for i, cid in enumerate(data.cycle_ids)]
     rows = good + _bad_rows(good[0])
     schema = pa.schema([("cycle_id", pa.int64()), ("system_id", pa.string())]
@@ -186,7 +187,7 @@ def test_source_format_by_suffix_or_directory_contents(tmp_path):
 
 def test_unreadable_source_is_named():
     with pytest.raises(BatchInputError, match="expected a .parquet or .csv table"):
-        from pipelines.batch_predict import read_cycles
+        from pipelines.cycle_reader import read_cycles
 
         read_cycles("/nonexistent/cycles.txt", CHANNELS)
     assert parse_cycles("3,5-7") == [3, 5, 6, 7]
@@ -195,7 +196,8 @@ def test_unreadable_source_is_named():
 def test_block_conversion_equals_per_row_path(settings):
     """The vectorised Arrow -> block conversion gives the per-row (online) path's features
     and errors, for good rows mixed with every kind of bad row, and pins one thread."""
-    from pipelines.batch_predict import EnsemblePredictor, batch_to_cycles, fast_block
+    from pipelines.cycle_reader import batch_to_cycles, fast_block
+    from pipelines.ensemble_predictor import EnsemblePredictor
 
     data = simulate_dataset(1, seed=43, channels=CHANNELS)
     good = [{"cycle_id": int(cid), "system_id": "rig", **{c: data.channels[c][i].tolist() for c in CHANNELS}}
@@ -212,7 +214,8 @@ def test_block_conversion_equals_per_row_path(settings):
     assert all(b.shape == (len(rows) - len(bad_positions), 60) for b in block.values())
 
     predictor = EnsemblePredictor(settings.model_store_uri, {f: "v-batch-test" for f in FAMILY_NAMES}, FEATURE_SET,
-                                  dict(settings.ensemble_weights), settings.anomaly_threshold, None, threads=1)
+                                  ensemble_weights(settings.ensemble_weights), settings.anomaly_threshold, None,
+                                  threads=1)
     X, valid, errors = predictor.features(batch)
     cycles, pre_errors = batch_to_cycles(batch, CHANNELS)  # the per-row path, as before
     assert not pre_errors

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from diagnosis.report import SteadyState
 from diagnosis.voting import combine, diagnose, weighted_probas
 from hydraulics.components import COMPONENTS, TARGETS, target_classes
 
@@ -22,41 +23,41 @@ def _probas(**overrides):
 
 def test_all_nominal_is_healthy():
     d = diagnose(_probas())[0]
-    assert d["is_anomaly"] is False
-    assert d["anomaly_score"] == 0.0
-    assert d["severity"] == "normal" and d["affected_components"] == [] and d["anomaly_type"] == "none"
-    assert d["confidence"] == 1.0
-    assert d["components"]["accumulator"]["level"] == 130
+    assert d.is_anomaly is False
+    assert d.anomaly_score == 0.0
+    assert d.severity == "normal" and d.affected_components == [] and d.anomaly_type == "none"
+    assert d.confidence == 1.0
+    assert d.components["accumulator"].level == 130
 
 
 def test_single_component_fault_names_type_and_severity():
     d = diagnose(_probas(valve=[0.1, 0.1, 0.7, 0.1]))[0]
-    assert d["is_anomaly"] is True
-    assert d["anomaly_score"] == pytest.approx(0.9)
-    assert d["affected_components"] == ["valve"]
-    assert d["anomaly_type"] == "valve_lag"
-    assert d["components"]["valve"]["level"] == 80
-    assert d["severity"] == "critical"  # 80 % = severe lag
-    assert d["confidence"] == pytest.approx(0.7)
+    assert d.is_anomaly is True
+    assert d.anomaly_score == pytest.approx(0.9)
+    assert d.affected_components == ["valve"]
+    assert d.anomaly_type == "valve_lag"
+    assert d.components["valve"].level == 80
+    assert d.severity == "critical"  # 80 % = severe lag
+    assert d.confidence == pytest.approx(0.7)
 
 
 def test_multiple_faults_and_worst_severity():
     d = diagnose(_probas(cooler=[0.2, 0.8, 0.0], pump=[0.0, 0.1, 0.9]))[0]
-    assert d["anomaly_type"] == "multiple"
-    assert set(d["affected_components"]) == {"cooler", "pump"}
-    assert d["severity"] == "critical"  # pump severe leakage beats cooler warning
-    assert d["anomaly_score"] == pytest.approx(1 - 0.2 * 0.0)
+    assert d.anomaly_type == "multiple"
+    assert set(d.affected_components) == {"cooler", "pump"}
+    assert d.severity == "critical"  # pump severe leakage beats cooler warning
+    assert d.anomaly_score == pytest.approx(1 - 0.2 * 0.0)
 
 
 def test_anomaly_score_is_joint_probability_and_names_the_likeliest_component():
     # Each component is more likely nominal than not, but jointly a fault is likely.
     d = diagnose(_probas(cooler=[0.7, 0.3, 0.0], valve=[0.6, 0.4, 0, 0], pump=[0.8, 0.2, 0]))[0]
-    assert d["anomaly_score"] == pytest.approx(1 - 0.7 * 0.6 * 0.8)
-    assert d["is_anomaly"] is True
-    assert d["affected_components"] == ["valve"]
-    assert d["severity"] == "warning"
+    assert d.anomaly_score == pytest.approx(1 - 0.7 * 0.6 * 0.8)
+    assert d.is_anomaly is True
+    assert d.affected_components == ["valve"]
+    assert d.severity == "warning"
     assert diagnose(_probas(cooler=[0.7, 0.3, 0.0], valve=[0.6, 0.4, 0, 0], pump=[0.8, 0.2, 0]),
-                    threshold=0.9)[0]["is_anomaly"] is False
+                    threshold=0.9)[0].is_anomaly is False
 
 
 def test_weighted_soft_voting_and_missing_model_lowers_confidence():
@@ -69,8 +70,8 @@ def test_weighted_soft_voting_and_missing_model_lowers_confidence():
                    {"catboost": 1, "xgboost": 1, "random_forest": 1, "adaptive": 1})[0]
     three = combine({"catboost": a, "xgboost": a, "random_forest": a},
                     {"catboost": 1, "xgboost": 1, "random_forest": 1, "adaptive": 1})[0]
-    assert full["components"] == three["components"]
-    assert three["confidence"] == pytest.approx(full["confidence"] * 0.75)
+    assert full.components == three.components
+    assert three.confidence == pytest.approx(full.confidence * 0.75)
 
 
 def test_no_model_and_unweighted_model_are_errors():
@@ -82,5 +83,5 @@ def test_no_model_and_unweighted_model_are_errors():
 
 def test_stable_flag_reported():
     d = diagnose(_probas(stable=[0.1, 0.9]))[0]
-    assert d["steady_state"] == {"stable": False, "probability_not_stable": 0.9}
-    assert set(d["components"]) == set(COMPONENTS)
+    assert d.steady_state == SteadyState(stable=False, probability_not_stable=0.9)
+    assert set(d.components) == set(COMPONENTS)

@@ -130,3 +130,32 @@ def test_random_forest_packed_path_equals_sklearn(trained, sim_data):
             cols = model.columns[target]
             np.testing.assert_allclose(got[target], model._all_levels(target, est, est.predict_proba(rows[:, cols])),
                                        rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_pin_threads_sets_each_librarys_own_thread_count(tmp_path, trained, sim_data, family):
+    """A bundle loaded from disk predicts on every core unless pinned (the batch job's
+    actors pin theirs through ``FamilyModel.pin_threads``). Pinned to 3, which is neither
+    the 1 the models were trained with nor a library's default, so the test sees the pin."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    _, _, Xt, _ = sim_data
+    store = ModelStore(str(tmp_path / "models"))
+    store.save(trained[family], "v-pin", "rig_1hz", training={}, metrics={})
+    model = store.load(family).model
+    before = model.predict_proba(Xt)
+    with threadpool_limits(limits=None):  # undoes the process-wide BLAS limit on the way out
+        model.pin_threads(3)
+        for est in model.estimators.values():
+            if family == "catboost":
+                assert est.predict_proba.keywords == {"thread_count": 3}
+            elif family == "xgboost":  # the booster itself: _predict_proba calls it directly
+                assert json.loads(est.get_booster().save_config())["learner"]["generic_param"]["nthread"] == "3"
+            elif family == "random_forest":
+                assert est.n_jobs == 3
+        if family == "adaptive":
+            blas = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+            assert blas and all(n == 3 for n in blas), blas
+        after = model.predict_proba(Xt)
+    for target in TARGETS:
+        np.testing.assert_array_equal(before[target], after[target])

@@ -8,15 +8,15 @@ import logging
 import re
 from pathlib import Path
 
-from api.log_format import trace_id_var
-from api.log_format import configure_logging
+from api.log_format import configure_logging, trace_id_var
 from api.request_metrics import Metrics
+from diagnosis.report import Diagnosis, ModelReply, Verdict
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "configs" / "grafana" / "hdx-dashboard.json"
 
 
 def test_dashboard_queries_known_metrics():
-    source = Path(__file__).resolve().parents[1].joinpath("api", "metrics.py").read_text()
+    source = Path(__file__).resolve().parents[1].joinpath("api", "request_metrics.py").read_text()
     exported = {f"ray_{name}" for name in re.findall(r'(?:counter|histogram)\("(hdx_[a-z_]+)"', source)}
     assert len(exported) == 9
     dashboard = json.loads(DASHBOARD.read_text())
@@ -29,8 +29,13 @@ def test_dashboard_queries_known_metrics():
 def test_metrics_are_noops_outside_ray():
     m = Metrics()
     m.requests.inc(tags={"route": "/x", "method": "GET", "status": "200"})
-    m.diagnosis({"cache_hit": False, "ml_predictions": [{"ml_model": "adaptive", "round_trip_ms": 3.0}],
-                 "prediction": {"is_anomaly": True, "anomaly_type": "valve_lag", "severity": "critical"}})
+    m.diagnosis(Diagnosis(
+        cache_hit=False,
+        ml_predictions=[ModelReply(ml_model="adaptive", version="v1", prediction_score=0.9, confidence=0.8,
+                                   processing_time_ms=1.0, round_trip_ms=3.0, features_used=10)],
+        prediction=Verdict(is_anomaly=True, anomaly_type="valve_lag", severity="critical", anomaly_score=0.9,
+                           confidence=0.8, affected_components=["valve"], components={}),
+        ensemble_score=0.9, ensemble_coverage=1.0, features_extracted=10, model_versions={"adaptive": "v1"}))
 
 
 def test_log_lines_are_json_with_the_trace_id():

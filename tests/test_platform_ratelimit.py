@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from api.ratelimit import RateLimiter, Tier, load_tiers
+from auth.rate_limits import RateLimiter, Tier, load_tiers
 from storage.kv import FailSoftKV, RedisKV
 from tests.test_platform_support import platform  # noqa: F401
-
 
 
 def test_per_window_limit_429_with_headers_then_reset(platform):

@@ -73,7 +73,7 @@ def _adaptive_level(handle, sensor_data: dict, component: str) -> int:
 
     X, errors = extract_cycles([sensor_data], "rig_1hz")
     assert not errors
-    probas = handle.predict.remote(X).result(timeout_s=60)["probas"][component]
+    probas = handle.predict.remote(X).result(timeout_s=60).probas[component]
     return COMPONENT_ORDER[component][int(np.argmax(probas[0]))]
 
 

@@ -6,10 +6,12 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import event, select
 
-from storage.tables import Reading
+from diagnosis.report import Diagnosis, Verdict
+from storage.batch_writer import BatchWriter
 from storage.repositories import feedback as feedback_repo
 from storage.repositories import predictions as predictions_repo
 from storage.repositories import readings as readings_repo
+from storage.tables import Reading
 from tests.fixtures.db import add_system, add_user
 from tests.test_platform_support import platform  # noqa: F401
 
@@ -40,10 +42,11 @@ async def test_readings_insert_once_per_key(session):
     assert [r.idempotency_key for r in window] == ["b"]
 
 
-def answer(severity: str, score: float, cache_hit: bool = False) -> dict:
-    return {"prediction": {"severity": severity, "is_anomaly": severity != "normal", "anomaly_score": score,
-                           "components": {}}, "ml_predictions": [], "model_versions": {"adaptive": "v1"},
-            "cache_hit": cache_hit, "total_processing_time_ms": 3.0}
+def answer(severity: str, score: float, cache_hit: bool = False) -> Diagnosis:
+    return Diagnosis(prediction=Verdict(severity=severity, is_anomaly=severity != "normal", anomaly_score=score,
+                                        components={}, confidence=0.9, affected_components=[], anomaly_type="none"),
+                     ml_predictions=[], model_versions={"adaptive": "v1"}, cache_hit=cache_hit,
+                     total_processing_time_ms=3.0, ensemble_score=score, ensemble_coverage=1.0, features_extracted=1)
 
 
 async def test_prediction_history_pages_and_filters(session):
@@ -122,17 +125,15 @@ async def test_history_writer_close_finishes_the_batch_being_written(db):
     """Shutdown while a batch is in the database: the batch is committed and its caller answered."""
     import asyncio
 
-    from api.history_writer import HistoryWriter
-
     async with db.session() as session:
         owner = await add_user(session, "owner")
         await add_system(session, "rig-1", owner)
         await session.commit()
-    writer = HistoryWriter(db)
+    writer = BatchWriter(db, predictions_repo.add_many, name="history")
     row = predictions_repo.row("rig-1", answer("normal", 0.1), {"TS1": [1.0]}, trace_id="in-flight",
                                source="predict", user_id=owner.id)
-    pending = asyncio.create_task(writer.add([row]))
-    while writer._task is None or writer._waiting:  # the writer has taken the batch and is inserting it
+    pending = asyncio.create_task(writer.write([row]))
+    while writer._task is None or writer._queue:  # the writer has taken the batch and is inserting it
         await asyncio.sleep(0)
     await writer.close()
     [prediction_id] = await asyncio.wait_for(pending, 10)
@@ -144,17 +145,15 @@ async def test_history_writer_groups_concurrent_requests_and_keeps_their_ids(db)
     """Group commit: concurrent requests share transactions, and each gets the ids of its own rows."""
     import asyncio
 
-    from api.history_writer import HistoryWriter
-
     async with db.session() as session:
         owner = await add_user(session, "owner")
         await add_system(session, "rig-1", owner)
         await session.commit()
-    writer = HistoryWriter(db)
+    writer = BatchWriter(db, predictions_repo.add_many, name="history")
     requests = [[predictions_repo.row("rig-1", answer("normal", 0.1), {"TS1": [float(i)]}, trace_id=f"r{i}-{k}",
                                       source="predict", user_id=owner.id) for k in range(1 + i % 3)]
                 for i in range(24)]
-    ids = await asyncio.gather(*(writer.add(rows) for rows in requests))
+    ids = await asyncio.gather(*(writer.write(rows) for rows in requests))
     assert writer.rows_written == sum(len(r) for r in requests) and writer.commits < len(requests)
     async with db.session() as session:
         for rows, got in zip(requests, ids):
@@ -165,8 +164,8 @@ async def test_history_writer_groups_concurrent_requests_and_keeps_their_ids(db)
 
     # A batch the database refuses fails only the requests in it; the writer goes on.
     bad = dict(requests[0][0], system_id="no-such-system")  # violates the foreign key
-    results = await asyncio.gather(writer.add([bad]), return_exceptions=True)
+    results = await asyncio.gather(writer.write([bad]), return_exceptions=True)
     assert isinstance(results[0], Exception)
-    [later] = await writer.add([dict(requests[0][0], trace_id="after")])
+    [later] = await writer.write([dict(requests[0][0], trace_id="after")])
     assert later > max(max(i) for i in ids)
     await writer.close()

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from api.errors import install_error_handlers
 from api.routers.auth import router as auth_router
 from api.routers.rag import router, sse_events
 from configs.settings import Settings
@@ -28,6 +29,7 @@ URL = "/api/v1/rag/query"
 async def client(db: Database, kv: KV, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = FastAPI()
     app.state.db, app.state.kv, app.state.settings = db, kv, settings
+    install_error_handlers(app)  # as api.application.create_app does
     app.include_router(auth_router)
     app.include_router(router)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hdx.test") as c:

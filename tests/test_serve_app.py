@@ -369,22 +369,18 @@ class _BrokenModel:
         raise RuntimeError("model file corrupted")
 
 
-class BrokenModelStore:
+def broken_store(uri: str, broken: set[str]):
     """The model store, except that the bundles of ``broken`` families fail every prediction."""
+    from diagnosis.store import ModelStore
 
-    def __init__(self, uri: str, broken: set[str]):
-        from diagnosis.store import ModelStore
+    class BrokenModelStore(ModelStore):
+        def load(self, family: str, version: str = "latest", with_state: bool = True):
+            bundle = super().load(family, version, with_state)
+            if family in broken:
+                bundle.model = _BrokenModel()
+            return bundle
 
-        self.store, self.broken = ModelStore(uri), broken
-
-    def load(self, family: str, version: str):
-        bundle = self.store.load(family, version)
-        if family in self.broken:
-            bundle.model = _BrokenModel()
-        return bundle
-
-    def __getattr__(self, name):
-        return getattr(self.store, name)
+    return BrokenModelStore(uri)
 
 
 def _deploy_with_broken(name: str, broken: set[str]) -> None:
@@ -394,7 +390,7 @@ def _deploy_with_broken(name: str, broken: set[str]) -> None:
     from deployments.builder import app_from_serve_config
     from diagnosis.registry import FAMILIES
 
-    store = BrokenModelStore(get_settings().model_store_uri, broken)
+    store = broken_store(get_settings().model_store_uri, broken)
     app = app_from_serve_config(assistant=False, model_versions={f: MODEL_VERSIONS[0] for f in FAMILIES},
                                 model_store=store)
     serve.run(app, name=name, route_prefix=f"/{name}")

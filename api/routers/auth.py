@@ -1,13 +1,18 @@
-"""Login, token refresh and logout: ``/api/v1/auth``."""
+"""Login, token refresh and logout: ``/api/v1/auth``.
+
+A refused login or refresh is an ``auth.service.AuthError``, answered with its
+status and headers by ``api.errors``.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
-from api.deps import AuthServiceDep, PrincipalDep, SessionDep, http_error
-from auth.service import AuthError, TokenPair
+from api.deps import AuthServiceDep, PrincipalDep, SessionDep
+from api.errors import BadRequest
+from auth.service import TokenPair
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
@@ -83,18 +88,12 @@ async def _login_body(request: Request) -> LoginRequest:
 )
 async def login(request: Request, session: SessionDep, auth: AuthServiceDep) -> TokenResponse:
     body = await _login_body(request)
-    try:
-        return TokenResponse.of(await auth.login(session, body.username, body.password))
-    except AuthError as error:
-        raise http_error(error) from error
+    return TokenResponse.of(await auth.login(session, body.username, body.password))
 
 
 @router.post("/refresh", response_model=TokenResponse, summary="Swap a refresh token for a new token pair")
 async def refresh(body: RefreshRequest, session: SessionDep, auth: AuthServiceDep) -> TokenResponse:
-    try:
-        return TokenResponse.of(await auth.refresh(session, body.refresh_token))
-    except AuthError as error:
-        raise http_error(error) from error
+    return TokenResponse.of(await auth.refresh(session, body.refresh_token))
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, summary="End this session")
@@ -102,9 +101,7 @@ async def logout(
     principal: PrincipalDep, session: SessionDep, auth: AuthServiceDep, body: LogoutRequest | None = None
 ) -> Response:
     if principal.token is None:
-        raise HTTPException(
-            status.HTTP_400_BAD_REQUEST, detail="logout needs a bearer token; API keys are revoked with 'hdx keys revoke'"
-        )
+        raise BadRequest("logout needs a bearer token; API keys are revoked with 'hdx keys revoke'")
     await auth.logout(session, principal.token, body.refresh_token if body else None)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

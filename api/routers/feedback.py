@@ -1,8 +1,9 @@
 """/api/v1/systems/{id}/predictions/{prediction_id}/feedback: operators correct a diagnosis.
 
 The feedback is committed first (acknowledged = stored), then the stored raw cycle
-and the confirmed levels go to the Adaptive model. If that step fails the
-feedback stays stored with the error in ``learned`` and the answer is 202.
+and the confirmed levels go to the models that learn from feedback (the Adaptive
+model). If that step fails the feedback stays stored with the error in ``learned``
+and the answer is 202.
 """
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 
 from api.deps import PrincipalDep, SessionDep, system_write_access
 from api.request_metrics import get_metrics
 from api.schemas.history import FeedbackIn, FeedbackOut
-from diagnosis.errors import describe
-from storage.tables import System
+from api.services.diagnosis_client import get_diagnosis
+from api.services.prediction_history import load_prediction
+from diagnosis.failures import describe
 from storage.repositories import feedback as feedback_repo
-from storage.repositories import predictions as predictions_repo
+from storage.tables import System
 
 router = APIRouter(prefix="/api/v1/systems", tags=["feedback"])
 log = logging.getLogger("hdx.feedback")
@@ -30,16 +32,13 @@ log = logging.getLogger("hdx.feedback")
 async def give_feedback(prediction_id: int, body: FeedbackIn, request: Request, response: Response,
                         principal: PrincipalDep, system: Annotated[System, Depends(system_write_access)],
                         session: SessionDep) -> FeedbackOut:
-    record = await predictions_repo.get(session, system.id, prediction_id)
-    if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND,
-                            detail=f"prediction {prediction_id} of system {system.id!r} not found")
+    record = await load_prediction(session, system.id, prediction_id)
     feedback = await feedback_repo.add(session, prediction_id=record.id, system_id=system.id,
                                        user_id=principal.user_id, components=body.components, note=body.note)
     await session.commit()
     labels = {name: [level] for name, level in body.components.items()}
     try:
-        learned = await request.app.state.ensemble.learn.remote(record.sensor_data, labels)
+        learned = await get_diagnosis(request).learn(record.sensor_data, labels)
     except Exception as exc:  # the model is down or refused: the feedback is kept for a later retraining
         log.warning("adaptive model did not learn from feedback %s: %s", feedback.id, exc)
         learned = {"error": describe(exc)}

@@ -1,57 +1,31 @@
 """/api/v1/systems/{id}/predictions and /readings: what was measured and diagnosed.
 
-``store_predictions`` is the one place a served diagnosis is written to the
-history; the predict and ingestion routes call it after the answer is computed.
+Read-only; served diagnoses are written by ``api.services.prediction_history``.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, Query
 from pydantic import AwareDatetime
 
 from api.deps import SessionDep, system_access
-from api.request_metrics import get_metrics
+from api.errors import InvalidInput, NotFound
 from api.schemas.history import PredictionOut, PredictionPage, ReadingOut, ReadingPage
-from storage.tables import System
+from api.services.prediction_history import load_prediction
 from storage.repositories import predictions as predictions_repo
 from storage.repositories import readings as readings_repo
+from storage.tables import System
 
 router = APIRouter(prefix="/api/v1/systems", tags=["history"])
-log = logging.getLogger("hdx.history")
 SEVERITIES = ("normal", "warning", "critical")
-
-
-async def store_predictions(request: Request, system_id: str, served: Sequence[tuple[Mapping, Mapping]],
-                            source: str) -> list[int] | None:
-    """Store (answer, raw sensor_data) pairs of served diagnoses; return their ids.
-
-    Also counts them in the metrics. A database error is logged and answered with
-    None: the client still gets its diagnosis, only the history misses it.
-    """
-    metrics = get_metrics()
-    for answer, _ in served:
-        metrics.diagnosis(answer)
-    if not served:
-        return []
-    principal = getattr(request.state, "principal", None)
-    rows = [predictions_repo.row(system_id, answer, raw, trace_id=request.state.trace_id, source=source,
-                                 user_id=principal.user_id if principal else None) for answer, raw in served]
-    try:
-        return await request.app.state.history.add(rows)
-    except Exception:
-        log.exception("could not store %d predictions of system %s", len(rows), system_id)
-        return None
 
 
 def _time_range(start: datetime | None, end: datetime | None) -> None:
     if start is not None and end is not None and end <= start:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            detail=[{"loc": ["query", "end"], "type": "value_error", "msg": "end must be after start"}])
+        raise InvalidInput(["query", "end"], "end must be after start")
 
 
 SystemRead = Annotated[System, Depends(system_access)]
@@ -68,9 +42,8 @@ async def list_predictions(system: SystemRead, session: SessionDep, start: Start
     _time_range(start, end)
     for value in severity or ():
         if value not in SEVERITIES:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[{
-                "loc": ["query", "severity"], "type": "enum",
-                "msg": f"unknown severity {value!r}; expected one of {list(SEVERITIES)}"}])
+            raise InvalidInput(["query", "severity"], f"unknown severity {value!r}; expected one of {list(SEVERITIES)}",
+                               type="enum")
     rows = await predictions_repo.page(session, system.id, start=start, end=end, severity=severity or (),
                                        limit=limit, offset=offset)
     return PredictionPage(items=[PredictionOut.model_validate(r) for r in rows], limit=limit, offset=offset)
@@ -78,18 +51,14 @@ async def list_predictions(system: SystemRead, session: SessionDep, start: Start
 
 @router.get("/{system_id}/predictions/{prediction_id}", response_model=PredictionOut)
 async def get_prediction(prediction_id: int, system: SystemRead, session: SessionDep) -> PredictionOut:
-    record = await predictions_repo.get(session, system.id, prediction_id)
-    if record is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND,
-                            detail=f"prediction {prediction_id} of system {system.id!r} not found")
-    return PredictionOut.model_validate(record)
+    return PredictionOut.model_validate(await load_prediction(session, system.id, prediction_id))
 
 
 @router.get("/{system_id}/readings/latest", response_model=ReadingOut)
 async def latest_reading(system: SystemRead, session: SessionDep) -> ReadingOut:
     reading = await readings_repo.latest(session, system.id)
     if reading is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"system {system.id!r} has no readings yet")
+        raise NotFound(f"system {system.id!r} has no readings yet")
     return ReadingOut.model_validate(reading)
 
 

@@ -11,32 +11,34 @@ and is reported in ``diagnosis_error``.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Request
 
 from api.deps import PrincipalDep, SessionDep, load_accessible_system
-from api.services.diagnosis_client import get_diagnosis
+from api.errors import InvalidInput
 from api.request_metrics import get_metrics
-from api.routers.history import store_predictions
 from api.schemas.ingestion import IngestItem, IngestRequest, IngestResponse
-from diagnosis.errors import describe
+from api.services.diagnosis_client import get_diagnosis
+from api.services.prediction_history import store_predictions
+from diagnosis.failures import describe
+from diagnosis.report import CycleRejected, Diagnosis
 from hydraulics.channels import canonical_name
 from hydraulics.validation import SensorDataError, cycle_arrays
-from storage.tables import utcnow
 from storage.repositories import readings as readings_repo
+from storage.tables import utcnow
 
 router = APIRouter(prefix="/api/v1/ingestion", tags=["ingestion"])
 
 
-def _check(cycle, seen: set[str]) -> dict | None:
-    """The item's error, or None when the cycle may be stored."""
+def _check(cycle, seen: set[str]) -> CycleRejected | None:
+    """Why the cycle is refused, or None when it may be stored."""
     if cycle.idempotency_key in seen:
-        return {"channel": None, "problem": "duplicate idempotency_key in this batch",
-                "message": f"idempotency_key {cycle.idempotency_key!r} appears earlier in this batch"}
+        return CycleRejected(channel=None, problem="duplicate idempotency_key in this batch",
+                             message=f"idempotency_key {cycle.idempotency_key!r} appears earlier in this batch")
     seen.add(cycle.idempotency_key)
     try:
         cycle_arrays(cycle.sensor_data)
     except SensorDataError as exc:
-        return exc.to_dict()
+        return CycleRejected.from_error(exc)
     return None
 
 
@@ -45,9 +47,9 @@ async def ingest_cycles(body: IngestRequest, request: Request, principal: Princi
                         session: SessionDep) -> IngestResponse:
     settings = request.app.state.settings
     if len(body.cycles) > settings.max_ingestion_cycles:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=[{
-            "loc": ["body", "cycles"], "type": "too_long",
-            "msg": f"at most {settings.max_ingestion_cycles} cycles per request, got {len(body.cycles)}"}])
+        raise InvalidInput(["body", "cycles"],
+                           f"at most {settings.max_ingestion_cycles} cycles per request, got {len(body.cycles)}",
+                           type="too_long")
     request.state.system_id = body.system_id
     await load_accessible_system(session, principal, body.system_id, write=True)
 
@@ -57,7 +59,7 @@ async def ingest_cycles(body: IngestRequest, request: Request, principal: Princi
     for i, cycle in enumerate(body.cycles):
         error = _check(cycle, seen)
         items.append(IngestItem(index=i, idempotency_key=cycle.idempotency_key,
-                                status="rejected" if error else "stored", error=error))
+                                status="stored" if error is None else "rejected", error=error))
         if error is None:
             # Stored under catalogue names, so readings read back the same whatever alias was sent.
             accepted[cycle.idempotency_key] = (i, {canonical_name(k): v for k, v in cycle.sensor_data.items()})
@@ -95,13 +97,13 @@ async def _diagnose(request: Request, system_id: str, cycles: list[tuple[int, di
             results = await get_diagnosis(request).diagnose([data for _, data in part])
         except Exception as exc:  # the readings are stored; diagnosis can be rerun from them later
             return describe(exc)
-        served = [(r, data) for r, (_, data) in zip(results, part) if r["ok"]]
+        served = [(r, data) for r, (_, data) in zip(results, part) if isinstance(r, Diagnosis)]
         ids = await store_predictions(request, system_id, served, source="ingestion") or [None] * len(served)
         it_ids = iter(ids)
         for r, (i, _) in zip(results, part):
-            if r["ok"]:
+            if isinstance(r, Diagnosis):
                 items[i].prediction_id = next(it_ids)
-                items[i].diagnosis = r["prediction"]
+                items[i].diagnosis = r.prediction
             else:
-                items[i].error = r["error"]
+                items[i].error = r
     return None

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from api.deps import PrincipalDep
 from api.services.diagnosis_client import get_diagnosis
+from diagnosis.registry import ensemble_weights
 
 router = APIRouter(prefix="/api/v1", tags=["models"])
 
@@ -15,5 +16,5 @@ async def list_models(request: Request, principal: PrincipalDep) -> dict:
     """Each model deployment's loaded bundle: version, feature set, training data and metrics."""
     info = await get_diagnosis(request).models_info()
     settings = request.app.state.settings
-    return {"feature_set": settings.feature_set, "ensemble_weights": settings.ensemble_weights,
+    return {"feature_set": settings.feature_set, "ensemble_weights": ensemble_weights(settings.ensemble_weights),
             "models": list(info.values())}

@@ -5,20 +5,21 @@ system the caller may access, and its latest diagnosis (if the ingress provides
 ``app.state.latest_diagnosis``, an async ``system_id -> dict | None``) steers
 retrieval towards the flagged component. The RagPipeline handle is
 ``app.state.rag``; with ``stream: true`` the answer arrives as Server-Sent Events.
+The query's length limit is the app's ``settings.max_query_chars``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from api.deps import PrincipalDep, SessionDep, load_accessible_system
-from configs.settings import get_settings
+from api.errors import InvalidInput, Unavailable
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/rag", tags=["assistant"])
@@ -27,7 +28,7 @@ router = APIRouter(prefix="/api/v1/rag", tags=["assistant"])
 class RagQueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    query: StrictStr = Field(description="The question, plain text.")
+    query: StrictStr = Field(description="The question, plain text (at most the service's max_query_chars).")
     system_id: StrictStr | None = Field(None, min_length=1, max_length=128,
                                         description="Ground the answer in this system's latest diagnosis.")
     max_results: StrictInt = Field(5, ge=1, le=10, description="How many source documents to retrieve.")
@@ -35,13 +36,10 @@ class RagQueryRequest(BaseModel):
 
     @field_validator("query")
     @classmethod
-    def _plain_text_within_limit(cls, value: str) -> str:
+    def _plain_text(cls, value: str) -> str:
         value = value.strip()
         if not value:
             raise ValueError("query must not be empty")
-        limit = get_settings().max_query_chars
-        if len(value) > limit:
-            raise ValueError(f"query is {len(value)} characters long; the limit is {limit}")
         if any(ord(ch) < 32 and ch not in "\n\r\t" for ch in value):
             raise ValueError("query must be plain text without control characters")
         return value
@@ -76,7 +74,7 @@ class RagQueryResponse(BaseModel):
 def _pipeline(request: Request):
     rag = getattr(request.app.state, "rag", None)
     if rag is None:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="the maintenance assistant is not deployed")
+        raise Unavailable("the maintenance assistant is not deployed")
     return rag
 
 
@@ -94,6 +92,10 @@ async def _latest_diagnosis(request: Request, system_id: str) -> dict | None:
 @router.post("/query", response_model=RagQueryResponse,
              responses={200: {"content": {"text/event-stream": {"description": "with stream: true"}}}})
 async def query(body: RagQueryRequest, request: Request, principal: PrincipalDep, session: SessionDep):
+    limit = request.app.state.settings.max_query_chars
+    if len(body.query) > limit:
+        raise InvalidInput(["body", "query"], f"Value error, query is {len(body.query)} characters long; "
+                                              f"the limit is {limit}")
     diagnosis = None
     if body.system_id is not None:
         await load_accessible_system(session, principal, body.system_id)  # 404 / 403

@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from sqlalchemy import func, or_, select
 
 from api.deps import PrincipalDep, SessionDep, get_access_cache, require_role, system_access, system_write_access
+from api.errors import Conflict, Forbidden, InvalidInput, NotFound
 from api.schemas.systems import MemberIn, MemberOut, SystemCreate, SystemOut, SystemPage, SystemUpdate, channel_specs
 from auth.principal import Principal
 from auth.roles import Action, Role
-from storage.tables import System, SystemMember, User
 from storage.repositories import systems as systems_repo
 from storage.repositories import users as users_repo
+from storage.tables import System, SystemMember, User
 
 router = APIRouter(prefix="/api/v1/systems", tags=["systems"])
 log = logging.getLogger("hdx.systems")
@@ -43,8 +44,7 @@ def _require_owner(principal: Principal, system: System) -> None:
     if principal.allows(Action.SEE_ALL_SYSTEMS):
         return
     if system.owner_id != principal.user_id or not principal.allows(Action.MANAGE_MEMBERS):
-        raise HTTPException(status.HTTP_403_FORBIDDEN,
-                            detail=f"only the owner of system {system.id!r} or an admin may do this")
+        raise Forbidden(f"only the owner of system {system.id!r} or an admin may do this")
 
 
 @router.post("", response_model=SystemOut, status_code=status.HTTP_201_CREATED)
@@ -53,15 +53,13 @@ async def create_system(body: SystemCreate, principal: WriterDep, session: Sessi
     owner_id = principal.user_id
     if body.owner_id is not None and body.owner_id != principal.user_id:
         if not principal.allows(Action.SEE_ALL_SYSTEMS):
-            raise HTTPException(status.HTTP_403_FORBIDDEN, detail="only admins may register a system for another user")
+            raise Forbidden("only admins may register a system for another user")
         if await users_repo.get_user(session, body.owner_id) is None:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                                detail=[{"loc": ["body", "owner_id"], "type": "value_error",
-                                         "msg": f"user {body.owner_id} does not exist"}])
+            raise InvalidInput(["body", "owner_id"], f"user {body.owner_id} does not exist")
         owner_id = body.owner_id
     if await systems_repo.get_system(session, body.id, include_deleted=True) is not None:
         # Deleted ids stay taken: their history, audit trail and feedback still name them.
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"system id {body.id!r} is already taken")
+        raise Conflict(f"system id {body.id!r} is already taken")
     system = await systems_repo.create_system(
         session, system_id=body.id, name=body.name, owner_id=owner_id, type=body.type, location=body.location,
         channels=channel_specs(body.channels), topology=body.topology.model_dump(by_alias=True, exclude_none=True))
@@ -92,9 +90,7 @@ async def update_system(body: SystemUpdate, system: Annotated[System, Depends(sy
     for field in ("name", "type", "location"):
         if field in changes:
             if changes[field] is None and field != "location":
-                raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                                    detail=[{"loc": ["body", field], "type": "value_error",
-                                             "msg": f"{field} cannot be null"}])
+                raise InvalidInput(["body", field], f"{field} cannot be null")
             setattr(system, field, changes[field])
     if body.channels is not None:
         system.channels = channel_specs(body.channels)
@@ -132,9 +128,9 @@ async def grant_member(request: Request, body: MemberIn, principal: PrincipalDep
     _require_owner(principal, system)
     user = await users_repo.get_user_by_username(session, body.username)
     if user is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"user {body.username!r} not found")
+        raise NotFound(f"user {body.username!r} not found")
     if user.id == system.owner_id:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"{body.username!r} owns system {system.id!r} already")
+        raise Conflict(f"{body.username!r} owns system {system.id!r} already")
     member = await systems_repo.grant_membership(session, system_id=system.id, user_id=user.id,
                                                  permission=body.permission, granted_by=principal.user_id)
     await session.commit()
@@ -148,7 +144,7 @@ async def revoke_member(request: Request, user_id: int, principal: PrincipalDep,
                         system: Annotated[System, Depends(system_write_access)], session: SessionDep) -> Response:
     _require_owner(principal, system)
     if not await systems_repo.revoke_membership(session, system.id, user_id):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"user {user_id} is not a member of {system.id!r}")
+        raise NotFound(f"user {user_id} is not a member of {system.id!r}")
     await session.commit()
     get_access_cache(request).clear()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

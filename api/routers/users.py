@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from api.deps import PrincipalDep, SessionDep
-from api.ratelimit import RateLimiter, subject
 from api.schemas.users import Limits, MeOut, UsageOut
+from auth.rate_limits import RateLimiter, subject
 from storage.repositories import usage as usage_repo
 
 router = APIRouter(prefix="/api/v1/users", tags=["users"])

@@ -1,8 +1,15 @@
-"""Request and response models of the diagnostics endpoints."""
+"""Request and response models of the diagnostics endpoints.
+
+The answers are ``diagnosis.report``'s types: a ``Diagnosis`` with the request's
+``system_id`` and ``trace_id``, and a ``CycleRejected`` for a batch item that
+cannot be diagnosed.
+"""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from diagnosis.report import CycleRejected, Diagnosis
 
 SensorData = dict[str, list[float]]
 
@@ -35,60 +42,22 @@ class BatchPredictRequest(BaseModel):
     use_cache: bool = True
 
 
-class ComponentState(BaseModel):
-    level: int
-    meaning: str
-    severity: str
-    probabilities: dict[str, float]
-    nominal_probability: float
+class PredictResponse(Diagnosis):
+    """The diagnosis, with the ids of the request that asked for it."""
 
-
-class Prediction(BaseModel):
-    is_anomaly: bool
-    anomaly_score: float
-    severity: str
-    confidence: float
-    affected_components: list[str]
-    anomaly_type: str
-    components: dict[str, ComponentState]
-    steady_state: dict | None = None
-
-
-class ModelPrediction(BaseModel):
-    ml_model: str
-    version: str
-    prediction_score: float
-    confidence: float
-    processing_time_ms: float
-    round_trip_ms: float | None = None
-    features_used: int
-
-
-class PredictResponse(BaseModel):
     system_id: str
-    prediction: Prediction
-    ml_predictions: list[ModelPrediction]
-    models_failed: dict[str, str] = {}
-    ensemble_score: float
-    ensemble_coverage: float
-    total_processing_time_ms: float
-    features_extracted: int
-    model_versions: dict[str, str]
-    cache_hit: bool
     trace_id: str
 
-
-class ItemError(BaseModel):
-    channel: str | None
-    problem: str
-    message: str
+    @classmethod
+    def of(cls, diagnosis: Diagnosis, system_id: str, trace_id: str) -> PredictResponse:
+        return cls(**dict(diagnosis), system_id=system_id, trace_id=trace_id)
 
 
 class BatchItem(BaseModel):
     index: int
     ok: bool
     result: PredictResponse | None = None
-    error: ItemError | None = None
+    error: CycleRejected | None = None
 
 
 class BatchPredictResponse(BaseModel):

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from api.schemas.diagnostics import SensorData
+from diagnosis.report import CycleRejected, Verdict
 
 
 class CycleIn(BaseModel):
@@ -29,9 +30,9 @@ class IngestItem(BaseModel):
     index: int
     idempotency_key: str
     status: Literal["stored", "duplicate", "rejected"]
-    error: dict | None = None
+    error: CycleRejected | None = None
     prediction_id: int | None = None
-    diagnosis: dict | None = None
+    diagnosis: Verdict | None = None
 
 
 class IngestResponse(BaseModel):

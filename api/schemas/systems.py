@@ -40,7 +40,7 @@ class Topology(BaseModel):
     edges: list[TopologyEdge] = []
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Topology":
+    def _consistent(self) -> Topology:
         seen: set[str] = set()
         for i, node in enumerate(self.nodes):
             if node.id in seen:

@@ -14,6 +14,11 @@ can be served for at most that long: the same as a request that reached a
 not-yet-updated replica during the rollout.
 
 A failing cache (Redis down) is a miss; it never fails a prediction.
+
+Answers are ``diagnosis.report`` types: a ``Diagnosis`` per cycle (cached as its
+JSON, without the request's timing, and read back with ``cache_hit=True``), or a
+``CycleRejected`` for a cycle that cannot be diagnosed. Feedback for the models
+that learn goes through ``learn``.
 """
 
 from __future__ import annotations
@@ -24,18 +29,20 @@ import time
 from collections.abc import Mapping, Sequence
 
 from fastapi import Request
+from pydantic import ValidationError
 
 from configs.settings import Settings
-from hydraulics.validation import cycle_arrays
+from diagnosis.report import CycleRejected, Diagnosis
+from hydraulics.validation import SensorDataError, cycle_arrays
 from storage.cache import cache_key, make_cache
 
 log = logging.getLogger("hdx.diagnosis")
-_UNCACHED_FIELDS = ("ok", "total_processing_time_ms")
+_UNCACHED_FIELDS = {"total_processing_time_ms"}  # the request's, not the diagnosis's
 
 
 class DiagnosisClient:
     def __init__(self, ensemble, settings: Settings):
-        self.ensemble = ensemble  # a DeploymentHandle (or anything with .diagnose/.models_info.remote)
+        self.ensemble = ensemble  # a DeploymentHandle (or anything with .diagnose/.models_info/.learn.remote)
         self.settings = settings
         self.cache = make_cache(settings)
         self.versions: dict[str, str] = {}
@@ -67,13 +74,13 @@ class DiagnosisClient:
         return self.versions
 
     # --- diagnosis ------------------------------------------------------------------------
-    async def diagnose(self, cycles: Sequence[Mapping], use_cache: bool = True) -> list[dict]:
-        """One result per cycle, as ``DiagnosisEnsemble.diagnose`` gives them, cache hits included.
+    async def diagnose(self, cycles: Sequence[Mapping], use_cache: bool = True) -> list[Diagnosis | CycleRejected]:
+        """One answer per cycle, in order, cache hits included.
 
-        Raises ``deployments.diagnosis_ensemble.NoModelAvailable`` when no model answers.
+        Raises ``diagnosis.failures.NoModelAvailable`` when no model answers.
         """
         start = time.perf_counter()
-        results: list[dict | None] = [None] * len(cycles)
+        results: list[Diagnosis | CycleRejected | None] = [None] * len(cycles)
         arrays: dict[int, dict] = {}
         versions = await self._known_versions() if use_cache else {}
         if versions:
@@ -84,27 +91,47 @@ class DiagnosisClient:
                     continue  # invalid: the ensemble's feature step says why
                 hit = await self.cache.get(cache_key(arrays[i], self.settings.feature_set, versions))
                 if hit is not None:
-                    hit.update(ok=True, cache_hit=True,
-                               total_processing_time_ms=round((time.perf_counter() - start) * 1000, 3))
-                    results[i] = hit
+                    results[i] = _cached_diagnosis(hit, time.perf_counter() - start)
         todo = [i for i, r in enumerate(results) if r is None]
         if todo:
             answers = await self.ensemble.diagnose.remote([cycles[i] for i in todo])
             for i, answer in zip(todo, answers):
                 results[i] = answer
-                if not answer["ok"]:
+                if not isinstance(answer, Diagnosis):
                     continue
-                self.versions.update(answer["model_versions"])
+                self.versions.update(answer.model_versions)
                 # Only complete answers are cached (a degraded one must not outlive the outage),
                 # under the versions that actually answered.
-                if i in arrays and not answer["models_failed"]:
-                    key = cache_key(arrays[i], self.settings.feature_set, answer["model_versions"])
-                    stored = {k: v for k, v in answer.items() if k not in _UNCACHED_FIELDS}
-                    await self.cache.set(key, stored, self.settings.cache_ttl_s)
+                if i in arrays and not answer.models_failed:
+                    key = cache_key(arrays[i], self.settings.feature_set, answer.model_versions)
+                    await self.cache.set(key, answer.model_dump(mode="json", exclude=_UNCACHED_FIELDS),
+                                         self.settings.cache_ttl_s)
         return results
+
+    async def diagnose_one(self, cycle: Mapping, use_cache: bool = True) -> Diagnosis:
+        """The diagnosis of one cycle; ``SensorDataError`` when it cannot be diagnosed."""
+        [answer] = await self.diagnose([cycle], use_cache)
+        if isinstance(answer, CycleRejected):
+            raise SensorDataError(answer.channel, answer.problem)
+        return answer
+
+    async def learn(self, cycle: Mapping, labels: dict[str, list]) -> dict:
+        """Operator-confirmed levels for one cycle → the models that learn from feedback;
+        what they did. Raises what the ensemble raised (``SensorDataError`` for a bad cycle)."""
+        return await self.ensemble.learn.remote(cycle, labels)
 
     async def cache_healthy(self) -> bool:
         return await self.cache.ping()
+
+
+def _cached_diagnosis(stored: dict, elapsed_s: float) -> Diagnosis | None:
+    """A cache hit as a ``Diagnosis``; None (a miss) for an entry that no longer reads as one."""
+    try:
+        return Diagnosis.model_validate({**stored, "cache_hit": True,
+                                         "total_processing_time_ms": round(elapsed_s * 1000, 3)})
+    except ValidationError as exc:  # written by another version of the service
+        log.warning("cached diagnosis unreadable, treated as a miss: %s", exc)
+        return None
 
 
 def get_diagnosis(request: Request) -> DiagnosisClient:

@@ -1,4 +1,4 @@
-"""The audit trail: written in batches by ``api.audit.AuditWriter``, read by admins."""
+"""The audit trail: written in batches by a ``storage.batch_writer.BatchWriter`` (``add_many``), read by admins."""
 
 from __future__ import annotations
 

@@ -9,27 +9,27 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from diagnosis.report import Diagnosis
 from storage.tables import PredictionRecord
 
 # The diagnosis fields worth keeping; timing fields belong to the request, not the history.
-_RESULT_KEYS = ("prediction", "ml_predictions", "models_failed", "ensemble_score", "ensemble_coverage",
-                "features_extracted", "model_versions", "cache_hit")
+_RESULT_FIELDS = {"prediction", "ml_predictions", "models_failed", "ensemble_score", "ensemble_coverage",
+                  "features_extracted", "model_versions", "cache_hit"}
 
 
-def row(system_id: str, answer: Mapping[str, Any], sensor_data: Mapping[str, Any], *, trace_id: str,
+def row(system_id: str, diagnosis: Diagnosis, sensor_data: Mapping[str, Any], *, trace_id: str,
         source: str, user_id: int | None) -> dict[str, Any]:
-    """The row for one ``DiagnosisEnsemble.diagnose`` answer (an ``ok`` item)."""
-    prediction = answer["prediction"]
+    """The row for one served diagnosis and the raw cycle it was made from."""
     return {
         "system_id": system_id,
         "trace_id": trace_id,
         "source": source,
-        "cache_hit": bool(answer.get("cache_hit", False)),
-        "severity": prediction["severity"],
-        "is_anomaly": bool(prediction["is_anomaly"]),
-        "anomaly_score": float(prediction["anomaly_score"]),
-        "model_versions": dict(answer.get("model_versions", {})),
-        "result": {k: answer[k] for k in _RESULT_KEYS if k in answer},
+        "cache_hit": diagnosis.cache_hit,
+        "severity": diagnosis.prediction.severity,
+        "is_anomaly": diagnosis.prediction.is_anomaly,
+        "anomaly_score": diagnosis.prediction.anomaly_score,
+        "model_versions": dict(diagnosis.model_versions),
+        "result": diagnosis.model_dump(mode="json", include=_RESULT_FIELDS),
         "sensor_data": dict(sensor_data),
         "user_id": user_id,
     }

@@ -1,4 +1,4 @@
-"""Errors of the diagnosis path that callers map to answers (``api.errors``)."""
+"""Failures of the diagnosis path that callers map to answers (``api.errors``)."""
 
 from __future__ import annotations
 

@@ -1,31 +1,27 @@
 """Per-caller rate limits and daily quotas from ``configs/tiers.yaml``.
 
-The counters live in the key-value store (``app.state.kv``): Redis in production,
+The counters live in the key-value store (``storage.kv``): Redis in production,
 shared by every ingress replica; in-process otherwise. They are fixed windows
 (``incr`` with a TTL set on the first hit), keyed by the window's number so
 every replica agrees on when a window ends. When Redis is down the fail-soft
 store counts 0 and requests go through: an outage relaxes limits, it does not
 refuse service.
 
-``enforce_rate_limit`` is added as a dependency to every limited router in
-``api.application``; the middleware puts ``X-RateLimit-*`` headers on their responses.
+``RateLimiter.check`` decides; the HTTP side (the 429, the ``X-RateLimit-*``
+headers) is ``api.deps.enforce_rate_limit`` and ``api.deps.rate_limit_headers``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from fastapi import HTTPException, Request, status
 
-from api.deps import PrincipalDep
 from auth.principal import Principal
 
-log = logging.getLogger("hdx.ratelimit")
 DEFAULT_TIER = "free"
 DAY_S = 86_400
 
@@ -64,13 +60,6 @@ class Decision:
     reason: str | None = None  # "rate_limit" | "daily_quota" when refused
     retry_after_s: int = 0
 
-    def headers(self) -> dict[str, str]:
-        h = {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": str(self.remaining),
-             "X-RateLimit-Reset": str(self.reset_s)}
-        if not self.allowed:
-            h["Retry-After"] = str(self.retry_after_s)
-        return h
-
 
 def subject(principal: Principal) -> str:
     """Limits apply per API key when one is used, else per user."""
@@ -78,6 +67,8 @@ def subject(principal: Principal) -> str:
 
 
 class RateLimiter:
+    """Counts calls per subject against its tier; one per ingress replica, sharing the store."""
+
     def __init__(self, kv, tiers: dict[str, Tier]) -> None:
         self.kv = kv
         self.tiers = tiers
@@ -113,26 +104,3 @@ class RateLimiter:
         used = int(await self.kv.get(f"quota:{who}:{day}") or 0)
         return {"tier": tier.name, "per_minute": tier.per_minute, "daily_quota": tier.daily_quota,
                 "used_today": used, "quota_left": max(tier.daily_quota - used, 0), "quota_resets_in_s": day_left_s}
-
-
-async def enforce_rate_limit(request: Request, principal: PrincipalDep) -> None:
-    """The dependency on every limited route: 429 with ``Retry-After`` when over the limit or quota."""
-    limiter: RateLimiter = request.app.state.rate_limiter
-    decision = await limiter.check(subject(principal), principal.tier)
-    request.state.rate_limit = decision
-    if not decision.allowed:
-        from api.request_metrics import get_metrics
-
-        get_metrics().rate_limited.inc(tags={"reason": decision.reason, "tier": limiter.tier(principal.tier).name})
-        what = (f"rate limit of {decision.limit} calls per {limiter.tier(principal.tier).window_s} s"
-                if decision.reason == "rate_limit" else
-                f"daily quota of {limiter.tier(principal.tier).daily_quota} calls")
-        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
-                            detail=f"{what} exceeded for tier {limiter.tier(principal.tier).name!r}; "
-                                   f"retry in {decision.retry_after_s} s",
-                            headers=decision.headers())
-
-
-def rate_limit_headers(request: Request) -> dict[str, str]:
-    decision: Decision | None = getattr(request.state, "rate_limit", None)
-    return decision.headers() if decision is not None else {}

@@ -1,0 +1,130 @@
+"""How the API answers a failure: every exception handler of the app, in one place.
+
+Routes and dependencies raise typed errors and let them go; ``install_error_handlers``
+(called by ``api.application.create_app``) turns each into its answer, always the
+body ``{"detail": ..., "trace_id": ...}``:
+
+* the API's own refusals (``NotFound``, ``Forbidden``, ``Conflict``, ``BadRequest``,
+  ``InvalidInput``, ``Unavailable``) → their status;
+* ``auth.service.AuthError`` → its status and headers; a 401 also carries the
+  ``WWW-Authenticate: Bearer`` challenge;
+* ``hydraulics.validation.SensorDataError`` → 422 naming the channel at fault, in the
+  shape of a request validation error;
+* ``diagnosis.failures.NoModelAvailable`` and Ray Serve's "cannot take this now" errors
+  (queue full, deployment or replica gone) → 503 with ``Retry-After``: the reason in
+  one line (``describe``), not the remote traceback;
+* FastAPI's ``HTTPException`` (still raised where the answer is HTTP through and
+  through: the rate limit's 429 with its ``X-RateLimit-*`` headers) and
+  ``RequestValidationError`` (each error cut to ``loc``, ``msg`` and ``type``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.log_format import trace_id_var
+from auth.service import AuthError
+from diagnosis.failures import NoModelAvailable, describe
+from hydraulics.validation import SensorDataError
+
+BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+UNAVAILABLE_RETRY_S = "5"
+# No model answered, the ensemble's queue is full, or its replica is gone: try again later.
+UNAVAILABLE = (NoModelAvailable, BackPressureError, DeploymentUnavailableError, RayActorError)
+
+
+class ApiError(Exception):
+    """A request the API refuses; ``detail`` is what the client reads."""
+
+    status_code = 400
+
+    def __init__(self, detail: str | list[dict[str, Any]], headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+
+class BadRequest(ApiError):
+    status_code = 400
+
+
+class Forbidden(ApiError):
+    status_code = 403
+
+
+class NotFound(ApiError):
+    status_code = 404
+
+
+class Conflict(ApiError):
+    status_code = 409
+
+
+class InvalidInput(ApiError):
+    """A value the request schema cannot check (it depends on settings or the database),
+    answered like a validation error of that field."""
+
+    status_code = 422
+
+    def __init__(self, loc: Sequence[str | int], msg: str, type: str = "value_error") -> None:
+        super().__init__([{"loc": list(loc), "msg": msg, "type": type}])
+
+
+class Unavailable(ApiError):
+    """A part of the service this request needs is not there."""
+
+    status_code = 503
+
+
+def error_body(request: Request, detail: Any) -> dict[str, Any]:
+    return {"detail": detail, "trace_id": getattr(request.state, "trace_id", trace_id_var.get())}
+
+
+def _answer(request: Request, status_code: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(request, detail), status_code=status_code, headers=headers or None)
+
+
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return _answer(request, exc.status_code, exc.detail, exc.headers)
+
+
+async def _auth_error(request: Request, exc: AuthError) -> JSONResponse:
+    headers = {**BEARER_CHALLENGE, **exc.headers} if exc.status_code == 401 else exc.headers
+    return _answer(request, exc.status_code, exc.detail, headers)
+
+
+async def _sensor_data_error(request: Request, exc: SensorDataError) -> JSONResponse:
+    loc = ["body", "sensor_data"] + ([exc.channel] if exc.channel else [])
+    return _answer(request, 422, [{"loc": loc, "msg": str(exc), "type": "sensor_data"}])
+
+
+async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+    return _answer(request, 503, describe(exc, limit=1000), {"Retry-After": UNAVAILABLE_RETRY_S})
+
+
+async def _http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _answer(request, exc.status_code, exc.detail, getattr(exc, "headers", None))
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
+    return _answer(request, 422, errors)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register every handler above on ``app``."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(AuthError, _auth_error)
+    app.add_exception_handler(SensorDataError, _sensor_data_error)
+    for error in UNAVAILABLE:
+        app.add_exception_handler(error, _unavailable)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(RequestValidationError, _validation_error)

@@ -1,0 +1,56 @@
+"""Served diagnoses into the prediction history: the one place they are written.
+
+The predict, batch and ingestion routes call ``store_predictions`` after the answer
+is computed; the history and feedback routes read a stored one with
+``load_prediction``. The rows go to ``app.state.history``, a
+``storage.batch_writer.BatchWriter`` on ``storage.repositories.predictions.add_many``:
+concurrent requests share one transaction (group commit), which keeps the history
+off the critical path, and each caller gets the ids of its own rows
+(``X-Prediction-ID``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api.errors import NotFound
+from api.request_metrics import get_metrics
+from diagnosis.report import Diagnosis
+from storage.repositories import predictions as predictions_repo
+from storage.tables import PredictionRecord
+
+log = logging.getLogger("hdx.history")
+
+
+async def store_predictions(request: Request, system_id: str, served: Sequence[tuple[Diagnosis, Mapping]],
+                            source: str) -> list[int] | None:
+    """Store (diagnosis, raw sensor_data) pairs of served diagnoses; return their ids.
+
+    Also counts them in the metrics. A database error is logged and answered with
+    None: the client still gets its diagnosis, only the history misses it.
+    """
+    metrics = get_metrics()
+    for diagnosis, _ in served:
+        metrics.diagnosis(diagnosis)
+    if not served:
+        return []
+    principal = getattr(request.state, "principal", None)
+    rows = [predictions_repo.row(system_id, diagnosis, raw, trace_id=request.state.trace_id, source=source,
+                                 user_id=principal.user_id if principal else None) for diagnosis, raw in served]
+    try:
+        return await request.app.state.history.write(rows)
+    except Exception:
+        log.exception("could not store %d predictions of system %s", len(rows), system_id)
+        return None
+
+
+async def load_prediction(session: AsyncSession, system_id: str, prediction_id: int) -> PredictionRecord:
+    """A stored prediction of the system; ``NotFound`` when there is none (or it is another system's)."""
+    record = await predictions_repo.get(session, system_id, prediction_id)
+    if record is None:
+        raise NotFound(f"prediction {prediction_id} of system {system_id!r} not found")
+    return record
