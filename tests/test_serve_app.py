@@ -209,8 +209,10 @@ def _deploy_config(versions: str, env: dict) -> None:
     from diagnosis.registry import FAMILIES
 
     models = {spec.deployment for spec in FAMILIES.values()}
+    # The file's options for the deployments of an app without the assistant.
     deployments = [{**d, "user_config": {**d["user_config"], "version": versions}} if d["name"] in models else d
-                   for d in serve_config_application()["deployments"]]
+                   for d in serve_config_application()["deployments"]
+                   if d["name"] in models | {"Ingress", "DiagnosisEnsemble"}]
     config = ServeDeploySchema.model_validate({"applications": [{
         "name": "hdx", "route_prefix": "/", "import_path": "deployments.builder:build_app",
         "args": {"assistant": False}, "runtime_env": {"env_vars": env},
