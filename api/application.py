@@ -124,8 +124,13 @@ def create_app(settings: Settings, echo_request_id: bool = True) -> FastAPI:
         app.state.rate_limiter = RateLimiter(app.state.kv, tiers)
         # Off the request path: the trail every flush interval, kept through an outage;
         # the history with group commit, each request waiting for its own ids.
-        app.state.audit = BatchWriter(app.state.db, audit_repo.add_many, name="audit", max_rows=1000,
-                                      flush_interval_s=settings.audit_flush_interval_s)
+        app.state.audit = BatchWriter(
+            app.state.db,
+            audit_repo.add_many,
+            name="audit",
+            max_rows=1000,
+            flush_interval_s=settings.audit_flush_interval_s,
+        )
         app.state.history = BatchWriter(app.state.db, predictions_repo.add_many, name="history", max_rows=500)
 
         async def latest_diagnosis(system_id: str) -> dict | None:
@@ -196,7 +201,14 @@ def _observer():
         metrics.request_latency.observe(latency_ms, tags={"route": record["route"], "method": record["method"]})
         if status_code == 401:
             metrics.auth_failures.inc(tags={"route": record["route"]})
-        access_log.info("%s %s %d", record["method"], record["path"], status_code, extra={
-            k: record[k] for k in ("route", "status", "outcome", "latency_ms", "username", "system_id", "client")})
+        access_log.info(
+            "%s %s %d",
+            record["method"],
+            record["path"],
+            status_code,
+            extra={
+                k: record[k] for k in ("route", "status", "outcome", "latency_ms", "username", "system_id", "client")
+            },
+        )
 
     return observe

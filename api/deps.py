@@ -85,8 +85,7 @@ async def current_principal(
     return principal
 
 
-async def _principal_from_token(session: AsyncSession, auth: AuthService, cache: AccessCache,
-                                token: str) -> Principal:
+async def _principal_from_token(session: AsyncSession, auth: AuthService, cache: AccessCache, token: str) -> Principal:
     try:
         claims = await auth.verify_access_token(token)  # signature, expiry, revocation: every call
     except TokenError as error:
@@ -112,15 +111,19 @@ async def _principal_from_api_key(session: AsyncSession, cache: AccessCache, pla
     except ApiKeyError as error:
         raise AuthError(str(error)) from error
     await session.commit()  # last_used_at
-    return cache.put("api_key", key_hash, Principal(
-        owner.id,
-        owner.username,
-        Role(owner.role),
-        key.tier,
-        via="api_key",
-        api_key_id=key.id,
-        system_scope=frozenset(key.system_scope),
-    ))
+    return cache.put(
+        "api_key",
+        key_hash,
+        Principal(
+            owner.id,
+            owner.username,
+            Role(owner.role),
+            key.tier,
+            via="api_key",
+            api_key_id=key.id,
+            system_scope=frozenset(key.system_scope),
+        ),
+    )
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
@@ -176,8 +179,11 @@ async def system_write_access(system_id: str, principal: PrincipalDep, session: 
 
 # --- rate limits --------------------------------------------------------------------------------
 def decision_headers(decision: Decision) -> dict[str, str]:
-    headers = {"X-RateLimit-Limit": str(decision.limit), "X-RateLimit-Remaining": str(decision.remaining),
-               "X-RateLimit-Reset": str(decision.reset_s)}
+    headers = {
+        "X-RateLimit-Limit": str(decision.limit),
+        "X-RateLimit-Remaining": str(decision.remaining),
+        "X-RateLimit-Reset": str(decision.reset_s),
+    }
     if not decision.allowed:
         headers["Retry-After"] = str(decision.retry_after_s)
     return headers
@@ -192,11 +198,16 @@ async def enforce_rate_limit(request: Request, principal: PrincipalDep) -> None:
     if not decision.allowed:
         tier = limiter.tier(principal.tier)
         get_metrics().rate_limited.inc(tags={"reason": decision.reason, "tier": tier.name})
-        what = (f"rate limit of {decision.limit} calls per {tier.window_s} s" if decision.reason == "rate_limit"
-                else f"daily quota of {tier.daily_quota} calls")
-        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS,
-                            detail=f"{what} exceeded for tier {tier.name!r}; retry in {decision.retry_after_s} s",
-                            headers=decision_headers(decision))
+        what = (
+            f"rate limit of {decision.limit} calls per {tier.window_s} s"
+            if decision.reason == "rate_limit"
+            else f"daily quota of {tier.daily_quota} calls"
+        )
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"{what} exceeded for tier {tier.name!r}; retry in {decision.retry_after_s} s",
+            headers=decision_headers(decision),
+        )
 
 
 def rate_limit_headers(request: Request) -> dict[str, str]:

@@ -17,21 +17,23 @@ from storage.telemetry import make_histogram as histogram
 
 class Metrics:
     def __init__(self) -> None:
-        self.requests = counter("hdx_requests", "API calls by route, method and status",
-                                ("route", "method", "status"))
+        self.requests = counter("hdx_requests", "API calls by route, method and status", ("route", "method", "status"))
         self.request_latency = histogram("hdx_request_latency_ms", "API call latency in ms", ("route", "method"))
-        self.prediction_latency = histogram("hdx_prediction_latency_ms",
-                                            "model round-trip time per diagnosed request, ms", ("model",))
+        self.prediction_latency = histogram(
+            "hdx_prediction_latency_ms", "model round-trip time per diagnosed request, ms", ("model",)
+        )
         self.cache = counter("hdx_prediction_cache", "prediction cache lookups by result (hit|miss)", ("result",))
         self.anomalies = counter("hdx_anomalies", "diagnoses flagged as anomalies", ("anomaly_type", "severity"))
-        self.ingestion_rows = counter("hdx_ingestion_rows", "ingested cycles by outcome (stored|duplicate|rejected)",
-                                      ("outcome",))
-        self.feedback = counter("hdx_feedback", "operator feedback received, by whether the model learned",
-                                ("learned",))
-        self.auth_failures = counter("hdx_auth_failures", "requests refused for missing or bad credentials",
-                                     ("route",))
-        self.rate_limited = counter("hdx_rate_limited", "requests refused by the rate limit or quota",
-                                    ("reason", "tier"))
+        self.ingestion_rows = counter(
+            "hdx_ingestion_rows", "ingested cycles by outcome (stored|duplicate|rejected)", ("outcome",)
+        )
+        self.feedback = counter(
+            "hdx_feedback", "operator feedback received, by whether the model learned", ("learned",)
+        )
+        self.auth_failures = counter("hdx_auth_failures", "requests refused for missing or bad credentials", ("route",))
+        self.rate_limited = counter(
+            "hdx_rate_limited", "requests refused by the rate limit or quota", ("reason", "tier")
+        )
 
     def diagnosis(self, d: Diagnosis) -> None:
         """Record one served diagnosis (cache hits included)."""

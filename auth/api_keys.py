@@ -19,8 +19,8 @@ from storage.repositories import users as users_repo
 from storage.tables import ApiKey, User, utcnow
 
 SCHEME = "hdx"
-PREFIX_BYTES = 6    # 12 hex chars: enough that random prefixes practically never collide
-SECRET_BYTES = 32   # 256 bits
+PREFIX_BYTES = 6  # 12 hex chars: enough that random prefixes practically never collide
+SECRET_BYTES = 32  # 256 bits
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # avoid a database write on every request
 
 

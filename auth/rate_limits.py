@@ -40,8 +40,12 @@ def load_tiers(path: Path) -> dict[str, Tier]:
     tiers = {}
     for name, spec in (raw.get("tiers") or {}).items():
         try:
-            tiers[name] = Tier(name=name, per_minute=int(spec["per_minute"]), daily_quota=int(spec["daily_quota"]),
-                               window_s=int(spec.get("window_s", 60)))
+            tiers[name] = Tier(
+                name=name,
+                per_minute=int(spec["per_minute"]),
+                daily_quota=int(spec["daily_quota"]),
+                window_s=int(spec.get("window_s", 60)),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: tier {name!r} needs integer per_minute and daily_quota ({exc})") from None
         if min(tiers[name].per_minute, tiers[name].daily_quota, tiers[name].window_s) <= 0:
@@ -102,5 +106,11 @@ class RateLimiter:
         tier = self.tier(tier_name)
         day, day_left_s = self._day(now)
         used = int(await self.kv.get(f"quota:{who}:{day}") or 0)
-        return {"tier": tier.name, "per_minute": tier.per_minute, "daily_quota": tier.daily_quota,
-                "used_today": used, "quota_left": max(tier.daily_quota - used, 0), "quota_resets_in_s": day_left_s}
+        return {
+            "tier": tier.name,
+            "per_minute": tier.per_minute,
+            "daily_quota": tier.daily_quota,
+            "used_today": used,
+            "quota_left": max(tier.daily_quota - used, 0),
+            "quota_resets_in_s": day_left_s,
+        }

@@ -10,16 +10,16 @@ from enum import StrEnum
 
 
 class Role(StrEnum):
-    ADMIN = "admin"        # operates the platform: users, keys, every system
+    ADMIN = "admin"  # operates the platform: users, keys, every system
     ENGINEER = "engineer"  # works on their systems: register rigs, ingest, diagnose, give feedback
-    VIEWER = "viewer"      # reads results of the systems shared with them
+    VIEWER = "viewer"  # reads results of the systems shared with them
 
 
 class Action(StrEnum):
-    READ_SYSTEM = "read_system"            # readings, predictions, assistant answers
+    READ_SYSTEM = "read_system"  # readings, predictions, assistant answers
     RUN_DIAGNOSIS = "run_diagnosis"
-    WRITE_SYSTEM = "write_system"          # register/edit systems, ingest readings, send feedback
-    MANAGE_MEMBERS = "manage_members"      # share one's own systems with others
+    WRITE_SYSTEM = "write_system"  # register/edit systems, ingest readings, send feedback
+    MANAGE_MEMBERS = "manage_members"  # share one's own systems with others
     MANAGE_OWN_API_KEYS = "manage_own_api_keys"
     MANAGE_USERS = "manage_users"
     SEE_ALL_SYSTEMS = "see_all_systems"
@@ -28,7 +28,13 @@ class Action(StrEnum):
 ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
     Role.VIEWER: frozenset({Action.READ_SYSTEM, Action.RUN_DIAGNOSIS}),
     Role.ENGINEER: frozenset(
-        {Action.READ_SYSTEM, Action.RUN_DIAGNOSIS, Action.WRITE_SYSTEM, Action.MANAGE_MEMBERS, Action.MANAGE_OWN_API_KEYS}
+        {
+            Action.READ_SYSTEM,
+            Action.RUN_DIAGNOSIS,
+            Action.WRITE_SYSTEM,
+            Action.MANAGE_MEMBERS,
+            Action.MANAGE_OWN_API_KEYS,
+        }
     ),
     Role.ADMIN: frozenset(Action),
 }

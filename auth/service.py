@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -128,7 +128,7 @@ class AuthService:
         """Revoke the access token and its session; a refresh token of the same user
         from another session is revoked too. Refresh tokens that are invalid anyway,
         or belong to someone else, are ignored."""
-        remaining_s = (access.expires_at - datetime.now(timezone.utc)).total_seconds() + LEEWAY_S
+        remaining_s = (access.expires_at - datetime.now(UTC)).total_seconds() + LEEWAY_S
         if remaining_s > 0:
             await self.kv.set(_revoked_token_key(access.jti), "1", ttl_s=remaining_s)
         families = {access.family_id} if access.family_id else set()
@@ -146,9 +146,7 @@ class AuthService:
     async def revoke_family(self, session: AsyncSession, family_id: str) -> None:
         """End a login session: its refresh tokens now, its access tokens until they expire."""
         await refresh_repo.revoke_family(session, family_id)
-        await self.kv.set(
-            _revoked_family_key(family_id), "1", ttl_s=self.settings.access_token_ttl_s + LEEWAY_S
-        )
+        await self.kv.set(_revoked_family_key(family_id), "1", ttl_s=self.settings.access_token_ttl_s + LEEWAY_S)
 
     async def _issue_pair(self, session: AsyncSession, user: User, *, family_id: str) -> TokenPair:
         access = self.codec.issue(user_id=user.id, role=user.role, type="access", family_id=family_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 import jwt
@@ -82,8 +82,10 @@ class TokenCodec:
             refresh_ttl_s=settings.refresh_token_ttl_s,
         )
 
-    def issue(self, *, user_id: int, role: str, type: TokenType, family_id: str, now: datetime | None = None) -> IssuedToken:
-        now = now or datetime.now(timezone.utc)
+    def issue(
+        self, *, user_id: int, role: str, type: TokenType, family_id: str, now: datetime | None = None
+    ) -> IssuedToken:
+        now = now or datetime.now(UTC)
         ttl = self.access_ttl_s if type == "access" else self.refresh_ttl_s
         expires_at = now + timedelta(seconds=ttl)
         jti = secrets.token_urlsafe(16)
@@ -148,6 +150,6 @@ def _claims(claims: dict[str, Any], expected_type: TokenType) -> TokenClaims:
         type=expected_type,
         jti=str(claims["jti"]),
         family_id=claims.get("fam"),
-        issued_at=datetime.fromtimestamp(claims["iat"], timezone.utc),
-        expires_at=datetime.fromtimestamp(claims["exp"], timezone.utc),
+        issued_at=datetime.fromtimestamp(claims["iat"], UTC),
+        expires_at=datetime.fromtimestamp(claims["exp"], UTC),
     )

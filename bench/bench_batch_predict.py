@@ -52,8 +52,12 @@ def bundles(settings: Settings, scratch: Path) -> tuple[Settings, str]:
     home = scratch / "hdx-home"
     store = str(home / "models")
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pipelines.train", "--source", "simulator", "--store-uri", store],
-                   check=True, cwd=PROJECT_ROOT, env={**os.environ, "HDX_HOME": str(home)})
+    subprocess.run(
+        [sys.executable, "-m", "pipelines.train", "--source", "simulator", "--store-uri", store],
+        check=True,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "HDX_HOME": str(home)},
+    )
     trained = Settings(home=home)
     return trained, f"trained for this run in {time.perf_counter() - started:.0f} s into {store}"
 
@@ -70,9 +74,15 @@ def single_process(source: Path, out: Path, settings: Settings, batch_size: int)
     ``FamilyModel.pin_threads``, as in each actor), writing the same two outputs
     with the same writer as the job."""
     started = time.perf_counter()
-    predictor = EnsemblePredictor(settings.model_store_uri, resolve_versions(settings), settings.feature_set,
-                                  ensemble_weights(settings.ensemble_weights), settings.anomaly_threshold, "bench",
-                                  threads=1)
+    predictor = EnsemblePredictor(
+        settings.model_store_uri,
+        resolve_versions(settings),
+        settings.feature_set,
+        ensemble_weights(settings.ensemble_weights),
+        settings.anomaly_threshold,
+        "bench",
+        threads=1,
+    )
     rows = 0
     with OutputWriter(str(out)) as writer:
         for batch in pq.ParquetFile(source).iter_batches(batch_size=batch_size):
@@ -86,15 +96,17 @@ def write_doc(table: str, command: str, models: str) -> None:
     DOC.write_text(
         "# Batch prediction throughput\n\n"
         f"Measured with:\n\n```\n{command}\n```\n\n"
-        f"Models: {models}.\n\n" + table +
-        "\nBoth rows run the same code (`pipelines.ensemble_predictor.EnsemblePredictor`: Arrow -> feature "
+        f"Models: {models}.\n\n"
+        + table
+        + "\nBoth rows run the same code (`pipelines.ensemble_predictor.EnsemblePredictor`: Arrow -> feature "
         "block, four models, `diagnose_answers`; then `pipelines.prediction_output.OutputWriter` for the two "
         "Parquet outputs) on the same Parquet file, with the same batch size and one thread per process: every "
         "family is pinned to 1 thread (`FamilyModel.pin_threads(1)`: CatBoost, XGBoost, the forest and the "
         "adaptive family's BLAS) in the loop and in every actor. The loop is one process, one thread. The job "
         "runs a fixed pool of `workers` actors on a local Ray cluster that is already up (a warm-up job has "
         "started its worker processes), so cluster start-up is not counted, but actor start-up (a new process "
-        "per actor: imports, model loading) is, as the loop's imports and model loading are.\n")
+        "per actor: imports, model loading) is, as the loop's imports and model loading are.\n"
+    )
 
 
 def main(argv=None) -> None:
@@ -125,23 +137,38 @@ def main(argv=None) -> None:
         # A warm-up job starts the worker processes, as on a cluster that has run jobs before.
         warm = scratch / "warm.parquet"
         make_input(200, settings, warm)
-        run_batch_predict(str(warm), str(scratch / "warm-out"), settings=settings, batch_size=args.batch_size,
-                          workers=max(workers), system_id="bench")
+        run_batch_predict(
+            str(warm),
+            str(scratch / "warm-out"),
+            settings=settings,
+            batch_size=args.batch_size,
+            workers=max(workers),
+            system_id="bench",
+        )
         results = {}
         for w in workers:
-            summary = run_batch_predict(str(source), str(scratch / f"out-{w}"), settings=settings,
-                                        batch_size=args.batch_size, workers=w, system_id="bench")
+            summary = run_batch_predict(
+                str(source),
+                str(scratch / f"out-{w}"),
+                settings=settings,
+                batch_size=args.batch_size,
+                workers=w,
+                system_id="bench",
+            )
             results[w] = summary["cycles_per_s"]
             print(f"Ray Data job, {w} worker(s): {results[w]:.0f} cycles/s ({results[w] / loop:.2f}x the loop)")
         ray.shutdown()
 
     load = os.getloadavg()[0]
-    table = ("| run | workers | batch size | cycles/s | × loop |\n|---|---|---|---|---|\n"
-             f"| single-process loop | – | {args.batch_size} | {loop:.0f} | 1.00 |\n"
-             + "".join(f"| Ray Data job | {w} | {args.batch_size} | {r:.0f} | {r / loop:.2f} |\n"
-                       for w, r in results.items())
-             + f"\n{args.cycles} cycles, {args.cpus}-CPU local Ray cluster on a machine with {os.cpu_count()} cores "
-             f"(1-min load average at the end: {load:.1f}).\n")
+    table = (
+        "| run | workers | batch size | cycles/s | × loop |\n|---|---|---|---|---|\n"
+        f"| single-process loop | – | {args.batch_size} | {loop:.0f} | 1.00 |\n"
+        + "".join(
+            f"| Ray Data job | {w} | {args.batch_size} | {r:.0f} | {r / loop:.2f} |\n" for w, r in results.items()
+        )
+        + f"\n{args.cycles} cycles, {args.cpus}-CPU local Ray cluster on a machine with {os.cpu_count()} cores "
+        f"(1-min load average at the end: {load:.1f}).\n"
+    )
     print(table)
     if not args.no_doc:
         command = "python -m bench.bench_batch_predict " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -48,7 +48,9 @@ def main() -> None:
     t_dicts = best_of(lambda: extract_cycles(dicts, fs), args.repeats)
     print(f"feature set {fs.name}: {len(fs.feature_names())} features from {len(fs.channels)} channels")
     print(f"extract (blocks)          : {n / t_block:10.0f} cycles/s  ({n} cycles in {t_block * 1000:.0f} ms)")
-    print(f"extract_cycles (requests) : {len(dicts) / t_dicts:10.0f} cycles/s  ({len(dicts)} cycles, validation included)")
+    print(
+        f"extract_cycles (requests) : {len(dicts) / t_dicts:10.0f} cycles/s  ({len(dicts)} cycles, validation included)"
+    )
 
 
 if __name__ == "__main__":

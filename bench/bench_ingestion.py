@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.ready import wait_ready  # noqa: E402 - importable once the project root is on the path
+from bench.ready import wait_ready
 
 CHANNELS = ("TS1", "TS2", "TS3", "TS4", "VS1", "CE", "CP", "SE")
 
@@ -45,16 +45,17 @@ def make_cycles(n: int, seed: int = 0) -> list[dict[str, list[float]]]:
 
     rng = np.random.default_rng(seed)
     out = []
-    for i in range(n):
+    for _ in range(n):
         cycle = simulate_cycle(cooler=100, valve=100, pump=0, accumulator=130, rng=int(rng.integers(1 << 30)))
         out.append({c: cycle[c].round(3).tolist() for c in CHANNELS})
     return out
 
 
-async def run_load(url: str, headers: dict, system: str, *, batch: int, concurrency: int, duration_s: float,
-                   diagnose: bool) -> dict:
+async def run_load(
+    url: str, headers: dict, system: str, *, batch: int, concurrency: int, duration_s: float, diagnose: bool
+) -> dict:
     templates = make_cycles(16)
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
     counter = 0
     latencies: list[float] = []
     stored = errors = 0
@@ -64,9 +65,13 @@ async def run_load(url: str, headers: dict, system: str, *, batch: int, concurre
         cycles = []
         for _ in range(batch):
             counter += 1
-            cycles.append({"idempotency_key": f"bench-{counter}",
-                           "started_at": (t0 + timedelta(seconds=60 * counter)).isoformat(),
-                           "sensor_data": templates[counter % len(templates)]})
+            cycles.append(
+                {
+                    "idempotency_key": f"bench-{counter}",
+                    "started_at": (t0 + timedelta(seconds=60 * counter)).isoformat(),
+                    "sensor_data": templates[counter % len(templates)],
+                }
+            )
         return {"system_id": system, "cycles": cycles, "diagnose": diagnose}
 
     async def client(http: httpx.AsyncClient, deadline: float) -> None:
@@ -88,12 +93,19 @@ async def run_load(url: str, headers: dict, system: str, *, batch: int, concurre
         elapsed = time.perf_counter() - start
     latencies.sort()
     return {
-        "cycles_stored": stored, "seconds": round(elapsed, 2), "cycles_per_s": round(stored / elapsed, 1),
-        "requests": len(latencies), "errors": errors, "batch": batch, "concurrency": concurrency,
+        "cycles_stored": stored,
+        "seconds": round(elapsed, 2),
+        "cycles_per_s": round(stored / elapsed, 1),
+        "requests": len(latencies),
+        "errors": errors,
+        "batch": batch,
+        "concurrency": concurrency,
         "diagnose": diagnose,
-        "latency_ms": {"p50": round(statistics.median(latencies), 1),
-                       "p95": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
-                       "max": round(latencies[-1], 1)},
+        "latency_ms": {
+            "p50": round(statistics.median(latencies), 1),
+            "p95": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
+            "max": round(latencies[-1], 1),
+        },
     }
 
 
@@ -132,8 +144,9 @@ async def _seed(url: str) -> tuple[str, str]:
     await migrate(url)
     db = Database(url)
     async with db.sessionmaker() as s:
-        user = await users_repo.create_user(s, username="bench", password_hash=hash_password("bench-password-1"),
-                                            role="engineer", tier="enterprise")
+        user = await users_repo.create_user(
+            s, username="bench", password_hash=hash_password("bench-password-1"), role="engineer", tier="enterprise"
+        )
         await systems_repo.create_system(s, system_id="bench-rig", name="bench rig", owner_id=user.id)
         _, plaintext = await create_api_key(s, owner=user, name="bench", system_ids=["bench-rig"])
         await s.commit()
@@ -160,12 +173,24 @@ def run_local(args) -> dict:
         from deployments.builder import app_from_serve_config
         from diagnosis.registry import FAMILY_NAMES
 
-        serve.run(app_from_serve_config(assistant=False, model_versions={f: "test-v1" for f in FAMILY_NAMES}),
-                  name="hdx-bench", route_prefix="/")
+        serve.run(
+            app_from_serve_config(assistant=False, model_versions={f: "test-v1" for f in FAMILY_NAMES}),
+            name="hdx-bench",
+            route_prefix="/",
+        )
         url = f"http://127.0.0.1:{port}"
         wait_ready(url)
-        return asyncio.run(run_load(url, {"X-API-Key": key}, system, batch=args.batch,
-                                    concurrency=args.concurrency, duration_s=args.duration, diagnose=args.diagnose))
+        return asyncio.run(
+            run_load(
+                url,
+                {"X-API-Key": key},
+                system,
+                batch=args.batch,
+                concurrency=args.concurrency,
+                duration_s=args.duration,
+                diagnose=args.diagnose,
+            )
+        )
     finally:
         if ray.is_initialized():
             serve.shutdown()
@@ -190,9 +215,17 @@ def main() -> None:
     else:
         if not (args.url and args.api_key and args.system):
             p.error("--url, --api-key and --system are needed unless --local")
-        result = asyncio.run(run_load(args.url, {"X-API-Key": args.api_key}, args.system, batch=args.batch,
-                                      concurrency=args.concurrency, duration_s=args.duration,
-                                      diagnose=args.diagnose))
+        result = asyncio.run(
+            run_load(
+                args.url,
+                {"X-API-Key": args.api_key},
+                args.system,
+                batch=args.batch,
+                concurrency=args.concurrency,
+                duration_s=args.duration,
+                diagnose=args.diagnose,
+            )
+        )
     print(json.dumps(result, indent=2))
 
 

@@ -57,8 +57,9 @@ def bench_end_to_end(store_uri: str, version: str, questions: list[str], n: int)
     if not ray.is_initialized():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     settings = Settings(index_store_uri=store_uri, llm_backend="extractive")
-    handle = serve.run(assistant_from_serve_config(settings, index_version=version), name="rag-bench",
-                       route_prefix=None)
+    handle = serve.run(
+        assistant_from_serve_config(settings, index_version=version), name="rag-bench", route_prefix=None
+    )
     try:
         for q in questions[:3]:
             handle.query.remote(q, 5).result()
@@ -83,8 +84,12 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--e2e-queries", type=int, default=60)
     parser.add_argument("--skip-e2e", action="store_true")
-    parser.add_argument("--torch-threads", type=int, default=1,
-                        help="intra-op threads for the in-process embedding (default: %(default)s, as in Serve)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="intra-op threads for the in-process embedding (default: %(default)s, as in Serve)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -95,16 +100,23 @@ def main(argv=None) -> int:
 
     questions = [item["question"] for item in load_eval_set(args.eval)]
     manifest = IndexStore(args.store).manifest(args.version)
-    print(f"index {manifest['version']} (format {manifest.get('format')}): {manifest['n_chunks']} chunks, "
-          f"{manifest.get('n_sentences', '?')} answer sentences embedded at build time")
+    print(
+        f"index {manifest['version']} (format {manifest.get('format')}): {manifest['n_chunks']} chunks, "
+        f"{manifest.get('n_sentences', '?')} answer sentences embedded at build time"
+    )
     retrieval = bench_retrieval(args.store, args.version, questions, args.rounds)
-    print(f"retrieval (embed + search, in-process, {args.torch_threads} torch thread(s)): n={len(retrieval)}  p50={percentile(retrieval, 50):.1f} ms  "
-          f"p99={percentile(retrieval, 99):.1f} ms  mean={statistics.mean(retrieval):.1f} ms")
+    print(
+        f"retrieval (embed + search, in-process, {args.torch_threads} torch thread(s)): n={len(retrieval)}  "
+        f"p50={percentile(retrieval, 50):.1f} ms  "
+        f"p99={percentile(retrieval, 99):.1f} ms  mean={statistics.mean(retrieval):.1f} ms"
+    )
     if not args.skip_e2e:
         e2e, last = bench_end_to_end(args.store, args.version, questions, args.e2e_queries)
-        print(f"end to end (RagPipeline via handle, extractive): n={len(e2e)}  p50={percentile(e2e, 50):.1f} ms  "
-              f"p90={percentile(e2e, 90):.1f} ms  (last: retrieval_ms={last['metadata']['retrieval_ms']}, "
-              f"processing_time_ms={last['metadata']['processing_time_ms']})")
+        print(
+            f"end to end (RagPipeline via handle, extractive): n={len(e2e)}  p50={percentile(e2e, 50):.1f} ms  "
+            f"p90={percentile(e2e, 90):.1f} ms  (last: retrieval_ms={last['metadata']['retrieval_ms']}, "
+            f"processing_time_ms={last['metadata']['processing_time_ms']})"
+        )
     return 0
 
 

@@ -59,13 +59,21 @@ def settled(app: str) -> bool:
     status = yaml.safe_load(out)["applications"][app]
     busy = {"STARTING", "STOPPING", "UPDATING", "RECOVERING", "PENDING_MIGRATION"}
     return status["status"] == "RUNNING" and not any(
-        busy & set(d.get("replica_states") or {}) for d in status["deployments"].values())
+        busy & set(d.get("replica_states") or {}) for d in status["deployments"].values()
+    )
 
 
-async def client(base: str, headers: dict, bodies: list[dict], pause_s: float, stop: asyncio.Event,
-                 tally: collections.Counter, latencies: list[float], failures: list[str]) -> None:
-    async with aiohttp.ClientSession(base_url=base, headers=headers,
-                                     timeout=aiohttp.ClientTimeout(total=60)) as http:
+async def client(
+    base: str,
+    headers: dict,
+    bodies: list[dict],
+    pause_s: float,
+    stop: asyncio.Event,
+    tally: collections.Counter,
+    latencies: list[float],
+    failures: list[str],
+) -> None:
+    async with aiohttp.ClientSession(base_url=base, headers=headers, timeout=aiohttp.ClientTimeout(total=60)) as http:
         i = 0
         while not stop.is_set():
             start = time.perf_counter()
@@ -84,8 +92,11 @@ async def client(base: str, headers: dict, bodies: list[dict], pause_s: float, s
 
 
 def login(base: str, username: str) -> dict:
-    token = httpx.post(f"{base}/api/v1/auth/token", timeout=30,
-                       json={"username": username, "password": os.environ["HDX_BENCH_PASSWORD"]})
+    token = httpx.post(
+        f"{base}/api/v1/auth/token",
+        timeout=30,
+        json={"username": username, "password": os.environ["HDX_BENCH_PASSWORD"]},
+    )
     token.raise_for_status()
     return {"Authorization": f"Bearer {token.json()['access_token']}"}
 
@@ -95,8 +106,12 @@ async def main(args: argparse.Namespace) -> None:
     bodies = simulated_bodies(args.system_id, 50)
     config = rollout_config(args.config, mark=str(time.time_ns()), surge=not args.no_surge)
     stop, tally, latencies, failures = asyncio.Event(), collections.Counter(), [], []
-    clients = [asyncio.create_task(client(args.base, headers, bodies[k::args.clients], args.pause_s, stop,
-                                          tally, latencies, failures)) for k in range(args.clients)]
+    clients = [
+        asyncio.create_task(
+            client(args.base, headers, bodies[k :: args.clients], args.pause_s, stop, tally, latencies, failures)
+        )
+        for k in range(args.clients)
+    ]
     await asyncio.sleep(args.settle_s)
     started = time.perf_counter()
     await asyncio.to_thread(subprocess.run, [SERVE, "deploy", config], check=True, capture_output=True)

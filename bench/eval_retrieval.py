@@ -26,8 +26,16 @@ MRR_DEPTH = 10
 
 def load_eval_set(path: str | Path = DEFAULT_EVAL) -> list[dict]:
     items = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or []
-    bad = [i for i, item in enumerate(items) if not (isinstance(item, dict) and item.get("question")
-                                                     and isinstance(item.get("expected"), list) and item["expected"])]
+    bad = [
+        i
+        for i, item in enumerate(items)
+        if not (
+            isinstance(item, dict)
+            and item.get("question")
+            and isinstance(item.get("expected"), list)
+            and item["expected"]
+        )
+    ]
     if bad:
         raise ValueError(f"{path}: entries {bad[:5]} need a 'question' and a non-empty 'expected' list")
     return items
@@ -63,8 +71,10 @@ def print_report(result: dict, version: str, show_misses: bool = True) -> None:
         if misses:
             print(f"\n{'rank':>4}  {'expected':<28} {'top 3':<60} question")
             for r in misses:
-                print(f"{str(r['rank'] or '-'):>4}  {','.join(r['expected'])[:28]:<28} "
-                      f"{','.join(r['got'])[:60]:<60} {r['question'][:70]}")
+                print(
+                    f"{str(r['rank'] or '-'):>4}  {','.join(r['expected'])[:28]:<28} "
+                    f"{','.join(r['got'])[:60]:<60} {r['question'][:70]}"
+                )
 
 
 def main(argv=None) -> int:
@@ -89,8 +99,10 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     result = evaluate(IndexSearcher(loaded), get_embedder(), load_eval_set(args.eval))
     print_report(result, loaded.version)
-    print(f"\n(evaluated in {time.perf_counter() - started:.1f} s; target recall@3 >= 0.9: "
-          f"{'met' if result['recall@3'] >= 0.9 else 'NOT met'})")
+    print(
+        f"\n(evaluated in {time.perf_counter() - started:.1f} s; target recall@3 >= 0.9: "
+        f"{'met' if result['recall@3'] >= 0.9 else 'NOT met'})"
+    )
     return 0
 
 

@@ -59,9 +59,10 @@ def bootstrap(
         typer.echo(f"  development admin: {DEV_ADMIN} (created earlier; `hdx users create` makes more)")
     typer.echo(
         f"  TOKEN=$(curl -s -X POST {base}/auth/token -H 'content-type: application/json' \\\n"
-        f"      -d '{{\"username\": \"{DEV_ADMIN}\", \"password\": \"<password>\"}}' | python3 -c 'import sys,json; print(json.load(sys.stdin)[\"access_token\"])')\n"
+        f'      -d \'{{"username": "{DEV_ADMIN}", "password": "<password>"}}\' '
+        "| python3 -c 'import sys,json; print(json.load(sys.stdin)[\"access_token\"])')\n"
         f"  .venv/bin/hdx simulate --valve 73 --system-id {DEMO_SYSTEM} > /tmp/cycle.json\n"
-        f"  curl -s -X POST {base}/diagnostics/predict -H \"Authorization: Bearer $TOKEN\" "
+        f'  curl -s -X POST {base}/diagnostics/predict -H "Authorization: Bearer $TOKEN" '
         f"-H 'content-type: application/json' -d @/tmp/cycle.json"
     )
 
@@ -74,8 +75,9 @@ def _ensure_admin_and_system() -> str | None:
         admin = await users_repo.get_user_by_username(session, DEV_ADMIN)
         if admin is None:
             password = secrets.token_urlsafe(12)
-            admin = await users_repo.create_user(session, username=DEV_ADMIN, password_hash=hash_password(password),
-                                                 role="admin", tier="enterprise")
+            admin = await users_repo.create_user(
+                session, username=DEV_ADMIN, password_hash=hash_password(password), role="admin", tier="enterprise"
+            )
         if await systems_repo.get_system(session, DEMO_SYSTEM) is None:
             await systems_repo.create_system(session, system_id=DEMO_SYSTEM, name="Demo test rig", owner_id=admin.id)
         return password

@@ -24,8 +24,16 @@ def batch_predict(
     from configs.settings import get_settings
     from pipelines.batch_predict import format_summary, parse_cycles, run_batch_predict
 
-    summary = run_batch_predict(source, output, model_version, get_settings(), batch_size or None, workers or None,
-                                system_id, parse_cycles(cycles))
+    summary = run_batch_predict(
+        source,
+        output,
+        model_version,
+        get_settings(),
+        batch_size or None,
+        workers or None,
+        system_id,
+        parse_cycles(cycles),
+    )
     typer.echo(format_summary(summary))
 
 

@@ -52,7 +52,8 @@ def evaluate(
         "Made by `hdx evaluate`: trained on the 1731 UCI cycles outside `holdout_cycles.txt`, "
         f"scored on the {report['eval_cycles']} held-out cycles. Feature set `{report['feature_set']}` "
         f"({report['n_features']} features), model version `{report['version']}`. "
-        "Cells: accuracy / macro-F1.\n\n" + table
+        "Cells: accuracy / macro-F1.\n\n"
+        + table
         + "\nTargets for the ensemble: cooler ≥ 99.5 %, valve ≥ 90 %, pump ≥ 99.5 %, accumulator ≥ 90 %. "
         "Reference (300-tree random forest on plain per-cycle statistics): 99.6 / 70.0 / 100 / 77.6.\n"
     )
@@ -72,14 +73,19 @@ def models_list() -> None:
         raise typer.Exit(1)
     for m in manifests:
         acc = ", ".join(f"{t} {v['accuracy'] * 100:.1f}%" for t, v in m["metrics"].items())
-        typer.echo(f"{m['family']:<14} {m['version']:<24} {m['feature_set']['name']:<9} "
-                   f"{m['training']['source']:<9} {acc or 'no evaluation'}")
+        typer.echo(
+            f"{m['family']:<14} {m['version']:<24} {m['feature_set']['name']:<9} "
+            f"{m['training']['source']:<9} {acc or 'no evaluation'}"
+        )
 
 
 @app.command()
 def simulate(
-    cooler: int = typer.Option(100), valve: int = typer.Option(100), pump: int = typer.Option(0),
-    accumulator: int = typer.Option(130), seed: int = typer.Option(0),
+    cooler: int = typer.Option(100),
+    valve: int = typer.Option(100),
+    pump: int = typer.Option(0),
+    accumulator: int = typer.Option(130),
+    seed: int = typer.Option(0),
     system_id: str = typer.Option("rig-01"),
 ) -> None:
     """Print a /diagnostics/predict request body for one simulated cycle."""

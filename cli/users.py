@@ -115,9 +115,7 @@ def create_key(
         missing = [s for s in system_ids if await systems_repo.get_system(session, s) is None]
         if missing:
             raise _fail(f"unknown systems: {', '.join(missing)}")
-        key, plaintext = await api_keys.create_api_key(
-            session, owner=user, name=name, system_ids=system_ids, tier=tier
-        )
+        key, plaintext = await api_keys.create_api_key(session, owner=user, name=name, system_ids=system_ids, tier=tier)
         return key.id, plaintext
 
     key_id, plaintext = run_db(work)

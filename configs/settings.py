@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     feature_set: str = "rig_1hz"
     ensemble_weights: dict[str, float] = Field(
         default_factory=dict,
-        description="vote weight by model family, overriding the family's default in diagnosis.registry")
+        description="vote weight by model family, overriding the family's default in diagnosis.registry",
+    )
     anomaly_threshold: float = Field(0.5, ge=0.0, le=1.0, description="anomaly_score at or above this flags an anomaly")
     simulator_cycles_per_condition: int = Field(12, ge=1)
     batch_predict_batch_size: int = Field(500, ge=1, description="cycles per model call in batch prediction")
@@ -77,10 +78,12 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(5, description="failed logins per username within the window before throttling")
     login_failure_window_s: int = 300
     access_cache_ttl_s: float = Field(
-        5.0, ge=0.0,
+        5.0,
+        ge=0.0,
         description="how long an ingress replica reuses a caller's user/API-key row and a granted system "
-                    "access before reading them again (0: every request reads them); changes made through "
-                    "this replica's API apply at once")
+        "access before reading them again (0: every request reads them); changes made through "
+        "this replica's API apply at once",
+    )
 
     # --- serving ------------------------------------------------------------
     max_body_bytes: int = 2_000_000
@@ -88,7 +91,8 @@ class Settings(BaseSettings):
     request_timeout_s: float = 10.0
     model_call_timeout_s: float = 10.0
     model_version_refresh_s: float = Field(
-        1.0, gt=0.0, description="how often the ingress re-reads the model versions in service (cache keys)")
+        1.0, gt=0.0, description="how often the ingress re-reads the model versions in service (cache keys)"
+    )
 
     # --- assistant ----------------------------------------------------------
     llm_backend: str = Field("extractive", pattern="^(extractive|ollama|vllm)$")
@@ -107,7 +111,7 @@ class Settings(BaseSettings):
     log_json: bool = Field(True, description="structured JSON log lines with the trace id")
 
     @model_validator(mode="after")
-    def _derive_paths(self) -> "Settings":
+    def _derive_paths(self) -> Settings:
         self.home = Path(self.home).resolve()
         if not self.model_store_uri:
             self.model_store_uri = str(self.home / "models")

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 from ray import serve
@@ -77,8 +78,11 @@ class Retriever:
             except IndexNotFound as exc:  # IndexFormatError included: an outdated index is no usable index
                 if wanted != "latest":
                     raise  # a pinned version that does not exist (or is outdated) is a configuration error
-                logger.warning("no usable index under %s (%s); the assistant answers without sources until one "
-                               "is built", self._store.uri, exc)
+                logger.warning(
+                    "no usable index under %s (%s); the assistant answers without sources until one is built",
+                    self._store.uri,
+                    exc,
+                )
                 searcher = None
             self._wanted = wanted
             if searcher is not None:
@@ -107,29 +111,47 @@ class Retriever:
                         raise  # the query reports why there are no sources
                     logger.error("keeping index %s: %s", self._searcher.version, exc)
 
-    async def search(self, query_vec, k: int = 5, components: list[str] | None = None, tags: list[str] | None = None,
-                     prefer_components: list[str] | None = None) -> dict:
+    async def search(
+        self,
+        query_vec,
+        k: int = 5,
+        components: list[str] | None = None,
+        tags: list[str] | None = None,
+        prefer_components: list[str] | None = None,
+    ) -> dict:
         if self._searcher is None:
             await self._follow_latest()
         elif self._wanted == "latest" and time.monotonic() - self._last_check >= self._refresh_interval_s:
             asyncio.get_running_loop().create_task(self._follow_latest())  # never delays this query
         searcher = self._searcher  # one reference for the whole query, even if a swap happens now
         if searcher is None:
-            raise IndexNotFound(f"no index has been published under {self._store.uri}; "
-                                f"build one with `python -m pipelines.build_index`")
+            raise IndexNotFound(
+                f"no index has been published under {self._store.uri}; build one with `python -m pipelines.build_index`"
+            )
         hits = searcher.search(query_vec, k=k, components=components, tags=tags, prefer_components=prefer_components)
         return {"hits": [h.to_dict() for h in hits], "index_version": searcher.version}
 
     def info(self) -> dict:
         searcher = self._searcher
-        return {"configured": self._wanted, "index_version": searcher.version if searcher else None,
-                "n_chunks": searcher.size if searcher else 0}
+        return {
+            "configured": self._wanted,
+            "index_version": searcher.version if searcher else None,
+            "n_chunks": searcher.size if searcher else 0,
+        }
 
 
 @serve.deployment  # replaced in place on a code rollout: serve_config.yaml says why
 class LLM:
-    def __init__(self, backend: str, model: str, ollama_url: str, vllm_model_path: str, timeout_s: float,
-                 prompt_template_path: str, embed_model_path: str | None = None):
+    def __init__(
+        self,
+        backend: str,
+        model: str,
+        ollama_url: str,
+        vllm_model_path: str,
+        timeout_s: float,
+        prompt_template_path: str,
+        embed_model_path: str | None = None,
+    ):
         from knowledge.llm import make_backend
 
         self.kind = backend
@@ -140,8 +162,13 @@ class LLM:
             # Index passages bring their sentence vectors: the model loads only if other passages come.
             embed = (lambda texts: get_embedder(embed_model_path).embed(texts)) if self.kind == "extractive" else None
             self._backend = make_backend(
-                self.kind, embed=embed, model=model, ollama_url=ollama_url, vllm_model_path=vllm_model_path,
-                timeout_s=timeout_s)
+                self.kind,
+                embed=embed,
+                model=model,
+                ollama_url=ollama_url,
+                vllm_model_path=vllm_model_path,
+                timeout_s=timeout_s,
+            )
         except Exception as exc:  # keep serving: every answer degrades to extractive with this reason
             self._init_error = f"{self.kind} backend unavailable: {exc}"
             logger.error(self._init_error)
@@ -158,15 +185,25 @@ class LLM:
             raise BackendError(self._init_error or "backend not initialised")
         return self._backend
 
-    async def generate(self, question: str, passages: list[dict], diagnosis: dict | None = None,
-                       question_vector: np.ndarray | None = None) -> dict:
+    async def generate(
+        self,
+        question: str,
+        passages: list[dict],
+        diagnosis: dict | None = None,
+        question_vector: np.ndarray | None = None,
+    ) -> dict:
         backend = self._ready()
         prompt = build_prompt(self._template, question, passages, diagnosis)
         text = await backend.generate(prompt, passages, question, question_vector)
         return {"text": text, "model": backend.model, "tokens_used": self._tokens(prompt.as_text(), text)}
 
-    async def stream(self, question: str, passages: list[dict], diagnosis: dict | None = None,
-                     question_vector: np.ndarray | None = None) -> AsyncIterator[str]:
+    async def stream(
+        self,
+        question: str,
+        passages: list[dict],
+        diagnosis: dict | None = None,
+        question_vector: np.ndarray | None = None,
+    ) -> AsyncIterator[str]:
         backend = self._ready()
         prompt = build_prompt(self._template, question, passages, diagnosis)
         async for piece in backend.stream(prompt, passages, question, question_vector):
@@ -182,13 +219,16 @@ class LLM:
 
         # Estimated with the embedding tokenizer: backends' own counts are not uniformly available.
         tok = load_tokenizer()
-        return len(tok(prompt, add_special_tokens=False)["input_ids"]) + len(tok(completion, add_special_tokens=False)["input_ids"])
+        return len(tok(prompt, add_special_tokens=False)["input_ids"]) + len(
+            tok(completion, add_special_tokens=False)["input_ids"]
+        )
 
 
 @serve.deployment
 class RagPipeline:
-    def __init__(self, embedder: DeploymentHandle, retriever: DeploymentHandle, llm: DeploymentHandle,
-                 llm_timeout_s: float):
+    def __init__(
+        self, embedder: DeploymentHandle, retriever: DeploymentHandle, llm: DeploymentHandle, llm_timeout_s: float
+    ):
         self._embedder = embedder
         self._retriever = retriever
         self._llm = llm
@@ -206,8 +246,9 @@ class RagPipeline:
             if retrieval_query == query.strip():
                 vector = question_vector = await self._embedder.embed.remote(retrieval_query)
             else:  # concurrent calls: the Embedder's batching runs both in one forward pass
-                vector, question_vector = await asyncio.gather(self._embedder.embed.remote(retrieval_query),
-                                                               self._embedder.embed.remote(query))
+                vector, question_vector = await asyncio.gather(
+                    self._embedder.embed.remote(retrieval_query), self._embedder.embed.remote(query)
+                )
             result = await self._retriever.search.remote(vector, k=max_results, prefer_components=prefer or None)
             error = None
         except Exception as exc:  # no index yet, or retriever down: answer without sources, say why
@@ -219,15 +260,17 @@ class RagPipeline:
 
     async def _extractive(self, query: str, hits: list[dict], question_vector: np.ndarray | None) -> str:
         try:
-            answer = await self._answerer.aanswer(query, hits, lambda texts: self._embedder.embed_many.remote(texts),
-                                                  question_vector=question_vector)
+            answer = await self._answerer.aanswer(
+                query, hits, lambda texts: self._embedder.embed_many.remote(texts), question_vector=question_vector
+            )
             return answer.text
         except Exception as exc:
             logger.error("extractive fallback failed: %s", describe(exc))
             return "The assistant could not compose an answer; the sources below are the most relevant documents."
 
-    async def query(self, query: str, max_results: int = 5, system_id: str | None = None,
-                    diagnosis: dict | None = None) -> dict:
+    async def query(
+        self, query: str, max_results: int = 5, system_id: str | None = None, diagnosis: dict | None = None
+    ) -> dict:
         started = time.perf_counter()
         retrieved = await self._retrieve(query, max_results, diagnosis)
         hits = retrieved["hits"]
@@ -238,7 +281,8 @@ class RagPipeline:
         else:
             try:
                 result = await asyncio.wait_for(
-                    self._llm.generate.remote(query, hits, diagnosis, retrieved["question_vector"]), self._timeout_s)
+                    self._llm.generate.remote(query, hits, diagnosis, retrieved["question_vector"]), self._timeout_s
+                )
                 text, model, tokens = result["text"], result["model"], result["tokens_used"]
             except Exception as exc:
                 degraded_reason = describe(exc)
@@ -250,8 +294,9 @@ class RagPipeline:
             "metadata": _metadata(model or "none", started, retrieved, tokens, degraded_reason, system_id),
         }
 
-    async def stream(self, query: str, max_results: int = 5, system_id: str | None = None,
-                     diagnosis: dict | None = None) -> AsyncIterator[dict]:
+    async def stream(
+        self, query: str, max_results: int = 5, system_id: str | None = None, diagnosis: dict | None = None
+    ) -> AsyncIterator[dict]:
         """Yields {"event": "token", "text": ...} events, then one {"event": "done", ...} with sources and metadata."""
         started = time.perf_counter()
         retrieved = await self._retrieve(query, max_results, diagnosis)
@@ -280,14 +325,22 @@ class RagPipeline:
                 model = "extractive"
             if model == "streamed":
                 model = (await self._llm.info.remote())["model"]
-        yield {"event": "done", "sources": _sources(hits),
-               "metadata": _metadata(model or "none", started, retrieved, pieces, degraded_reason, system_id)}
+        yield {
+            "event": "done",
+            "sources": _sources(hits),
+            "metadata": _metadata(model or "none", started, retrieved, pieces, degraded_reason, system_id),
+        }
 
     async def info(self) -> dict:
         """For ``/ready``: the index version served, and the generation backend and model."""
         retriever, llm = await asyncio.gather(self._retriever.info.remote(), self._llm.info.remote())
-        info = {"index_version": retriever["index_version"], "index_configured": retriever["configured"],
-                "n_chunks": retriever["n_chunks"], "backend": llm["backend"], "model": llm["model"]}
+        info = {
+            "index_version": retriever["index_version"],
+            "index_configured": retriever["configured"],
+            "n_chunks": retriever["n_chunks"],
+            "backend": llm["backend"],
+            "model": llm["model"],
+        }
         if llm.get("error"):
             info["backend_error"] = llm["error"]
         return info
@@ -295,12 +348,21 @@ class RagPipeline:
 
 def _sources(hits: list[dict]) -> list[dict]:
     # Order matters: citation [n] in the answer is sources[n-1].
-    return [{"document_id": h["document_id"], "title": h["title"], "heading_path": h["heading_path"],
-             "snippet": h["snippet"], "score": round(float(h["score"]), 4)} for h in hits]
+    return [
+        {
+            "document_id": h["document_id"],
+            "title": h["title"],
+            "heading_path": h["heading_path"],
+            "snippet": h["snippet"],
+            "score": round(float(h["score"]), 4),
+        }
+        for h in hits
+    ]
 
 
-def _metadata(model: str, started: float, retrieved: dict, tokens: int, degraded_reason: str | None,
-              system_id: str | None) -> dict[str, Any]:
+def _metadata(
+    model: str, started: float, retrieved: dict, tokens: int, degraded_reason: str | None, system_id: str | None
+) -> dict[str, Any]:
     meta = {
         "model": model,
         "processing_time_ms": round((time.perf_counter() - started) * 1000, 2),
@@ -330,8 +392,13 @@ def build_assistant(settings: Settings, index_version: str = "latest", options=N
     return options(RagPipeline, "RagPipeline").bind(
         options(Embedder, "Embedder").bind(),
         retriever.bind(store_uri=s.index_store_uri),
-        options(LLM, "LLM").bind(backend=s.llm_backend, model=s.llm_model, ollama_url=s.ollama_url,
-                                 vllm_model_path=s.vllm_model_path, timeout_s=s.llm_timeout_s,
-                                 prompt_template_path=str(s.prompt_template_path)),
+        options(LLM, "LLM").bind(
+            backend=s.llm_backend,
+            model=s.llm_model,
+            ollama_url=s.ollama_url,
+            vllm_model_path=s.vllm_model_path,
+            timeout_s=s.llm_timeout_s,
+            prompt_template_path=str(s.prompt_template_path),
+        ),
         llm_timeout_s=s.llm_timeout_s,
     )

@@ -48,8 +48,7 @@ def build_app(args: dict | None = None) -> Application:
     return build_configured_app(args)
 
 
-def build_configured_app(args: dict | None = None, settings: Settings | None = None,
-                         model_store=None) -> Application:
+def build_configured_app(args: dict | None = None, settings: Settings | None = None, model_store=None) -> Application:
     """``build_app`` with the settings (default: read from the environment) and the model
     store (default ``ModelStore(settings.model_store_uri)``) injected, for tests and
     benchmarks that hand the model servers a failing or fixture store."""
@@ -62,14 +61,18 @@ def build_configured_app(args: dict | None = None, settings: Settings | None = N
     configured = _configure(opts.deployment_options)
     store = model_store or ModelStore(s.model_store_uri)
     models = {
-        family: configured(ModelServer, spec.deployment,
-                           user_config={"version": opts.model_versions.get(family, "latest")})
-        .bind(family=family, store=store, sync_interval_s=s.adaptive_sync_interval_s)
+        family: configured(
+            ModelServer, spec.deployment, user_config={"version": opts.model_versions.get(family, "latest")}
+        ).bind(family=family, store=store, sync_interval_s=s.adaptive_sync_interval_s)
         for family, spec in FAMILIES.items()
     }
     ensemble = configured(DiagnosisEnsemble, "DiagnosisEnsemble").bind(
-        models=models, feature_set=s.feature_set, weights=ensemble_weights(s.ensemble_weights),
-        anomaly_threshold=s.anomaly_threshold, model_call_timeout_s=s.model_call_timeout_s)
+        models=models,
+        feature_set=s.feature_set,
+        weights=ensemble_weights(s.ensemble_weights),
+        anomaly_threshold=s.anomaly_threshold,
+        model_call_timeout_s=s.model_call_timeout_s,
+    )
     rag = build_assistant(s, options=configured) if opts.assistant else None
     return configured(Ingress, "Ingress").bind(ensemble, rag, s)
 
@@ -77,6 +80,7 @@ def build_configured_app(args: dict | None = None, settings: Settings | None = N
 def _configure(options_by_name: dict[str, dict[str, Any]]):
     """``configured(deployment, name, **defaults)``: the deployment under ``name`` with the
     code's defaults, overridden by the options given for that name."""
+
     def configured(deployment, name: str, **defaults):
         options = {**defaults, **options_by_name.get(name, {})}
         options.pop("name", None)
@@ -98,8 +102,9 @@ def _file_options(path: Path) -> dict[str, dict[str, Any]]:
     return {d["name"]: dict(d) for d in serve_config_application(path).get("deployments", [])}
 
 
-def app_from_serve_config(path: Path = SERVE_CONFIG, settings: Settings | None = None, model_store=None,
-                          **args) -> Application:
+def app_from_serve_config(
+    path: Path = SERVE_CONFIG, settings: Settings | None = None, model_store=None, **args
+) -> Application:
     """The application as ``serve run <path>`` builds it, for ``serve.run`` from Python:
     the file's args (overridden by ``args``) and its deployment options. A model's
     ``user_config`` keeps the file's batching and takes the version from ``model_versions``
@@ -112,8 +117,9 @@ def app_from_serve_config(path: Path = SERVE_CONFIG, settings: Settings | None =
     return build_configured_app({**merged, "deployment_options": options}, settings, model_store)
 
 
-def assistant_from_serve_config(settings: Settings, index_version: str = "latest",
-                                path: Path = SERVE_CONFIG) -> Application:
+def assistant_from_serve_config(
+    settings: Settings, index_version: str = "latest", path: Path = SERVE_CONFIG
+) -> Application:
     """The assistant alone (RagPipeline and what it calls) with the file's deployment options;
     ``index_version`` pins the Retriever."""
     options = _file_options(path)

@@ -42,8 +42,14 @@ DEFAULT_BATCH = {"max_batch_size": 32, "batch_wait_timeout_s": 0.01}
 
 @serve.deployment
 class DiagnosisEnsemble:
-    def __init__(self, models: dict[str, DeploymentHandle], feature_set: str, weights: dict[str, float],
-                 anomaly_threshold: float, model_call_timeout_s: float):
+    def __init__(
+        self,
+        models: dict[str, DeploymentHandle],
+        feature_set: str,
+        weights: dict[str, float],
+        anomaly_threshold: float,
+        model_call_timeout_s: float,
+    ):
         self.models = models
         self.learners = {name: h for name, h in models.items() if FAMILIES[name].learns_from_feedback}
         self.feature_set = get_feature_set(feature_set)
@@ -58,6 +64,7 @@ class DiagnosisEnsemble:
 
     async def models_info(self) -> dict[str, dict]:
         """Each model's loaded bundle, or the error that kept it from answering."""
+
         async def one(name: str, handle: DeploymentHandle):
             try:
                 return name, await asyncio.wait_for(handle.info.remote(), self.timeout_s)

@@ -29,8 +29,15 @@ class AdaptiveFamily(FamilyModel):
 
     def __init__(self, seed: int = 0, threads: int = 1, params: dict | None = None, feature_set: str = "rig_1hz"):
         super().__init__(seed, threads, params, feature_set)
-        p = {"hidden": 96, "alpha": 1e-3, "epochs": 400, "memory_size": 3000,
-             "feedback_weight": 16, "feedback_epochs": 20, **self.params}
+        p = {
+            "hidden": 96,
+            "alpha": 1e-3,
+            "epochs": 400,
+            "memory_size": 3000,
+            "feedback_weight": 16,
+            "feedback_epochs": 20,
+            **self.params,
+        }
         self.params = p
         self.scaler: StandardScaler | None = None
         self.memory_X: np.ndarray | None = None
@@ -39,10 +46,15 @@ class AdaptiveFamily(FamilyModel):
         self._rng = np.random.default_rng(seed)
 
     def _new_estimator(self, target, n_classes):
-        return MLPClassifier(hidden_layer_sizes=(self.params["hidden"],), alpha=self.params["alpha"],
-                             max_iter=self.params["epochs"], random_state=self.seed, early_stopping=False)
+        return MLPClassifier(
+            hidden_layer_sizes=(self.params["hidden"],),
+            alpha=self.params["alpha"],
+            max_iter=self.params["epochs"],
+            random_state=self.seed,
+            early_stopping=False,
+        )
 
-    def fit(self, X: np.ndarray, labels: pd.DataFrame) -> "AdaptiveFamily":
+    def fit(self, X: np.ndarray, labels: pd.DataFrame) -> AdaptiveFamily:
         self.scaler = StandardScaler().fit(X)
         Z = self.scaler.transform(X)
         super().fit(Z, labels)
@@ -111,8 +123,14 @@ class AdaptiveFamily(FamilyModel):
         return ["adaptive_state.joblib"] + super().save(directory)
 
     def _state(self) -> dict:
-        return {"scaler": self.scaler, "memory_X": self.memory_X, "memory_y": self.memory_y,
-                "n_updates": self.n_updates, "params": self.params, "rng": self._rng.bit_generator.state}
+        return {
+            "scaler": self.scaler,
+            "memory_X": self.memory_X,
+            "memory_y": self.memory_y,
+            "n_updates": self.n_updates,
+            "params": self.params,
+            "rng": self._rng.bit_generator.state,
+        }
 
     @classmethod
     def load(cls, directory):

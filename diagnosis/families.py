@@ -22,8 +22,14 @@ class CatBoostFamily(FamilyModel):
         from catboost import CatBoostClassifier
 
         p = {"iterations": 300, "depth": 5, "learning_rate": 0.1, **self.params}
-        return CatBoostClassifier(loss_function="MultiClass", random_seed=self.seed, thread_count=self.threads,
-                                  verbose=False, allow_writing_files=False, **p)
+        return CatBoostClassifier(
+            loss_function="MultiClass",
+            random_seed=self.seed,
+            thread_count=self.threads,
+            verbose=False,
+            allow_writing_files=False,
+            **p,
+        )
 
     def _save_estimator(self, estimator, path):
         estimator.save_model(str(path))
@@ -47,10 +53,22 @@ class XGBoostFamily(FamilyModel):
     def _new_estimator(self, target, n_classes):
         from xgboost import XGBClassifier
 
-        p = {"n_estimators": 400, "max_depth": 4, "learning_rate": 0.05, "subsample": 0.8,
-             "colsample_bytree": 0.5, **self.params}
-        return XGBClassifier(objective="multi:softprob", num_class=n_classes, tree_method="hist",
-                             n_jobs=self.threads, random_state=self.seed, **p)
+        p = {
+            "n_estimators": 400,
+            "max_depth": 4,
+            "learning_rate": 0.05,
+            "subsample": 0.8,
+            "colsample_bytree": 0.5,
+            **self.params,
+        }
+        return XGBClassifier(
+            objective="multi:softprob",
+            num_class=n_classes,
+            tree_method="hist",
+            n_jobs=self.threads,
+            random_state=self.seed,
+            **p,
+        )
 
     def _save_estimator(self, estimator, path):
         estimator.save_model(str(path))

@@ -20,6 +20,7 @@ import pandas as pd
 from hydraulics.components import TARGETS, target_classes
 from hydraulics.features import get_feature_set
 
+
 def encode_labels(target: str, values: np.ndarray) -> np.ndarray:
     """Level values (e.g. 130 bar) → column indices of ``target_classes(target)``."""
     classes = target_classes(target)
@@ -73,7 +74,7 @@ class FamilyModel:
         for est in self.estimators.values():
             self._pin_estimator_threads(est, threads)
 
-    def fit(self, X: np.ndarray, labels: pd.DataFrame) -> "FamilyModel":
+    def fit(self, X: np.ndarray, labels: pd.DataFrame) -> FamilyModel:
         for target in TARGETS:
             classes = target_classes(target)
             y = encode_labels(target, labels[target].to_numpy())
@@ -84,8 +85,10 @@ class FamilyModel:
 
     def predict_proba(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """``{target: (n, n_levels)}``, columns in ``target_classes(target)`` order."""
-        return {target: self._all_levels(target, est, self._predict_proba(est, X[:, self.columns[target]]))
-                for target, est in self.estimators.items()}
+        return {
+            target: self._all_levels(target, est, self._predict_proba(est, X[:, self.columns[target]]))
+            for target, est in self.estimators.items()
+        }
 
     @staticmethod
     def _all_levels(target: str, estimator, proba: np.ndarray) -> np.ndarray:
@@ -103,11 +106,13 @@ class FamilyModel:
             name = f"{target}{self.file_suffix}"
             self._save_estimator(est, directory / name)
             files.append(name)
-        (directory / "family.json").write_text(json.dumps({"family": self.family, "params": self.params, "feature_set": self.feature_set}))
+        (directory / "family.json").write_text(
+            json.dumps({"family": self.family, "params": self.params, "feature_set": self.feature_set})
+        )
         return files
 
     @classmethod
-    def load(cls, directory: Path) -> "FamilyModel":
+    def load(cls, directory: Path) -> FamilyModel:
         meta = json.loads((directory / "family.json").read_text())
         model = cls(params=meta.get("params"), feature_set=meta["feature_set"])
         for target in TARGETS:

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from diagnosis.adaptive import AdaptiveFamily
-from diagnosis.family_base import FamilyModel
 from diagnosis.families import CatBoostFamily, RandomForestFamily, XGBoostFamily
+from diagnosis.family_base import FamilyModel
 
 
 @dataclass(frozen=True)
@@ -26,12 +26,15 @@ class FamilySpec:
     learns_from_feedback: bool = False  # updated online from operator-confirmed labels
 
 
-FAMILIES: dict[str, FamilySpec] = {spec.name: spec for spec in (
-    FamilySpec("catboost", CatBoostFamily, "CatBoostModel"),
-    FamilySpec("xgboost", XGBoostFamily, "XGBoostModel"),
-    FamilySpec("random_forest", RandomForestFamily, "RandomForestModel"),
-    FamilySpec("adaptive", AdaptiveFamily, "AdaptiveModel", learns_from_feedback=True),
-)}
+FAMILIES: dict[str, FamilySpec] = {
+    spec.name: spec
+    for spec in (
+        FamilySpec("catboost", CatBoostFamily, "CatBoostModel"),
+        FamilySpec("xgboost", XGBoostFamily, "XGBoostModel"),
+        FamilySpec("random_forest", RandomForestFamily, "RandomForestModel"),
+        FamilySpec("adaptive", AdaptiveFamily, "AdaptiveModel", learns_from_feedback=True),
+    )
+}
 FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
 
 

@@ -73,7 +73,7 @@ class CycleRejected(BaseModel):
     message: str
 
     @classmethod
-    def from_error(cls, error) -> "CycleRejected":
+    def from_error(cls, error) -> CycleRejected:
         return cls(channel=error.channel, problem=error.problem, message=str(error))
 
 

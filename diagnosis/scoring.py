@@ -18,9 +18,16 @@ def answer_blocks(bundle: ModelBundle, feature_blocks: Sequence[np.ndarray]) -> 
     start = time.perf_counter()
     probas = bundle.model.predict_proba(X)
     elapsed_ms = (time.perf_counter() - start) * 1000
-    return [FamilyAnswer(family=bundle.family, version=bundle.version, probas={t: p[part] for t, p in probas.items()},
-                         processing_time_ms=elapsed_ms, batch_rows=len(X))
-            for part in group_slices(len(b) for b in feature_blocks)]
+    return [
+        FamilyAnswer(
+            family=bundle.family,
+            version=bundle.version,
+            probas={t: p[part] for t, p in probas.items()},
+            processing_time_ms=elapsed_ms,
+            batch_rows=len(X),
+        )
+        for part in group_slices(len(b) for b in feature_blocks)
+    ]
 
 
 def bundle_info(bundle: ModelBundle) -> dict:

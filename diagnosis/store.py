@@ -73,8 +73,13 @@ def library_versions() -> dict[str, str]:
     import sklearn
     import xgboost
 
-    return {"python": platform.python_version(), "numpy": np.__version__, "scikit-learn": sklearn.__version__,
-            "catboost": catboost.__version__, "xgboost": xgboost.__version__}
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "catboost": catboost.__version__,
+        "xgboost": xgboost.__version__,
+    }
 
 
 class ModelStore:
@@ -87,8 +92,15 @@ class ModelStore:
         return "/".join([self.root, *parts])
 
     # --- writing ------------------------------------------------------------------
-    def save(self, model: FamilyModel, version: str, feature_set: str, training: dict, metrics: dict,
-             extra: dict | None = None) -> dict:
+    def save(
+        self,
+        model: FamilyModel,
+        version: str,
+        feature_set: str,
+        training: dict,
+        metrics: dict,
+        extra: dict | None = None,
+    ) -> dict:
         if model.feature_set != feature_set:
             raise ValueError(f"{model.family} model was fitted on feature set {model.feature_set}, not {feature_set}")
         fs_sig = get_feature_set(feature_set).signature()
@@ -150,8 +162,11 @@ class ModelStore:
     def families(self) -> list[str]:
         if not self.fs.exists(self.root):
             return []
-        return sorted(p.rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)
-                      if self.fs.isdir(p) and p.rsplit("/", 1)[-1] != "reports")
+        return sorted(
+            p.rsplit("/", 1)[-1]
+            for p in self.fs.ls(self.root, detail=False)
+            if self.fs.isdir(p) and p.rsplit("/", 1)[-1] != "reports"
+        )
 
     def versions(self, family: str) -> list[str]:
         base = self._path(family)

@@ -14,8 +14,15 @@ from diagnosis.registry import family_class
 from hydraulics.components import TARGETS
 
 
-def fit_family(family: str, X: np.ndarray, labels: pd.DataFrame, seed: int = 0, threads: int = 1,
-               params: dict | None = None, feature_set: str = "rig_1hz") -> tuple[FamilyModel, float]:
+def fit_family(
+    family: str,
+    X: np.ndarray,
+    labels: pd.DataFrame,
+    seed: int = 0,
+    threads: int = 1,
+    params: dict | None = None,
+    feature_set: str = "rig_1hz",
+) -> tuple[FamilyModel, float]:
     model = family_class(family)(seed=seed, threads=threads, params=params, feature_set=feature_set)
     start = time.perf_counter()
     model.fit(X, labels)

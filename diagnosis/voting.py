@@ -31,7 +31,9 @@ from hydraulics.components import COMPONENTS, SEVERITY_ORDER, STABLE_TARGET, TAR
 Probas = Mapping[str, np.ndarray]  # target → (n, n_levels)
 
 
-def weighted_probas(by_family: Mapping[str, Probas], weights: Mapping[str, float]) -> tuple[dict[str, np.ndarray], float]:
+def weighted_probas(
+    by_family: Mapping[str, Probas], weights: Mapping[str, float]
+) -> tuple[dict[str, np.ndarray], float]:
     """Weighted mean of the answering families' probabilities; also the answered weight share."""
     if not by_family:
         raise ValueError("no model answered")
@@ -98,16 +100,18 @@ def diagnose(probas: Probas, coverage: float = 1.0, threshold: float = 0.5) -> l
         if STABLE_TARGET in probas:
             p_unstable = float(probas[STABLE_TARGET][i, target_classes(STABLE_TARGET).index(1)])
             steady_state = SteadyState(stable=p_unstable < 0.5, probability_not_stable=round(p_unstable, 6))
-        out.append(Verdict(
-            is_anomaly=is_anomaly,
-            anomaly_score=round(float(anomaly_score[i]), 6),
-            severity=severity,
-            confidence=round(float(top_p[i] * coverage), 6),
-            affected_components=affected,
-            anomaly_type=anomaly_type,
-            components=components,
-            steady_state=steady_state,
-        ))
+        out.append(
+            Verdict(
+                is_anomaly=is_anomaly,
+                anomaly_score=round(float(anomaly_score[i]), 6),
+                severity=severity,
+                confidence=round(float(top_p[i] * coverage), 6),
+                affected_components=affected,
+                anomaly_type=anomaly_type,
+                components=components,
+                steady_state=steady_state,
+            )
+        )
     return out
 
 
@@ -128,9 +132,14 @@ def family_scores(probas: Probas) -> tuple[np.ndarray, np.ndarray]:
     return 1.0 - nominal, confidence
 
 
-def diagnose_answers(answers: Mapping[str, FamilyAnswer], weights: Mapping[str, float], threshold: float,
-                     n_features: int, failed: Mapping[str, str] | None = None,
-                     feature_extraction_ms: float | None = None) -> list[Diagnosis]:
+def diagnose_answers(
+    answers: Mapping[str, FamilyAnswer],
+    weights: Mapping[str, float],
+    threshold: float,
+    n_features: int,
+    failed: Mapping[str, str] | None = None,
+    feature_extraction_ms: float | None = None,
+) -> list[Diagnosis]:
     """One ``Diagnosis`` per row of the answering families' probabilities.
 
     ``failed`` names the families that did not answer and why; they count against
@@ -144,24 +153,29 @@ def diagnose_answers(answers: Mapping[str, FamilyAnswer], weights: Mapping[str, 
     failed = dict(failed or {})
     out = []
     for row, verdict in enumerate(verdicts):
-        replies = [ModelReply(
-            ml_model=name,
-            version=a.version,
-            prediction_score=round(float(scores[name][0][row]), 6),
-            confidence=round(float(scores[name][1][row]), 6),
-            processing_time_ms=round(a.processing_time_ms, 3),
-            round_trip_ms=None if a.round_trip_ms is None else round(a.round_trip_ms, 3),
-            features_used=n_features,
-        ) for name, a in answers.items()]
+        replies = [
+            ModelReply(
+                ml_model=name,
+                version=a.version,
+                prediction_score=round(float(scores[name][0][row]), 6),
+                confidence=round(float(scores[name][1][row]), 6),
+                processing_time_ms=round(a.processing_time_ms, 3),
+                round_trip_ms=None if a.round_trip_ms is None else round(a.round_trip_ms, 3),
+                features_used=n_features,
+            )
+            for name, a in answers.items()
+        ]
         ensemble_score = sum(weights[r.ml_model] * r.prediction_score for r in replies) / answered_weight
-        out.append(Diagnosis(
-            prediction=verdict,
-            ml_predictions=replies,
-            models_failed=failed,
-            ensemble_score=round(ensemble_score, 6),
-            ensemble_coverage=coverage,
-            features_extracted=n_features,
-            model_versions=versions,
-            feature_extraction_ms=None if feature_extraction_ms is None else round(feature_extraction_ms, 3),
-        ))
+        out.append(
+            Diagnosis(
+                prediction=verdict,
+                ml_predictions=replies,
+                models_failed=failed,
+                ensemble_score=round(ensemble_score, 6),
+                ensemble_coverage=coverage,
+                features_extracted=n_features,
+                model_versions=versions,
+                feature_extraction_ms=None if feature_extraction_ms is None else round(feature_extraction_ms, 3),
+            )
+        )
     return out

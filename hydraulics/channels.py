@@ -81,6 +81,4 @@ def canonical_name(name: str) -> str:
         return key.upper()
     if key.lower() in ALIASES:
         return ALIASES[key.lower()]
-    raise KeyError(
-        f"unknown channel {name!r}; expected one of {sorted(CHANNELS)} or an alias {sorted(ALIASES)}"
-    )
+    raise KeyError(f"unknown channel {name!r}; expected one of {sorted(CHANNELS)} or an alias {sorted(ALIASES)}")

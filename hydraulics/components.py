@@ -48,7 +48,10 @@ COMPONENTS: dict[str, Component] = {
     c.name: c
     for c in [
         Component(
-            "cooler", "cooler efficiency", "%", "cooler_degradation",
+            "cooler",
+            "cooler efficiency",
+            "%",
+            "cooler_degradation",
             (
                 Level(100, "full efficiency", "normal"),
                 Level(20, "reduced efficiency", "warning"),
@@ -56,7 +59,10 @@ COMPONENTS: dict[str, Component] = {
             ),
         ),
         Component(
-            "valve", "valve switching condition", "%", "valve_lag",
+            "valve",
+            "valve switching condition",
+            "%",
+            "valve_lag",
             (
                 Level(100, "optimal switching behaviour", "normal"),
                 Level(90, "small lag", "warning"),
@@ -65,7 +71,10 @@ COMPONENTS: dict[str, Component] = {
             ),
         ),
         Component(
-            "pump", "internal pump leakage", "class", "internal_pump_leakage",
+            "pump",
+            "internal pump leakage",
+            "class",
+            "internal_pump_leakage",
             (
                 Level(0, "no leakage", "normal"),
                 Level(1, "weak leakage", "warning"),
@@ -73,7 +82,10 @@ COMPONENTS: dict[str, Component] = {
             ),
         ),
         Component(
-            "accumulator", "accumulator precharge pressure", "bar", "accumulator_precharge_loss",
+            "accumulator",
+            "accumulator precharge pressure",
+            "bar",
+            "accumulator_precharge_loss",
             (
                 Level(130, "optimal pressure", "normal"),
                 Level(115, "slightly reduced pressure", "warning"),

@@ -40,7 +40,7 @@ class RigDataset:
     def __len__(self) -> int:
         return len(self.cycle_ids)
 
-    def subset(self, index: Sequence[int] | np.ndarray) -> "RigDataset":
+    def subset(self, index: Sequence[int] | np.ndarray) -> RigDataset:
         """Cycles by position (not by cycle id)."""
         index = np.asarray(index)
         return RigDataset(
@@ -51,11 +51,13 @@ class RigDataset:
             meta=dict(self.meta),
         )
 
-    def select_channels(self, names: Sequence[str]) -> "RigDataset":
+    def select_channels(self, names: Sequence[str]) -> RigDataset:
         missing = [n for n in names if n not in self.channels]
         if missing:
             raise KeyError(f"dataset {self.source!r} has no channel(s) {missing}")
-        return RigDataset({n: self.channels[n] for n in names}, self.cycle_ids, self.labels, self.source, dict(self.meta))
+        return RigDataset(
+            {n: self.channels[n] for n in names}, self.cycle_ids, self.labels, self.source, dict(self.meta)
+        )
 
     def cycles(self) -> Iterator[dict[str, np.ndarray]]:
         """One ``{channel: 1-D array}`` dict per cycle, the shape API requests arrive in."""
@@ -63,7 +65,7 @@ class RigDataset:
             yield {name: values[i] for name, values in self.channels.items()}
 
     @staticmethod
-    def concat(parts: Sequence["RigDataset"]) -> "RigDataset":
+    def concat(parts: Sequence[RigDataset]) -> RigDataset:
         names = list(parts[0].channels)
         labels = None
         if all(p.labels is not None for p in parts):

@@ -39,6 +39,7 @@ FeatureFn = Callable[[Block, float], tuple[list[str], list[np.ndarray]]]
 
 # --- building blocks (each returns names and (n,) columns) --------------------
 
+
 def _per_second(block: np.ndarray, rate: int) -> np.ndarray:
     """Average a channel to one value per second, so every rate shares one time axis."""
     if rate == 1:
@@ -55,8 +56,16 @@ def _curve_stats(prefix: str, curve: np.ndarray) -> tuple[list[str], list[np.nda
     w = min(FIRST_LAST_WINDOW_S, seconds)
     first, last = curve[:, :w].mean(axis=1), curve[:, -w:].mean(axis=1)
     names = ["mean", "std", "min", "max", "first10", "last10", "drift", "slope"]
-    cols = [curve.mean(axis=1), curve.std(axis=1), curve.min(axis=1), curve.max(axis=1),
-            first, last, last - first, slope]
+    cols = [
+        curve.mean(axis=1),
+        curve.std(axis=1),
+        curve.min(axis=1),
+        curve.max(axis=1),
+        first,
+        last,
+        last - first,
+        slope,
+    ]
     return [f"{prefix}__{n}" for n in names], cols
 
 
@@ -89,10 +98,18 @@ def _profile(prefix: str, curve: np.ndarray) -> tuple[list[str], list[np.ndarray
     t0 = LOAD_STEPS_S[0]
     after = curve[:, t0 + STEP_SETTLE_S : LOAD_STEPS_S[1]].mean(axis=1)
     safe = lambda x: np.where(np.abs(x) > 1e-6, x, 1e-6)  # noqa: E731 - a zero plateau must not divide
-    names += [f"{prefix}__switch_ratio", f"{prefix}__switch_vs_next", f"{prefix}__switch_vs_settled",
-              f"{prefix}__cycle_start"]
-    cols += [curve[:, t0] / safe(plateau), curve[:, t0] / safe(curve[:, t0 + STEP_SETTLE_S]),
-             curve[:, t0] - after, curve[:, 0]]
+    names += [
+        f"{prefix}__switch_ratio",
+        f"{prefix}__switch_vs_next",
+        f"{prefix}__switch_vs_settled",
+        f"{prefix}__cycle_start",
+    ]
+    cols += [
+        curve[:, t0] / safe(plateau),
+        curve[:, t0] / safe(curve[:, t0 + STEP_SETTLE_S]),
+        curve[:, t0] - after,
+        curve[:, 0],
+    ]
     return names, cols
 
 
@@ -137,7 +154,10 @@ def _cross_channel(block: Block) -> tuple[list[str], list[np.ndarray]]:
     if "TS3" in curves and "TS4" in curves:  # temperature drop across the cooler
         delta = curves["TS3"] - curves["TS4"]
         names += ["x__cooler_delta_mean", "x__cooler_delta_drift"]
-        cols += [delta.mean(axis=1), delta[:, -FIRST_LAST_WINDOW_S:].mean(axis=1) - delta[:, :FIRST_LAST_WINDOW_S].mean(axis=1)]
+        cols += [
+            delta.mean(axis=1),
+            delta[:, -FIRST_LAST_WINDOW_S:].mean(axis=1) - delta[:, :FIRST_LAST_WINDOW_S].mean(axis=1),
+        ]
     if "CP" in curves and "CE" in curves:  # cooling power per unit efficiency
         names.append("x__cp_per_ce")
         cols.append(curves["CP"].mean(axis=1) / np.maximum(curves["CE"].mean(axis=1), 1e-6))
@@ -153,6 +173,7 @@ def _cross_channel(block: Block) -> tuple[list[str], list[np.ndarray]]:
 
 # --- feature sets --------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class FeatureSet:
     name: str
@@ -165,8 +186,10 @@ class FeatureSet:
 
     def feature_names(self) -> list[str]:
         if not self._names:
-            probe = {c: np.full((1, CHANNELS[c].rate_hz * self.min_seconds), np.mean(CHANNELS[c].plausible_range))
-                     for c in self.channels}
+            probe = {
+                c: np.full((1, CHANNELS[c].rate_hz * self.min_seconds), np.mean(CHANNELS[c].plausible_range))
+                for c in self.channels
+            }
             # Slice assignment replaces the whole list: threads that race here
             # (replicas load several bundles at once) all leave the same names.
             self._names[:] = _compute(self, probe)[0]
@@ -198,8 +221,12 @@ class FeatureSet:
 
     def signature(self) -> dict:
         """What a model bundle records to prove it matches this code."""
-        return {"name": self.name, "version": self.version, "channels": list(self.channels),
-                "feature_names": self.feature_names()}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "channels": list(self.channels),
+            "feature_names": self.feature_names(),
+        }
 
 
 FEATURE_SETS: dict[str, FeatureSet] = {
@@ -207,8 +234,12 @@ FEATURE_SETS: dict[str, FeatureSet] = {
     for fs in [
         FeatureSet("rig_1hz", UCI_1HZ_CHANNELS, description="the eight 1 Hz channels (UCI public subset)"),
         FeatureSet("rig_full", tuple(CHANNELS), description="all 17 channels at their native rates"),
-        FeatureSet("compact", ("PS1", "EPS1", "FS1", "TS1", "VS1"), profile_channels=("PS1",),
-                   description="the five channels behind the simple API aliases"),
+        FeatureSet(
+            "compact",
+            ("PS1", "EPS1", "FS1", "TS1", "VS1"),
+            profile_channels=("PS1",),
+            description="the five channels behind the simple API aliases",
+        ),
     ]
 }
 

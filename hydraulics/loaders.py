@@ -224,8 +224,11 @@ def _channel_matrix(column: pa.ChunkedArray, name: str, fmt: str, uri: str) -> n
         lengths = np.array([len(r) for r in rows])
     else:
         column = column.combine_chunks()
-        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
-                or pa.types.is_fixed_size_list(column.type)):
+        if not (
+            pa.types.is_list(column.type)
+            or pa.types.is_large_list(column.type)
+            or pa.types.is_fixed_size_list(column.type)
+        ):
             raise ValueError(f"{uri}: channel {name} has type {column.type}, expected list<float64>")
         if column.null_count:
             raise ValueError(f"{uri}: channel {name}, row {column.is_null().index(True).as_py()}: missing values")

@@ -78,19 +78,24 @@ from hydraulics.dataset import RigDataset
 
 # (start time s, PS1 set-point bar) of each load step; the first entry holds from t=0.
 LOAD_PROFILE: tuple[tuple[float, float], ...] = (
-    (0.0, 132.0), (9.0, 182.0), (19.0, 160.0), (29.0, 176.0), (39.0, 150.0), (50.0, 186.0),
+    (0.0, 132.0),
+    (9.0, 182.0),
+    (19.0, 160.0),
+    (29.0, 176.0),
+    (39.0, 150.0),
+    (50.0, 186.0),
 )
 SWITCH_TIMES = np.array([t for t, _ in LOAD_PROFILE[1:]])
-PUMP_DISPLACEMENT_LPM = 6.8      # theoretical pump flow
-MOTOR_IDLE_W = 600.0             # no-load losses of motor and pump
-PUMP_EFFICIENCY = 0.88           # hydro-mechanical
-VALVE_DROP_BAR = 12.0            # pressure drop across the open working valve
+PUMP_DISPLACEMENT_LPM = 6.8  # theoretical pump flow
+MOTOR_IDLE_W = 600.0  # no-load losses of motor and pump
+PUMP_EFFICIENCY = 0.88  # hydro-mechanical
+VALVE_DROP_BAR = 12.0  # pressure drop across the open working valve
 AMBIENT_C = 20.0
-HEAT_LOAD_KW = 2.4               # heat the working circuit dumps into the oil
-COOLING_FLOW_KW_PER_K = 0.244    # heat capacity flow through the cooler
-PASSIVE_LOSS_KW_PER_K = 0.023    # tank and pipes
-STABLE_FRACTION = 0.3            # share of simulated cycles still warming up
-_CHUNK = 192                     # cycles per vectorised batch: bounds peak memory
+HEAT_LOAD_KW = 2.4  # heat the working circuit dumps into the oil
+COOLING_FLOW_KW_PER_K = 0.244  # heat capacity flow through the cooler
+PASSIVE_LOSS_KW_PER_K = 0.023  # tank and pipes
+STABLE_FRACTION = 0.3  # share of simulated cycles still warming up
+_CHUNK = 192  # cycles per vectorised batch: bounds peak memory
 
 _T100 = np.arange(6000) / 100.0
 _T1 = np.arange(CYCLE_SECONDS, dtype=np.float64)
@@ -100,7 +105,7 @@ def _params(conds: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str,
     """Per-cycle physical parameters: condition effects plus per-cycle variation."""
     n = len(conds["cooler"])
     p: dict[str, np.ndarray] = {}
-    lag = (100.0 - conds["valve"]) / 27.0            # 0 healthy .. 1 close to failure
+    lag = (100.0 - conds["valve"]) / 27.0  # 0 healthy .. 1 close to failure
     jitter = rng.lognormal(0.0, 0.10, n)
     # Lag grows faster than linearly towards failure (sticking spool).
     p["valve_delay"] = (0.04 + 0.26 * lag + 0.22 * lag**2) * jitter
@@ -125,7 +130,7 @@ def _temperatures(p, conds, leak_kw):
     total_k = cool_k + PASSIVE_LOSS_KW_PER_K
     t_ss = p["ambient"] + (p["heat_load"] + leak_kw) / total_k
     # Weak cooling -> long thermal time constant -> still warming within the cycle.
-    tau = 12.0 / total_k                                # s; ~90 s healthy, ~240 s fouled
+    tau = 12.0 / total_k  # s; ~90 s healthy, ~240 s fouled
     drift = 0.35 + 0.6 * (1.0 - conds["cooler"] / 100.0)  # residual rise in a "stable" cycle
     gap = drift + p["warmup_gap"]
     t_oil = t_ss[:, None] - gap[:, None] * np.exp(-_T1[None, :] / tau[:, None])
@@ -171,8 +176,12 @@ def _block_mean(x: np.ndarray, rate_hz: int) -> np.ndarray:
     return x.reshape(n, rate_hz * CYCLE_SECONDS, 100 // rate_hz).mean(axis=2)
 
 
-def _simulate_batch(conds: dict[str, np.ndarray], rng_params: np.random.Generator,
-                    noise: dict[str, np.random.Generator], wanted: set[str]) -> dict[str, np.ndarray]:
+def _simulate_batch(
+    conds: dict[str, np.ndarray],
+    rng_params: np.random.Generator,
+    noise: dict[str, np.random.Generator],
+    wanted: set[str],
+) -> dict[str, np.ndarray]:
     p = _params(conds, rng_params)
     setpoint, opening, dip, refill = _pressures(p, conds)
     ps1 = setpoint - dip - 2.0 * refill
@@ -187,7 +196,7 @@ def _simulate_batch(conds: dict[str, np.ndarray], rng_params: np.random.Generato
     t_oil, cool_k = _temperatures(p, conds, leak_kw)
 
     motor_w = MOTOR_IDLE_W + ps1 * PUMP_DISPLACEMENT_LPM / 600.0 / PUMP_EFFICIENCY * 1000.0
-    motor_w *= 1.0 + 0.012 * conds["pump"][:, None]   # worn pump: more friction
+    motor_w *= 1.0 + 0.012 * conds["pump"][:, None]  # worn pump: more friction
     ps2 = (ps1 - VALVE_DROP_BAR) * (0.86 + 0.14 * opening)
     # The accumulator's refill flow is taken from the actuator's share.
     useful_kw = ps2 * np.maximum(flow * opening - refill, 0.0) / 600.0
@@ -202,7 +211,7 @@ def _simulate_batch(conds: dict[str, np.ndarray], rng_params: np.random.Generato
 
     emit("PS1", ps1, 0.25, 2)
     emit("PS2", ps2, 0.25, 2)
-    switching = np.abs(np.gradient(setpoint, axis=1)) * 100.0 / 60.0   # bar/s, scaled
+    switching = np.abs(np.gradient(setpoint, axis=1)) * 100.0 / 60.0  # bar/s, scaled
     emit("PS3", 1.2 + 0.02 * flow + 0.02 * switching, 0.03, 3)
     emit("PS4", 0.3 * setpoint - 1.8 * dip - 2.0 * refill - 0.08 * (conds["accumulator"][:, None] - 90.0), 0.15, 2)
     t100 = np.repeat(t_oil, 100, axis=1)
@@ -228,11 +237,15 @@ def _simulate_batch(conds: dict[str, np.ndarray], rng_params: np.random.Generato
     emit("SE", se, 0.25, 3)
 
     shock = _block_mean(np.abs(np.diff(opening, axis=1, prepend=1.0)), 1) * 100.0
-    vibration = (p["vibration_base"][:, None] + 0.0065 * (t_oil - 35.0)
-                 + 0.012 * conds["pump"][:, None] + 0.03 * shock * (0.3 + p["valve_lag"][:, None])
-                 # a low precharge leaves little gas volume, so pump pulsation is damped less
-                 + 0.012 * np.clip(p["acc_deficit"], 0.0, None)[:, None]
-                 + 0.03 * np.exp(-_T1[None, :] / 20.0))  # run-in after the cycle start
+    vibration = (
+        p["vibration_base"][:, None]
+        + 0.0065 * (t_oil - 35.0)
+        + 0.012 * conds["pump"][:, None]
+        + 0.03 * shock * (0.3 + p["valve_lag"][:, None])
+        # a low precharge leaves little gas volume, so pump pulsation is damped less
+        + 0.012 * np.clip(p["acc_deficit"], 0.0, None)[:, None]
+        + 0.03 * np.exp(-_T1[None, :] / 20.0)
+    )  # run-in after the cycle start
     emit("VS1", vibration, 0.006, 3)
     return out
 
@@ -265,8 +278,9 @@ def _run(conds: dict[str, np.ndarray], entropy: list[int], channels: Sequence[st
     return out
 
 
-def simulate_cycle(cooler: int, valve: int, pump: int, accumulator: int, stable: int = 0,
-                   rng: int | np.random.Generator | None = None) -> dict[str, np.ndarray]:
+def simulate_cycle(
+    cooler: int, valve: int, pump: int, accumulator: int, stable: int = 0, rng: int | np.random.Generator | None = None
+) -> dict[str, np.ndarray]:
     """One 60 s cycle of all 17 channels as ``{channel: 1-D array}``.
 
     ``rng`` is a seed, a ``numpy.random.Generator`` or ``None`` (fresh entropy).
@@ -281,12 +295,18 @@ def simulate_cycle(cooler: int, valve: int, pump: int, accumulator: int, stable:
 
 def all_conditions() -> list[dict[str, int]]:
     """Every combination of the four components' levels (3*4*3*4 = 144)."""
-    return [dict(zip(COMPONENT_NAMES, combo))
-            for combo in itertools.product(*(COMPONENTS[c].values for c in COMPONENT_NAMES))]
+    return [
+        dict(zip(COMPONENT_NAMES, combo))
+        for combo in itertools.product(*(COMPONENTS[c].values for c in COMPONENT_NAMES))
+    ]
 
 
-def simulate_dataset(n_per_condition: int = 12, seed: int = 0, channels: Sequence[str] | None = None,
-                     conditions: Iterable[dict] | None = None) -> RigDataset:
+def simulate_dataset(
+    n_per_condition: int = 12,
+    seed: int = 0,
+    channels: Sequence[str] | None = None,
+    conditions: Iterable[dict] | None = None,
+) -> RigDataset:
     """``n_per_condition`` labelled cycles for each condition (default: all 144 combinations).
 
     A condition dict names the four components' levels and may fix ``stable``;
@@ -312,5 +332,10 @@ def simulate_dataset(n_per_condition: int = 12, seed: int = 0, channels: Sequenc
     conds = {c: frame[c].to_numpy(dtype=np.float64) for c in TARGETS}
     data = _run(conds, [seed], channels)
     labels = frame[list(TARGETS)].astype(np.int64)
-    return RigDataset(data, np.arange(len(frame)), labels, source=f"simulator(seed={seed})",
-                      meta={"seed": seed, "n_per_condition": n_per_condition})
+    return RigDataset(
+        data,
+        np.arange(len(frame)),
+        labels,
+        source=f"simulator(seed={seed})",
+        meta={"seed": seed, "n_per_condition": n_per_condition},
+    )

@@ -67,7 +67,7 @@ def check_block(channels: Mapping[str, np.ndarray], cycle_ids: Sequence[int] | N
         spec = CHANNELS[name]
         n_samples = block.shape[1]
 
-        def fail(problem: str, rows: np.ndarray | None = None) -> SensorDataError:
+        def fail(problem: str, rows: np.ndarray | None = None, name=name, block=block) -> SensorDataError:
             row = int(np.flatnonzero(rows)[0]) if rows is not None and rows.any() else None
             cycle = None if row is None else (int(cycle_ids[row]) if cycle_ids is not None else row)
             return SensorDataError(name, problem, cycle if block.shape[0] > 1 or cycle_ids is not None else None)
@@ -75,9 +75,7 @@ def check_block(channels: Mapping[str, np.ndarray], cycle_ids: Sequence[int] | N
         if n_samples == 0:
             raise fail("empty: no samples")
         if n_samples % spec.rate_hz:
-            raise fail(
-                f"wrong rate/length: {n_samples} samples is not a whole number of seconds at {spec.rate_hz} Hz"
-            )
+            raise fail(f"wrong rate/length: {n_samples} samples is not a whole number of seconds at {spec.rate_hz} Hz")
         finite = np.isfinite(block)
         if not finite.all():
             bad_rows = ~finite.all(axis=1)

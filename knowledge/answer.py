@@ -14,8 +14,8 @@ question's vector, answering is then only dot products. Passages without them
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Sequence
 
 import numpy as np
 
@@ -95,14 +95,20 @@ class ExtractiveAnswerer:
             if len(sentences) == 0:
                 continue
             if vectors.ndim != 2 or len(vectors) != len(sentences):
-                raise ValueError(f"passage {number} has {len(sentences)} sentences but vectors of shape "
-                                 f"{vectors.shape}")
+                raise ValueError(
+                    f"passage {number} has {len(sentences)} sentences but vectors of shape {vectors.shape}"
+                )
             out.extend(Candidate(number, position, str(text)) for position, text in enumerate(sentences))
             blocks.append(vectors)
         return out, (np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32))
 
-    def answer(self, question: str, passages: Sequence[dict], embed: Callable[[list[str]], np.ndarray] | None = None,
-               question_vector: np.ndarray | None = None) -> Answer:
+    def answer(
+        self,
+        question: str,
+        passages: Sequence[dict],
+        embed: Callable[[list[str]], np.ndarray] | None = None,
+        question_vector: np.ndarray | None = None,
+    ) -> Answer:
         """With ``question_vector`` and build-time sentence vectors, no embedding happens here."""
         ready = self._without_embedding(passages, embed, question_vector)
         if isinstance(ready, Answer):
@@ -110,9 +116,13 @@ class ExtractiveAnswerer:
         vectors = np.asarray(embed([question] + [c.text for c in ready]), dtype=np.float32)
         return self.select(vectors[0], ready, vectors[1:])
 
-    async def aanswer(self, question: str, passages: Sequence[dict],
-                      embed: Callable[[list[str]], Awaitable[np.ndarray]] | None = None,
-                      question_vector: np.ndarray | None = None) -> Answer:
+    async def aanswer(
+        self,
+        question: str,
+        passages: Sequence[dict],
+        embed: Callable[[list[str]], Awaitable[np.ndarray]] | None = None,
+        question_vector: np.ndarray | None = None,
+    ) -> Answer:
         ready = self._without_embedding(passages, embed, question_vector)
         if isinstance(ready, Answer):
             return ready
@@ -138,14 +148,15 @@ class ExtractiveAnswerer:
             return Answer(NO_ANSWER)
         similarity = vectors @ question_vec
         # A slight preference for better-ranked passages breaks ties between equally close sentences.
-        ranked = sorted(range(len(candidates)),
-                        key=lambda i: similarity[i] - 0.01 * candidates[i].source, reverse=True)
+        ranked = sorted(range(len(candidates)), key=lambda i: similarity[i] - 0.01 * candidates[i].source, reverse=True)
         chosen: list[int] = []
         for i in ranked:
             if similarity[i] < self.min_similarity or len(chosen) >= self.max_sentences:
                 break
-            if any(candidates[i].text == candidates[j].text or
-                   float(vectors[i] @ vectors[j]) >= self.duplicate_similarity for j in chosen):
+            if any(
+                candidates[i].text == candidates[j].text or float(vectors[i] @ vectors[j]) >= self.duplicate_similarity
+                for j in chosen
+            ):
                 continue
             chosen.append(i)
         if not chosen:
@@ -155,8 +166,9 @@ class ExtractiveAnswerer:
         return Answer(text=text, sources=sorted({c.source for c in picked}), sentences=picked)
 
 
-def embed_sentences(texts: Sequence[str], embed: Callable[[list[str]], np.ndarray],
-                    dims: int | None = None) -> tuple[list[list[str]], np.ndarray]:
+def embed_sentences(
+    texts: Sequence[str], embed: Callable[[list[str]], np.ndarray], dims: int | None = None
+) -> tuple[list[list[str]], np.ndarray]:
     """Index build time: each chunk text's answer sentences, and all their vectors in one pass.
 
     Returns the sentences per text and one matrix with their vectors, text after

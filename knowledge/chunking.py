@@ -69,8 +69,7 @@ def load_tokenizer(model_path: str | None = None):
 
 
 class Chunker:
-    def __init__(self, tokenizer=None, max_tokens: int = 200, overlap_tokens: int = 40,
-                 model_max_tokens: int = 256):
+    def __init__(self, tokenizer=None, max_tokens: int = 200, overlap_tokens: int = 40, model_max_tokens: int = 256):
         if not 0 <= overlap_tokens < max_tokens:
             raise ValueError(f"overlap_tokens ({overlap_tokens}) must be >= 0 and < max_tokens ({max_tokens})")
         self.tokenizer = tokenizer or load_tokenizer()
@@ -85,10 +84,17 @@ class Chunker:
         chunks: list[Chunk] = []
         for path, body in split_sections(doc.text, doc.title):
             for text in self._chunk_section(path, body):
-                chunks.append(Chunk(
-                    chunk_id=f"{doc.id}#{len(chunks):03d}", document_id=doc.id, title=doc.title,
-                    heading_path=path, text=text, components=doc.components, tags=doc.tags,
-                ))
+                chunks.append(
+                    Chunk(
+                        chunk_id=f"{doc.id}#{len(chunks):03d}",
+                        document_id=doc.id,
+                        title=doc.title,
+                        heading_path=path,
+                        text=text,
+                        components=doc.components,
+                        tags=doc.tags,
+                    )
+                )
         return chunks
 
     def _budget(self, heading_path: str) -> int:
@@ -144,8 +150,11 @@ class Chunker:
             return [unit]
         sentences = SENTENCE_RE.split(unit.text)
         if len(sentences) > 1:
-            return [p for i, s in enumerate(sentences)
-                    for p in self._fit(_Unit(s, self.count(s), unit.new_line and i == 0), budget)]
+            return [
+                p
+                for i, s in enumerate(sentences)
+                for p in self._fit(_Unit(s, self.count(s), unit.new_line and i == 0), budget)
+            ]
         pieces = []
         for i, (start, end) in enumerate(self._token_windows(unit.text, budget)):
             text = unit.text[start:end].strip()
@@ -153,8 +162,9 @@ class Chunker:
         return pieces
 
     def _token_windows(self, text: str, size: int) -> list[tuple[int, int]]:
-        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
-                                 verbose=False)["offset_mapping"]
+        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)[
+            "offset_mapping"
+        ]
         windows, i = [], 0
         while i < len(offsets):
             j = min(i + size, len(offsets))
@@ -179,14 +189,15 @@ class Chunker:
             return tail
         # The last unit alone is longer than the overlap: carry its final words.
         last = units[-1]
-        offsets = self.tokenizer(last.text, add_special_tokens=False, return_offsets_mapping=True,
-                                 verbose=False)["offset_mapping"]
+        offsets = self.tokenizer(last.text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)[
+            "offset_mapping"
+        ]
         k = max(0, len(offsets) - overlap)
         while k < len(offsets) and not _starts_word(last.text, offsets[k][0]):
             k += 1
         if k >= len(offsets):
             return []
-        text = last.text[offsets[k][0]:]
+        text = last.text[offsets[k][0] :]
         return [_Unit(text, self.count(text), True)]
 
 

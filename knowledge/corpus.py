@@ -9,9 +9,9 @@ Supported formats:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 SUPPORTED_SUFFIXES = (".md", ".markdown", ".txt", ".pdf")
 
@@ -36,10 +36,14 @@ class Document:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Document":
+    def from_dict(cls, d: dict) -> Document:
         return cls(
-            id=d["id"], title=d["title"], text=d["text"], path=d["path"],
-            components=tuple(d.get("components") or ()), tags=tuple(d.get("tags") or ()),
+            id=d["id"],
+            title=d["title"],
+            text=d["text"],
+            path=d["path"],
+            components=tuple(d.get("components") or ()),
+            tags=tuple(d.get("tags") or ()),
         )
 
 
@@ -51,7 +55,8 @@ def discover_files(dirs: Iterable[str | Path]) -> list[Path]:
         if not root.is_dir():
             raise CorpusError(f"knowledge folder {root} does not exist or is not a folder")
         files.extend(
-            p for p in root.rglob("*")
+            p
+            for p in root.rglob("*")
             if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith(".")
         )
     return sorted(files)

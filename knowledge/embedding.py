@@ -48,8 +48,11 @@ class TextEmbedder:
             return np.zeros((0, self.dims), dtype=np.float32)
         with self._lock:
             vecs = self._model.encode(
-                list(texts), batch_size=self._batch_size, convert_to_numpy=True,
-                normalize_embeddings=True, show_progress_bar=False,
+                list(texts),
+                batch_size=self._batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
             )
         return np.ascontiguousarray(vecs, dtype=np.float32)
 

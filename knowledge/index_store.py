@@ -27,10 +27,10 @@ import io
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -51,8 +51,8 @@ class IndexFormatError(IndexNotFound):
 @dataclass
 class LoadedIndex:
     version: str
-    index: "object"  # faiss.Index
-    chunks: "object"  # pandas.DataFrame, row i describes vector i
+    index: object  # faiss.Index
+    chunks: object  # pandas.DataFrame, row i describes vector i
     manifest: dict
     sentence_vectors: np.ndarray | None = None  # (n_sentences, dims), chunk by chunk
     sentence_offsets: np.ndarray | None = None  # chunk i's sentences are rows offsets[i]:offsets[i + 1]
@@ -97,8 +97,11 @@ class IndexStore:
         names = []
         for entry in self.fs.ls(self.root, detail=True):
             name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-            if entry["type"] == "directory" and not name.startswith(".") and self.fs.exists(
-                    self._path(name, "manifest.json")):
+            if (
+                entry["type"] == "directory"
+                and not name.startswith(".")
+                and self.fs.exists(self._path(name, "manifest.json"))
+            ):
                 names.append(name)
         return sorted(names)
 
@@ -113,12 +116,13 @@ class IndexStore:
             resolved = self.latest_version()
             if resolved is None:
                 raise IndexNotFound(
-                    f"no index has been published under {self.uri}; build one with "
-                    f"`python -m pipelines.build_index`")
+                    f"no index has been published under {self.uri}; build one with `python -m pipelines.build_index`"
+                )
             return resolved
         if not self.fs.exists(self._path(version, "manifest.json")):
-            raise IndexNotFound(f"index version {version!r} not found under {self.uri}; "
-                                f"available: {self.list_versions()}")
+            raise IndexNotFound(
+                f"index version {version!r} not found under {self.uri}; available: {self.list_versions()}"
+            )
         return version
 
     def manifest(self, version: str = "latest") -> dict:
@@ -136,29 +140,53 @@ class IndexStore:
             raise IndexFormatError(
                 f"index version {version} under {self.uri} has format {found}; this release serves format "
                 f"{INDEX_FORMAT} (answer sentences embedded at build time). Rebuild it with "
-                f"`python -m pipelines.build_index` (or `--if-missing`, which rebuilds outdated indexes)")
+                f"`python -m pipelines.build_index` (or `--if-missing`, which rebuilds outdated indexes)"
+            )
         raw = self.fs.cat_file(self._path(version, "index.faiss"))
         index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
         chunks = pd.read_parquet(io.BytesIO(self.fs.cat_file(self._path(version, "chunks.parquet"))))
         if index.ntotal != len(chunks) or index.ntotal != manifest["n_chunks"]:
-            raise ValueError(f"index version {version} under {self.uri} is inconsistent: "
-                             f"{index.ntotal} vectors, {len(chunks)} chunk rows, manifest says {manifest['n_chunks']}")
-        sentence_vectors = np.load(io.BytesIO(self.fs.cat_file(self._path(version, "sentence_vectors.npy"))),
-                                   allow_pickle=False)
+            raise ValueError(
+                f"index version {version} under {self.uri} is inconsistent: "
+                f"{index.ntotal} vectors, {len(chunks)} chunk rows, manifest says {manifest['n_chunks']}"
+            )
+        sentence_vectors = np.load(
+            io.BytesIO(self.fs.cat_file(self._path(version, "sentence_vectors.npy"))), allow_pickle=False
+        )
         counts = np.fromiter((len(s) for s in chunks["sentences"]), dtype=np.int64, count=len(chunks))
         offsets = np.concatenate([[0], np.cumsum(counts)])
-        if (sentence_vectors.ndim != 2 or len(sentence_vectors) != offsets[-1]
-                or len(sentence_vectors) != manifest["n_sentences"] or sentence_vectors.shape[1] != index.d):
-            raise ValueError(f"index version {version} under {self.uri} is inconsistent: sentence vectors "
-                             f"{sentence_vectors.shape} for {offsets[-1]} sentences, manifest says "
-                             f"{manifest['n_sentences']} of {index.d} dims")
-        return LoadedIndex(version=version, index=index, chunks=chunks, manifest=manifest,
-                           sentence_vectors=np.ascontiguousarray(sentence_vectors, dtype=np.float32),
-                           sentence_offsets=offsets)
+        if (
+            sentence_vectors.ndim != 2
+            or len(sentence_vectors) != offsets[-1]
+            or len(sentence_vectors) != manifest["n_sentences"]
+            or sentence_vectors.shape[1] != index.d
+        ):
+            raise ValueError(
+                f"index version {version} under {self.uri} is inconsistent: sentence vectors "
+                f"{sentence_vectors.shape} for {offsets[-1]} sentences, manifest says "
+                f"{manifest['n_sentences']} of {index.d} dims"
+            )
+        return LoadedIndex(
+            version=version,
+            index=index,
+            chunks=chunks,
+            manifest=manifest,
+            sentence_vectors=np.ascontiguousarray(sentence_vectors, dtype=np.float32),
+            sentence_offsets=offsets,
+        )
 
     # --- writing -------------------------------------------------------------
-    def publish(self, vectors: np.ndarray, chunks: Sequence[dict], *, sentence_vectors: np.ndarray, model: str,
-                corpus_fingerprint: str, ivf_threshold: int = IVF_THRESHOLD, extra: dict | None = None) -> dict:
+    def publish(
+        self,
+        vectors: np.ndarray,
+        chunks: Sequence[dict],
+        *,
+        sentence_vectors: np.ndarray,
+        model: str,
+        corpus_fingerprint: str,
+        ivf_threshold: int = IVF_THRESHOLD,
+        extra: dict | None = None,
+    ) -> dict:
         """Write a new version and make it LATEST; returns its manifest.
 
         Every chunk carries ``sentences`` (its answer sentences, possibly none);
@@ -169,8 +197,10 @@ class IndexStore:
 
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or len(vectors) != len(chunks) or len(chunks) == 0:
-            raise ValueError(f"need one vector per chunk and at least one chunk; got vectors "
-                             f"{vectors.shape} for {len(chunks)} chunks")
+            raise ValueError(
+                f"need one vector per chunk and at least one chunk; got vectors "
+                f"{vectors.shape} for {len(chunks)} chunks"
+            )
         missing = [c.get("chunk_id", i) for i, c in enumerate(chunks) if "sentences" not in c]
         if missing:
             raise ValueError(f"chunks {missing[:3]} have no 'sentences' list (format {INDEX_FORMAT} stores them)")
@@ -180,16 +210,24 @@ class IndexStore:
         if sentence_vectors.size == 0:
             sentence_vectors = np.zeros((0, dims), dtype=np.float32)
         if sentence_vectors.ndim != 2 or sentence_vectors.shape != (n_sentences, dims):
-            raise ValueError(f"need one {dims}-dim vector per sentence: got {sentence_vectors.shape} for "
-                             f"{n_sentences} sentences")
+            raise ValueError(
+                f"need one {dims}-dim vector per sentence: got {sentence_vectors.shape} for {n_sentences} sentences"
+            )
         index = build_faiss_index(vectors, ivf_threshold)
-        created = datetime.now(timezone.utc)
+        created = datetime.now(UTC)
         version = created.strftime("v%Y%m%dT%H%M%S%fZ") + "-" + corpus_fingerprint[:8]
         manifest = {
-            "format": MANIFEST_VERSION, "version": version, "created": created.isoformat(),
-            "model": model, "dims": int(vectors.shape[1]), "n_chunks": len(chunks), "n_sentences": n_sentences,
+            "format": MANIFEST_VERSION,
+            "version": version,
+            "created": created.isoformat(),
+            "model": model,
+            "dims": int(vectors.shape[1]),
+            "n_chunks": len(chunks),
+            "n_sentences": n_sentences,
             "n_documents": len({c["document_id"] for c in chunks}),
-            "index_type": type(index).__name__, "corpus_fingerprint": corpus_fingerprint, **(extra or {}),
+            "index_type": type(index).__name__,
+            "corpus_fingerprint": corpus_fingerprint,
+            **(extra or {}),
         }
         self.fs.makedirs(self.root, exist_ok=True)
         tmp = self._path(f".tmp-{version}-{uuid.uuid4().hex[:8]}")

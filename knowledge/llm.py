@@ -18,7 +18,7 @@ import asyncio
 import json
 import uuid
 from abc import ABC, abstractmethod
-from typing import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import numpy as np
 
@@ -35,12 +35,14 @@ class LLMBackend(ABC):
     model: str = ""
 
     @abstractmethod
-    async def generate(self, prompt: Prompt, passages: Sequence[dict], question: str,
-                       question_vector: np.ndarray | None = None) -> str: ...
+    async def generate(
+        self, prompt: Prompt, passages: Sequence[dict], question: str, question_vector: np.ndarray | None = None
+    ) -> str: ...
 
     @abstractmethod
-    def stream(self, prompt: Prompt, passages: Sequence[dict], question: str,
-               question_vector: np.ndarray | None = None) -> AsyncIterator[str]: ...
+    def stream(
+        self, prompt: Prompt, passages: Sequence[dict], question: str, question_vector: np.ndarray | None = None
+    ) -> AsyncIterator[str]: ...
 
     async def aclose(self) -> None:
         return None
@@ -54,8 +56,9 @@ class ExtractiveBackend(LLMBackend):
         self._embed = embed
         self._answerer = answerer or ExtractiveAnswerer()
 
-    async def generate(self, prompt: Prompt, passages: Sequence[dict], question: str,
-                       question_vector: np.ndarray | None = None) -> str:
+    async def generate(
+        self, prompt: Prompt, passages: Sequence[dict], question: str, question_vector: np.ndarray | None = None
+    ) -> str:
         if question_vector is not None and self._answerer.embedded_candidates(passages) is not None:
             # Sentence vectors came with the index: a few dot products, no need to leave the loop.
             return self._answerer.answer(question, passages, question_vector=question_vector).text
@@ -63,8 +66,9 @@ class ExtractiveBackend(LLMBackend):
         answer = await asyncio.to_thread(self._answerer.answer, question, passages, self._embed)
         return answer.text
 
-    async def stream(self, prompt: Prompt, passages: Sequence[dict], question: str,
-                     question_vector: np.ndarray | None = None) -> AsyncIterator[str]:
+    async def stream(
+        self, prompt: Prompt, passages: Sequence[dict], question: str, question_vector: np.ndarray | None = None
+    ) -> AsyncIterator[str]:
         text = await self.generate(prompt, passages, question, question_vector)
         # One event per cited sentence: the text is already complete, word-level events would only add overhead.
         pieces = text.split("] ")
@@ -82,7 +86,9 @@ class OllamaBackend(LLMBackend):
         self.model = model
         self.timeout_s = timeout_s
         self.options = options or {"temperature": 0.1}
-        self._client = httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)))
+        self._client = httpx.AsyncClient(
+            base_url=self.url, timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s))
+        )
 
     def _body(self, prompt: Prompt, stream: bool) -> dict:
         return {
@@ -92,8 +98,9 @@ class OllamaBackend(LLMBackend):
             "options": self.options,
         }
 
-    async def generate(self, prompt: Prompt, passages: Sequence[dict], question: str,
-                       question_vector: np.ndarray | None = None) -> str:
+    async def generate(
+        self, prompt: Prompt, passages: Sequence[dict], question: str, question_vector: np.ndarray | None = None
+    ) -> str:
         import httpx
 
         try:
@@ -110,8 +117,9 @@ class OllamaBackend(LLMBackend):
             raise BackendError("Ollama returned an empty answer")
         return text
 
-    async def stream(self, prompt: Prompt, passages: Sequence[dict], question: str,
-                     question_vector: np.ndarray | None = None) -> AsyncIterator[str]:
+    async def stream(
+        self, prompt: Prompt, passages: Sequence[dict], question: str, question_vector: np.ndarray | None = None
+    ) -> AsyncIterator[str]:
         import httpx
 
         try:
@@ -150,7 +158,8 @@ class VLLMBackend(LLMBackend):
         except ImportError as exc:
             raise BackendError(
                 "the vllm backend needs the vllm package (and a GPU); install vllm or set "
-                "HDX_LLM_BACKEND=extractive or ollama") from exc
+                "HDX_LLM_BACKEND=extractive or ollama"
+            ) from exc
         if not model_path:
             raise BackendError("the vllm backend needs a model: set HDX_VLLM_MODEL_PATH to a local model folder")
         self.model = model_path
@@ -162,18 +171,22 @@ class VLLMBackend(LLMBackend):
         if getattr(tokenizer, "chat_template", None):
             return tokenizer.apply_chat_template(
                 [{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.user}],
-                tokenize=False, add_generation_prompt=True)
+                tokenize=False,
+                add_generation_prompt=True,
+            )
         return prompt.as_text() + "\n\nAnswer:"
 
-    async def generate(self, prompt: Prompt, passages: Sequence[dict], question: str,
-                       question_vector: np.ndarray | None = None) -> str:
+    async def generate(
+        self, prompt: Prompt, passages: Sequence[dict], question: str, question_vector: np.ndarray | None = None
+    ) -> str:
         text = ""
         async for piece in self.stream(prompt, passages, question):
             text += piece
         return text
 
-    async def stream(self, prompt: Prompt, passages: Sequence[dict], question: str,
-                     question_vector: np.ndarray | None = None) -> AsyncIterator[str]:
+    async def stream(
+        self, prompt: Prompt, passages: Sequence[dict], question: str, question_vector: np.ndarray | None = None
+    ) -> AsyncIterator[str]:
         sent = 0
         async for output in self._engine.generate(await self._text_prompt(prompt), self._sampling, uuid.uuid4().hex):
             text = output.outputs[0].text  # cumulative: emit only what is new
@@ -182,8 +195,15 @@ class VLLMBackend(LLMBackend):
                 sent = len(text)
 
 
-def make_backend(kind: str, *, embed: Callable[[list[str]], np.ndarray] | None = None, model: str = "",
-                 ollama_url: str = "", vllm_model_path: str = "", timeout_s: float = 30.0) -> LLMBackend:
+def make_backend(
+    kind: str,
+    *,
+    embed: Callable[[list[str]], np.ndarray] | None = None,
+    model: str = "",
+    ollama_url: str = "",
+    vllm_model_path: str = "",
+    timeout_s: float = 30.0,
+) -> LLMBackend:
     if kind == "extractive":
         if embed is None:
             raise ValueError("the extractive backend needs an embed function")

@@ -7,10 +7,10 @@ The template has a ``[system]`` and a ``[user]`` part; the user part takes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 _SYSTEM, _USER = "[system]", "[user]"
 
@@ -48,8 +48,13 @@ def format_diagnosis(diagnosis: dict | None) -> str:
     return f"System diagnosis (latest, from the condition-monitoring models): {fields}\n\n"
 
 
-def build_prompt(template_path: str | Path, question: str, passages: Sequence[dict],
-                 diagnosis: dict | None = None) -> Prompt:
+def build_prompt(
+    template_path: str | Path, question: str, passages: Sequence[dict], diagnosis: dict | None = None
+) -> Prompt:
     system, user = load_template(str(template_path))
-    return Prompt(system=system, user=user.format(
-        question=question.strip(), diagnosis=format_diagnosis(diagnosis), passages=format_passages(passages)))
+    return Prompt(
+        system=system,
+        user=user.format(
+            question=question.strip(), diagnosis=format_diagnosis(diagnosis), passages=format_passages(passages)
+        ),
+    )

@@ -9,8 +9,8 @@ the index was built), so an extractive answer needs no embedding at query time.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 
@@ -35,10 +35,16 @@ class SearchHit:
 
     def to_dict(self) -> dict:
         return {
-            "document_id": self.document_id, "title": self.title, "heading_path": self.heading_path,
-            "snippet": self.snippet, "score": self.score, "chunk_id": self.chunk_id,
-            "components": list(self.components), "tags": list(self.tags),
-            "sentences": list(self.sentences), "sentence_vectors": self.sentence_vectors,
+            "document_id": self.document_id,
+            "title": self.title,
+            "heading_path": self.heading_path,
+            "snippet": self.snippet,
+            "score": self.score,
+            "chunk_id": self.chunk_id,
+            "components": list(self.components),
+            "tags": list(self.tags),
+            "sentences": list(self.sentences),
+            "sentence_vectors": self.sentence_vectors,
         }
 
 
@@ -52,9 +58,13 @@ class IndexSearcher:
         # Plain tuples/sets per row: filtering runs per query, pandas per row would dominate latency.
         offsets = loaded.sentence_offsets
         self._rows = [
-            {**r, "components": tuple(_as_list(r.get("components"))), "tags": tuple(_as_list(r.get("tags"))),
-             "sentences": tuple(str(t) for t in r["sentences"]),
-             "sentence_vectors": loaded.sentence_vectors[offsets[i]:offsets[i + 1]]}
+            {
+                **r,
+                "components": tuple(_as_list(r.get("components"))),
+                "tags": tuple(_as_list(r.get("tags"))),
+                "sentences": tuple(str(t) for t in r["sentences"]),
+                "sentence_vectors": loaded.sentence_vectors[offsets[i] : offsets[i + 1]],
+            }
             for i, r in enumerate(rows)
         ]
 
@@ -62,9 +72,15 @@ class IndexSearcher:
     def size(self) -> int:
         return self.loaded.index.ntotal
 
-    def search(self, query_vec, k: int = 5, components: Iterable[str] | None = None,
-               tags: Iterable[str] | None = None, prefer_components: Iterable[str] | None = None,
-               one_per_document: bool = True) -> list[SearchHit]:
+    def search(
+        self,
+        query_vec,
+        k: int = 5,
+        components: Iterable[str] | None = None,
+        tags: Iterable[str] | None = None,
+        prefer_components: Iterable[str] | None = None,
+        one_per_document: bool = True,
+    ) -> list[SearchHit]:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         query = np.asarray(query_vec, dtype=np.float32).reshape(1, -1)
@@ -96,12 +112,20 @@ class IndexSearcher:
                 continue
             if prefer and prefer.intersection(row["components"]):
                 score = score + PREFERRED_COMPONENT_BOOST
-            hits.append(SearchHit(
-                document_id=row["document_id"], title=row["title"], heading_path=row["heading_path"],
-                snippet=row["text"], score=float(score), chunk_id=row["chunk_id"],
-                components=row["components"], tags=row["tags"],
-                sentences=row["sentences"], sentence_vectors=row["sentence_vectors"],
-            ))
+            hits.append(
+                SearchHit(
+                    document_id=row["document_id"],
+                    title=row["title"],
+                    heading_path=row["heading_path"],
+                    snippet=row["text"],
+                    score=float(score),
+                    chunk_id=row["chunk_id"],
+                    components=row["components"],
+                    tags=row["tags"],
+                    sentences=row["sentences"],
+                    sentence_vectors=row["sentence_vectors"],
+                )
+            )
         hits.sort(key=lambda h: h.score, reverse=True)
         return hits
 

@@ -51,7 +51,8 @@ def resolve_versions(settings: Settings, model_version: str = LATEST) -> dict[st
         if manifest["feature_set"]["name"] != settings.feature_set:
             raise BundleError(
                 f"{family} bundle {manifest['version']} uses feature set {manifest['feature_set']['name']}, "
-                f"but HDX_FEATURE_SET is {settings.feature_set}")
+                f"but HDX_FEATURE_SET is {settings.feature_set}"
+            )
         versions[family] = manifest["version"]
     return versions
 
@@ -68,9 +69,16 @@ def _actor_cpus(workers: int) -> float:
     return max(0.1, min(1.0, (total - 1.0) / workers))
 
 
-def run_batch_predict(source: str, output_dir: str, model_version: str = LATEST, settings: Settings | None = None,
-                      batch_size: int | None = None, workers: int | None = None, system_id: str | None = None,
-                      cycles: Sequence[int] | None = None) -> dict:
+def run_batch_predict(
+    source: str,
+    output_dir: str,
+    model_version: str = LATEST,
+    settings: Settings | None = None,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    system_id: str | None = None,
+    cycles: Sequence[int] | None = None,
+) -> dict:
     """Diagnose every cycle in ``source``; write predictions and rejected rows under ``output_dir``.
 
     Returns the summary (also written to ``<output_dir>/summary.json``).
@@ -98,12 +106,18 @@ def run_batch_predict(source: str, output_dir: str, model_version: str = LATEST,
         raise BatchInputError(f"{source} has no system_id column; pass --system-id to name the system")
     scored = ds.map_batches(
         EnsemblePredictor,
-        fn_constructor_kwargs={"store_uri": settings.model_store_uri, "versions": versions,
-                               "feature_set": settings.feature_set,
-                               "weights": weights,
-                               "threshold": settings.anomaly_threshold, "default_system_id": system_id,
-                               "threads": 1},
-        batch_size=batch_size, batch_format="pyarrow", num_cpus=_actor_cpus(workers),
+        fn_constructor_kwargs={
+            "store_uri": settings.model_store_uri,
+            "versions": versions,
+            "feature_set": settings.feature_set,
+            "weights": weights,
+            "threshold": settings.anomaly_threshold,
+            "default_system_id": system_id,
+            "threads": 1,
+        },
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        num_cpus=_actor_cpus(workers),
         # A fixed pool: all actors load their models at once, at the start, instead of
         # the pool growing mid-run. _actor_cpus leaves the upstream tasks a CPU.
         compute=ray.data.ActorPoolStrategy(size=workers),
@@ -141,10 +155,12 @@ def _write_summary(uri: str, summary: dict) -> None:
 
 
 def format_summary(summary: dict) -> str:
-    return (f"rows in: {summary['rows_in']}  predicted: {summary['predicted']}  rejected: {summary['rejected']}  "
-            f"throughput: {summary['cycles_per_s']} cycles/s  wall: {summary['wall_seconds']} s\n"
-            f"predictions: {summary['output_dir']}/{PREDICTIONS_DIR}/  errors: {summary['output_dir']}/{ERRORS_DIR}/  "
-            f"models: {summary['model_versions']}")
+    return (
+        f"rows in: {summary['rows_in']}  predicted: {summary['predicted']}  rejected: {summary['rejected']}  "
+        f"throughput: {summary['cycles_per_s']} cycles/s  wall: {summary['wall_seconds']} s\n"
+        f"predictions: {summary['output_dir']}/{PREDICTIONS_DIR}/  errors: {summary['output_dir']}/{ERRORS_DIR}/  "
+        f"models: {summary['model_versions']}"
+    )
 
 
 def parse_cycles(spec: str | None) -> list[int] | None:
@@ -172,8 +188,9 @@ def main(
     store_uri: str = typer.Option("", help="model store URI (default from settings)"),
 ) -> None:
     settings = Settings(model_store_uri=store_uri) if store_uri else get_settings()
-    summary = run_batch_predict(source, output, model_version, settings, batch_size or None, workers or None,
-                                system_id, parse_cycles(cycles))
+    summary = run_batch_predict(
+        source, output, model_version, settings, batch_size or None, workers or None, system_id, parse_cycles(cycles)
+    )
     print(format_summary(summary))
 
 

@@ -43,8 +43,9 @@ def _chunker(model_path: str | None, max_tokens: int, overlap_tokens: int) -> Ch
     return Chunker(load_tokenizer(model_path), max_tokens=max_tokens, overlap_tokens=overlap_tokens)
 
 
-def chunk_document(row: dict, model_path: str | None = None, max_tokens: int = 200,
-                   overlap_tokens: int = 40) -> list[dict]:
+def chunk_document(
+    row: dict, model_path: str | None = None, max_tokens: int = 200, overlap_tokens: int = 40
+) -> list[dict]:
     chunker = _chunker(model_path, max_tokens, overlap_tokens)
     out = []
     for chunk in chunker.chunk_document(Document.from_dict(row)):
@@ -70,20 +71,29 @@ class EmbedBatch:
 
     def __call__(self, batch: dict) -> dict:
         batch["vector"] = self._embedder.embed(list(batch["embed_text"]))
-        per_chunk, vectors = embed_sentences([str(t) for t in batch["text"]], self._embedder.embed,
-                                             dims=self._embedder.dims)
+        per_chunk, vectors = embed_sentences(
+            [str(t) for t in batch["text"]], self._embedder.embed, dims=self._embedder.dims
+        )
         blobs, start = [], 0
         for sentences in per_chunk:
-            blobs.append(vectors[start:start + len(sentences)].tobytes())
+            blobs.append(vectors[start : start + len(sentences)].tobytes())
             start += len(sentences)
         batch["sentences"] = np.array([json.dumps(s) for s in per_chunk], dtype=object)
         batch["sentence_vectors"] = np.array(blobs, dtype=object)
         return batch
 
 
-def build_index(docs_dirs: Sequence[str | Path], store_uri: str | Path, *, model_path: str | None = None,
-                max_tokens: int = 200, overlap_tokens: int = 40, embed_actors: int = 2, batch_size: int = 64,
-                ivf_threshold: int = IVF_THRESHOLD) -> dict:
+def build_index(
+    docs_dirs: Sequence[str | Path],
+    store_uri: str | Path,
+    *,
+    model_path: str | None = None,
+    max_tokens: int = 200,
+    overlap_tokens: int = 40,
+    embed_actors: int = 2,
+    batch_size: int = 64,
+    ivf_threshold: int = IVF_THRESHOLD,
+) -> dict:
     """Chunk, embed and publish ``docs_dirs``; returns the new version's manifest (plus build stats)."""
     import ray
 
@@ -97,11 +107,17 @@ def build_index(docs_dirs: Sequence[str | Path], store_uri: str | Path, *, model
     ds = (
         ray.data.from_items([{"path": str(p)} for p in files])
         .map(parse_file)
-        .flat_map(chunk_document, fn_kwargs={"model_path": model_path, "max_tokens": max_tokens,
-                                             "overlap_tokens": overlap_tokens})
-        .map_batches(EmbedBatch, fn_constructor_kwargs={"model_path": model_path}, batch_size=batch_size,
-                     compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, embed_actors)),
-                     batch_format="numpy")
+        .flat_map(
+            chunk_document,
+            fn_kwargs={"model_path": model_path, "max_tokens": max_tokens, "overlap_tokens": overlap_tokens},
+        )
+        .map_batches(
+            EmbedBatch,
+            fn_constructor_kwargs={"model_path": model_path},
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, embed_actors)),
+            batch_format="numpy",
+        )
     )
     rows: list[dict] = []
     vectors: list[np.ndarray] = []
@@ -119,20 +135,30 @@ def build_index(docs_dirs: Sequence[str | Path], store_uri: str | Path, *, model
     dims = matrix.shape[1]
     sentence_matrix = np.concatenate(
         [np.frombuffer(sentence_blobs[i], dtype=np.float32).reshape(-1, dims) for i in order]
-        or [np.zeros((0, dims), dtype=np.float32)])
+        or [np.zeros((0, dims), dtype=np.float32)]
+    )
     n_sentences = len(sentence_matrix)
-    check_unique_ids(Document(id=r["document_id"], title="", text="", path=r["chunk_id"])
-                     for r in {r["document_id"]: r for r in rows}.values())
+    check_unique_ids(
+        Document(id=r["document_id"], title="", text="", path=r["chunk_id"])
+        for r in {r["document_id"]: r for r in rows}.values()
+    )
 
     store = IndexStore(store_uri)
     manifest = store.publish(
-        matrix, rows, sentence_vectors=sentence_matrix, model=MODEL_NAME if model_path is None else str(model_path),
-        corpus_fingerprint=fingerprint_files(files), ivf_threshold=ivf_threshold,
+        matrix,
+        rows,
+        sentence_vectors=sentence_matrix,
+        model=MODEL_NAME if model_path is None else str(model_path),
+        corpus_fingerprint=fingerprint_files(files),
+        ivf_threshold=ivf_threshold,
         extra={"n_files": len(files), "chunking": {"max_tokens": max_tokens, "overlap_tokens": overlap_tokens}},
     )
-    return {**manifest, "build_seconds": round(elapsed, 3),
-            "chunks_per_s": round(len(rows) / elapsed, 1) if elapsed > 0 else None,
-            "sentences_per_s": round(n_sentences / elapsed, 1) if elapsed > 0 else None}
+    return {
+        **manifest,
+        "build_seconds": round(elapsed, 3),
+        "chunks_per_s": round(len(rows) / elapsed, 1) if elapsed > 0 else None,
+        "sentences_per_s": round(n_sentences / elapsed, 1) if elapsed > 0 else None,
+    }
 
 
 def ensure_index(settings=None, **build_kwargs) -> dict | None:
@@ -153,8 +179,13 @@ def ensure_index(settings=None, **build_kwargs) -> dict | None:
     if manifest is not None and manifest.get("format") == INDEX_FORMAT:
         return None
     if manifest is not None:
-        logger.warning("index %s under %s has format %s, serving needs %s: rebuilding", manifest.get("version"),
-                       store.uri, manifest.get("format"), INDEX_FORMAT)
+        logger.warning(
+            "index %s under %s has format %s, serving needs %s: rebuilding",
+            manifest.get("version"),
+            store.uri,
+            manifest.get("format"),
+            INDEX_FORMAT,
+        )
     return build_index(settings.knowledge_dirs, settings.index_store_uri, **build_kwargs)
 
 
@@ -172,34 +203,47 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings = get_settings()
     parser = argparse.ArgumentParser(prog="python -m pipelines.build_index", description=__doc__.split("\n")[1])
-    parser.add_argument("--docs", action="append", type=Path,
-                        help="knowledge folder (repeatable); default: settings.knowledge_dirs")
+    parser.add_argument(
+        "--docs", action="append", type=Path, help="knowledge folder (repeatable); default: settings.knowledge_dirs"
+    )
     parser.add_argument("--store", default=settings.index_store_uri, help="index store URI (default: %(default)s)")
     parser.add_argument("--max-tokens", type=int, default=200, help="chunk size in model tokens")
     parser.add_argument("--overlap-tokens", type=int, default=40, help="overlap between consecutive chunks")
     parser.add_argument("--embed-actors", type=int, default=2, help="max embedding actors in the pool")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--ivf-threshold", type=int, default=IVF_THRESHOLD,
-                        help="use an IVF index from this many chunks on (exact flat index below)")
-    parser.add_argument("--if-missing", action="store_true",
-                        help="build only when the store has no index in the current format")
+    parser.add_argument(
+        "--ivf-threshold",
+        type=int,
+        default=IVF_THRESHOLD,
+        help="use an IVF index from this many chunks on (exact flat index below)",
+    )
+    parser.add_argument(
+        "--if-missing", action="store_true", help="build only when the store has no index in the current format"
+    )
     args = parser.parse_args(argv)
 
-    build_kwargs = {"max_tokens": args.max_tokens, "overlap_tokens": args.overlap_tokens,
-                    "embed_actors": args.embed_actors, "batch_size": args.batch_size,
-                    "ivf_threshold": args.ivf_threshold}
+    build_kwargs = {
+        "max_tokens": args.max_tokens,
+        "overlap_tokens": args.overlap_tokens,
+        "embed_actors": args.embed_actors,
+        "batch_size": args.batch_size,
+        "ivf_threshold": args.ivf_threshold,
+    }
     if args.if_missing:
-        settings = settings.model_copy(update={"index_store_uri": args.store,
-                                               "knowledge_dirs": args.docs or settings.knowledge_dirs})
+        settings = settings.model_copy(
+            update={"index_store_uri": args.store, "knowledge_dirs": args.docs or settings.knowledge_dirs}
+        )
         manifest = ensure_index(settings, **build_kwargs)
         if manifest is None:
             print(f"index present: {IndexStore(args.store).latest_version()} in {args.store} (nothing built)")
             return 0
     else:
         manifest = build_index(args.docs or settings.knowledge_dirs, args.store, **build_kwargs)
-    print(f"documents: {manifest['n_documents']}  chunks: {manifest['n_chunks']}  "
-          f"sentences: {manifest['n_sentences']}  chunks/s: {manifest['chunks_per_s']}  "
-          f"index: {manifest['index_type']}")
+    print(
+        f"documents: {manifest['n_documents']}  chunks: {manifest['n_chunks']}  "
+        f"sentences: {manifest['n_sentences']}  chunks/s: {manifest['chunks_per_s']}  "
+        f"index: {manifest['index_type']}"
+    )
     print(f"published version {manifest['version']} to {args.store} (LATEST)")
     return 0
 

@@ -54,8 +54,11 @@ def source_format(source: str) -> str:
         if (folder / "profile.txt").is_file() or any((folder / f"{c}.txt").is_file() for c in CHANNELS):
             return "uci"
     try:
-        fs, path = pafs.FileSystem.from_uri(source) if "://" in source else (
-            pafs.LocalFileSystem(), str(Path(source).resolve()))
+        fs, path = (
+            pafs.FileSystem.from_uri(source)
+            if "://" in source
+            else (pafs.LocalFileSystem(), str(Path(source).resolve()))
+        )
         names = [i.path for i in fs.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.File]
     except (FileNotFoundError, OSError, pa.ArrowInvalid):
         names = []
@@ -64,7 +67,8 @@ def source_format(source: str) -> str:
             return fmt
     raise BatchInputError(
         f"{source}: expected a .parquet or .csv table (a file, or a directory of them, local or URI) "
-        "or a UCI folder (<CHANNEL>.txt files)")
+        "or a UCI folder (<CHANNEL>.txt files)"
+    )
 
 
 def read_cycles(source: str, channels: Sequence[str], cycles: Sequence[int] | None = None):
@@ -139,7 +143,7 @@ def _list_column(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.nda
 def _list_rows(column: pa.ChunkedArray) -> list[np.ndarray | None]:
     """A list<float> column as one array per row; None where the cell is null."""
     lengths, starts, flat = _list_column(column)
-    return [None if n < 0 else flat[s:s + n] for n, s in zip(lengths.tolist(), starts.tolist())]
+    return [None if n < 0 else flat[s : s + n] for n, s in zip(lengths.tolist(), starts.tolist())]
 
 
 def _is_list(t: pa.DataType) -> bool:
@@ -224,8 +228,10 @@ def batch_to_cycles(batch: pa.Table, channels: Sequence[str]) -> tuple[list[dict
         elif _is_list(column.type):
             values = _list_rows(column)
         else:
-            raise BatchInputError(f"channel column {name} has type {column.type}, expected list<double> "
-                                  "(Parquet) or a JSON array string (CSV)")
+            raise BatchInputError(
+                f"channel column {name} has type {column.type}, expected list<double> "
+                "(Parquet) or a JSON array string (CSV)"
+            )
         for i, v in enumerate(values):
             if v is not None:
                 cycles[i][name] = v

@@ -36,9 +36,16 @@ class EnsemblePredictor:
     pool's parallelism is the number of actors).
     """
 
-    def __init__(self, store_uri: str, versions: dict[str, str], feature_set: str,
-                 weights: dict[str, float], threshold: float, default_system_id: str | None,
-                 threads: int = 1):
+    def __init__(
+        self,
+        store_uri: str,
+        versions: dict[str, str],
+        feature_set: str,
+        weights: dict[str, float],
+        threshold: float,
+        default_system_id: str | None,
+        threads: int = 1,
+    ):
         store = ModelStore(store_uri)
         self.bundles = {f: store.load(f, v) for f, v in versions.items()}
         for bundle in self.bundles.values():

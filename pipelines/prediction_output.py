@@ -32,12 +32,16 @@ KIND_COLUMN = "_kind"  # internal column: which output a row goes to
 
 PREDICTION_SCHEMA = pa.schema(
     [pa.field("system_id", pa.string()), pa.field("cycle_id", pa.int64())]
-    + [f for c in COMPONENT_NAMES for f in (
-        pa.field(f"{c}_level", pa.int64()),
-        pa.field(f"{c}_severity", pa.string()),
-        pa.field(f"{c}_probability", pa.float64()),          # of the predicted level
-        pa.field(f"{c}_nominal_probability", pa.float64()),  # of the healthy level
-    )]
+    + [
+        f
+        for c in COMPONENT_NAMES
+        for f in (
+            pa.field(f"{c}_level", pa.int64()),
+            pa.field(f"{c}_severity", pa.string()),
+            pa.field(f"{c}_probability", pa.float64()),  # of the predicted level
+            pa.field(f"{c}_nominal_probability", pa.float64()),  # of the healthy level
+        )
+    ]
     + [
         pa.field("is_anomaly", pa.bool_()),
         pa.field("anomaly_score", pa.float64()),
@@ -49,16 +53,19 @@ PREDICTION_SCHEMA = pa.schema(
     ]
     + [pa.field(f"model_version_{f}", pa.string()) for f in FAMILY_NAMES]
 )
-ERROR_SCHEMA = pa.schema([
-    pa.field("system_id", pa.string()),
-    pa.field("cycle_id", pa.int64()),
-    pa.field("channel", pa.string()),
-    pa.field("problem", pa.string()),
-])
+ERROR_SCHEMA = pa.schema(
+    [
+        pa.field("system_id", pa.string()),
+        pa.field("cycle_id", pa.int64()),
+        pa.field("channel", pa.string()),
+        pa.field("problem", pa.string()),
+    ]
+)
 # One schema for both kinds of rows, so every batch of the actor pool looks alike;
 # the rows are split into the two outputs after the pool has run.
 COMBINED_SCHEMA = pa.schema(
-    list(PREDICTION_SCHEMA) + [f for f in ERROR_SCHEMA if f.name not in PREDICTION_SCHEMA.names]
+    list(PREDICTION_SCHEMA)
+    + [f for f in ERROR_SCHEMA if f.name not in PREDICTION_SCHEMA.names]
     + [pa.field(KIND_COLUMN, pa.string())]
 )
 
@@ -80,14 +87,20 @@ def diagnosis_columns(diagnoses: Sequence[Diagnosis]) -> dict[str, list]:
     cols["anomaly_type"] = [v.anomaly_type for v in verdicts]
     cols["affected_components"] = [v.affected_components for v in verdicts]
     cols["probability_not_stable"] = [
-        None if v.steady_state is None else v.steady_state.probability_not_stable for v in verdicts]
+        None if v.steady_state is None else v.steady_state.probability_not_stable for v in verdicts
+    ]
     for f in FAMILY_NAMES:
         cols[f"model_version_{f}"] = [d.model_versions.get(f) for d in diagnoses]
     return cols
 
 
-def scored_table(batch: pa.Table, rows: np.ndarray, diagnoses: Sequence[Diagnosis],
-                 errors: Mapping[int, SensorDataError], default_system_id: str | None) -> pa.Table:
+def scored_table(
+    batch: pa.Table,
+    rows: np.ndarray,
+    diagnoses: Sequence[Diagnosis],
+    errors: Mapping[int, SensorDataError],
+    default_system_id: str | None,
+) -> pa.Table:
     """One row of ``COMBINED_SCHEMA`` per row of ``batch``, in order: its prediction
     (``diagnoses`` are those of the batch rows ``rows``), or its error."""
     n = batch.num_rows
@@ -115,8 +128,7 @@ def scored_table(batch: pa.Table, rows: np.ndarray, diagnoses: Sequence[Diagnosi
         cols["problem"][i] = err.problem
         kinds[i] = "error"
     cols[KIND_COLUMN] = kinds
-    return pa.Table.from_pydict({f.name: cols.get(f.name, [None] * n) for f in COMBINED_SCHEMA},
-                                schema=COMBINED_SCHEMA)
+    return pa.Table.from_pydict({f.name: cols.get(f.name, [None] * n) for f in COMBINED_SCHEMA}, schema=COMBINED_SCHEMA)
 
 
 def _system_ids(batch: pa.Table, default: str | None) -> list[str | None]:

@@ -31,8 +31,9 @@ from hydraulics.dataset import RigDataset
 from hydraulics.features import extract, get_feature_set
 
 
-def load_training_data(source: str, settings: Settings,
-                       eval_split: bool = True) -> tuple[RigDataset, RigDataset | None]:
+def load_training_data(
+    source: str, settings: Settings, eval_split: bool = True
+) -> tuple[RigDataset, RigDataset | None]:
     """Training and evaluation cycles. UCI: the benchmark hold-out split. Simulator:
     training cycles from the configured seed, evaluation cycles from the next seed."""
     channels = list(get_feature_set(settings.feature_set).channels)
@@ -56,8 +57,18 @@ def load_training_data(source: str, settings: Settings,
 
 
 @ray.remote(num_cpus=1)
-def _train_task(family: str, X: np.ndarray, labels: pd.DataFrame, X_eval, labels_eval, store_uri: str,
-                version: str, feature_set: str, training: dict, seed: int) -> dict:
+def _train_task(
+    family: str,
+    X: np.ndarray,
+    labels: pd.DataFrame,
+    X_eval,
+    labels_eval,
+    store_uri: str,
+    version: str,
+    feature_set: str,
+    training: dict,
+    seed: int,
+) -> dict:
     model, seconds = fit_family(family, X, labels, seed=seed, threads=1, feature_set=feature_set)
     probas = model.predict_proba(X_eval) if X_eval is not None else None
     metrics = score(probas, labels_eval) if probas is not None else {}
@@ -67,8 +78,12 @@ def _train_task(family: str, X: np.ndarray, labels: pd.DataFrame, X_eval, labels
     return {"family": family, "manifest": manifest, "probas": probas, "fit_seconds": seconds}
 
 
-def run_training(source: str = "simulator", settings: Settings | None = None,
-                 families: Sequence[str] = FAMILY_NAMES, eval_split: bool = True) -> dict:
+def run_training(
+    source: str = "simulator",
+    settings: Settings | None = None,
+    families: Sequence[str] = FAMILY_NAMES,
+    eval_split: bool = True,
+) -> dict:
     settings = settings or get_settings()
     started = time.perf_counter()
     train, test = load_training_data(source, settings, eval_split)
@@ -84,9 +99,12 @@ def run_training(source: str = "simulator", settings: Settings | None = None,
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, log_to_driver=False)
     shared = [ray.put(x) for x in (X, train.labels, X_eval, None if test is None else test.labels)]
-    refs = {f: _train_task.remote(f, *shared, settings.model_store_uri, version, settings.feature_set, training,
-                                  settings.random_seed)
-            for f in families}
+    refs = {
+        f: _train_task.remote(
+            f, *shared, settings.model_store_uri, version, settings.feature_set, training, settings.random_seed
+        )
+        for f in families
+    }
     results = {f: ray.get(r) for f, r in refs.items()}
     report = {
         "version": version,
@@ -120,8 +138,10 @@ def format_report(report: dict) -> str:
     head = "| model | " + " | ".join(TARGETS) + " |\n|---|" + "---|" * len(TARGETS) + "\n"
     body = ""
     for name, metrics in rows.items():
-        cells = [f"{metrics[t]['accuracy'] * 100:.1f} % / {metrics[t]['macro_f1']:.3f}" if t in metrics else "–"
-                 for t in TARGETS]
+        cells = [
+            f"{metrics[t]['accuracy'] * 100:.1f} % / {metrics[t]['macro_f1']:.3f}" if t in metrics else "–"
+            for t in TARGETS
+        ]
         body += f"| {name} | " + " | ".join(cells) + " |\n"
     return head + body
 

@@ -47,8 +47,16 @@ class _Job:
 
 
 class BatchWriter:
-    def __init__(self, db, insert: Insert, *, name: str, max_rows: int = 500,
-                 flush_interval_s: float | None = None, max_pending: int = MAX_PENDING) -> None:
+    def __init__(
+        self,
+        db,
+        insert: Insert,
+        *,
+        name: str,
+        max_rows: int = 500,
+        flush_interval_s: float | None = None,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
         """``db``: a ``storage.db.Database``; ``max_rows`` per statement (a caller's rows are
         never split); ``flush_interval_s``: how often recorded rows are written (None: only
         when a ``write`` wakes the writer, or on ``flush``/``close``)."""

@@ -61,9 +61,7 @@ class Database:
         self.url = url
         self.engine = create_engine(url, **engine_kwargs)
         # expire_on_commit=False: objects stay readable after commit without a reload.
-        self.sessionmaker: async_sessionmaker[AsyncSession] = async_sessionmaker(
-            self.engine, expire_on_commit=False
-        )
+        self.sessionmaker: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -76,7 +74,7 @@ class Database:
             async with self.engine.connect() as connection:
                 await connection.execute(text("SELECT 1"))
             return True
-        except Exception:  # noqa: BLE001 - a health check reports, it does not raise
+        except Exception:  # a health check reports, it does not raise
             return False
 
     async def dispose(self) -> None:
@@ -115,8 +113,6 @@ async def current_revision(url: str) -> str | None:
     engine = create_engine(url)
     try:
         async with engine.connect() as connection:
-            return await connection.run_sync(
-                lambda sync: MigrationContext.configure(sync).get_current_revision()
-            )
+            return await connection.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
     finally:
         await engine.dispose()

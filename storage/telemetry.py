@@ -56,8 +56,9 @@ def make_counter(name: str, description: str, tag_keys: tuple[str, ...] = ()) ->
     return Counter(name, description=description, tag_keys=tag_keys)
 
 
-def make_histogram(name: str, description: str, tag_keys: tuple[str, ...] = (),
-                   boundaries: Sequence[float] = LATENCY_BOUNDARIES_MS) -> HistogramLike:
+def make_histogram(
+    name: str, description: str, tag_keys: tuple[str, ...] = (), boundaries: Sequence[float] = LATENCY_BOUNDARIES_MS
+) -> HistogramLike:
     if not _ray_running():
         return NoopHistogram(name)
     from ray.serve.metrics import Histogram

@@ -30,8 +30,7 @@ def ray_cluster(hdx_env):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": hdx_env["env"]})
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": hdx_env["env"]})
     yield ray
     # Serve (if any test started it) goes down with the cluster.
     ray.shutdown()

@@ -31,7 +31,17 @@ def invoke(*args: str, input: str | None = None):
 
 
 def test_quick_start_users_systems_and_keys(database_file: str) -> None:
-    created = invoke("users", "create", "--username", "ada", "--role", "engineer", "--tier", "pro", input="s3cret pass\ns3cret pass\n")
+    created = invoke(
+        "users",
+        "create",
+        "--username",
+        "ada",
+        "--role",
+        "engineer",
+        "--tier",
+        "pro",
+        input="s3cret pass\ns3cret pass\n",
+    )
     assert created.exit_code == 0, created.output
     assert "created user 'ada'" in created.output and "s3cret" not in created.output
 

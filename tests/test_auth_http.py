@@ -110,7 +110,9 @@ async def test_login_errors(client: httpx.AsyncClient, db: Database, settings: S
     async with db.session() as session:
         await add_user(session, "ada")
     assert (await client.post(f"{BASE}/token", json={"username": "ada"})).status_code == 422
-    assert (await client.post(f"{BASE}/token", content=b"{not json", headers={"content-type": "application/json"})).status_code == 422
+    assert (
+        await client.post(f"{BASE}/token", content=b"{not json", headers={"content-type": "application/json"})
+    ).status_code == 422
     for _ in range(settings.login_max_failures):
         wrong = await client.post(f"{BASE}/token", json={"username": "ada", "password": "nope"})
         assert wrong.status_code == 401 and wrong.json()["detail"] == "incorrect username or password"
@@ -195,8 +197,13 @@ async def test_api_keys_over_http(client: httpx.AsyncClient, db: Database, setti
 
     me = (await client.get(f"{BASE}/me", headers=headers)).json()
     assert me == {
-        "user_id": alice.id, "username": "alice", "role": "engineer", "tier": "pro", "via": "api_key",
-        "api_key_id": key.id, "system_scope": ["rig-01", "rig-09"],
+        "user_id": alice.id,
+        "username": "alice",
+        "role": "engineer",
+        "tier": "pro",
+        "via": "api_key",
+        "api_key_id": key.id,
+        "system_scope": ["rig-01", "rig-09"],
     }
     assert (await client.get("/systems/rig-01", headers=headers)).status_code == 200
     out_of_scope = await client.get("/systems/rig-02", headers=headers)  # alice's, but not in the key's scope

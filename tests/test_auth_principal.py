@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -16,7 +16,9 @@ RIG = System(id="rig-01", name="rig", owner_id=OWNER)
 
 def principal(user_id: int, role: Role, scope: set[str] | None = None) -> Principal:
     via = "api_key" if scope is not None else "jwt"
-    return Principal(user_id, f"u{user_id}", role, "free", via=via, system_scope=frozenset(scope) if scope is not None else None)
+    return Principal(
+        user_id, f"u{user_id}", role, "free", via=via, system_scope=frozenset(scope) if scope is not None else None
+    )
 
 
 def member(user_id: int, permission: str = "read") -> SystemMember:
@@ -52,7 +54,7 @@ def test_api_keys_are_limited_to_their_scope_and_their_owner() -> None:
 
 
 def test_deleted_systems_are_out_of_reach() -> None:
-    deleted = System(id="rig-09", name="gone", owner_id=OWNER, deleted_at=datetime.now(timezone.utc))
+    deleted = System(id="rig-09", name="gone", owner_id=OWNER, deleted_at=datetime.now(UTC))
     assert not can_access_system(principal(ADMIN, Role.ADMIN), deleted, None)
     assert not can_access_system(principal(OWNER, Role.ENGINEER), deleted, None)
 

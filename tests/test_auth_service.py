@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import pytest
 
-from storage.telemetry import NoopCounter, make_counter
 from auth.service import AuthError, AuthService, LoginThrottled
 from auth.tokens import TokenError
 from configs.settings import Settings
@@ -10,6 +9,7 @@ from storage.db import Database
 from storage.kv import KV
 from storage.repositories import refresh_tokens as refresh_repo
 from storage.repositories import users as users_repo
+from storage.telemetry import NoopCounter, make_counter
 from tests.fixtures.db import TEST_PASSWORD, add_user
 
 in_session_loop = pytest.mark.asyncio(loop_scope="session")

@@ -44,8 +44,12 @@ def settings(tmp_path_factory):
         model, _ = fit_family(family, X, train.labels, seed=0, params=FAST[family])
         store.save(model, "v-batch-test", FEATURE_SET, training={"source": "test"}, metrics={})
     # Unequal weights and a non-default threshold: the batch job must use the configured ones.
-    return Settings(home=home, feature_set=FEATURE_SET, anomaly_threshold=0.4,
-                    ensemble_weights={"catboost": 2.0, "xgboost": 1.0, "random_forest": 1.0, "adaptive": 0.5})
+    return Settings(
+        home=home,
+        feature_set=FEATURE_SET,
+        anomaly_threshold=0.4,
+        ensemble_weights={"catboost": 2.0, "xgboost": 1.0, "random_forest": 1.0, "adaptive": 0.5},
+    )
 
 
 def online_answers(settings, cycles):
@@ -57,8 +61,9 @@ def online_answers(settings, cycles):
     X, errors = extract_cycles(cycles, settings.feature_set)
     assert not errors
     answers = {f: answer_blocks(b, [X])[0] for f, b in bundles.items()}
-    return diagnose_answers(answers, ensemble_weights(settings.ensemble_weights), settings.anomaly_threshold,
-                            X.shape[1])
+    return diagnose_answers(
+        answers, ensemble_weights(settings.ensemble_weights), settings.anomaly_threshold, X.shape[1]
+    )
 
 
 def assert_matches_online(frame, diagnoses, cycle_ids):
@@ -97,12 +102,18 @@ def _bad_rows(good: dict) -> list[dict]:
 
 def test_parquet_matches_online_ensemble_and_keeps_bad_rows(ray_cluster, settings, tmp_path):
     data = simulate_dataset(1, seed=41, channels=CHANNELS)  # 144 cycles, every condition once
-    good = [{"cycle_id": int(cid), "system_id": f"rig-{int(cid) % 3}",
-             **{c: data.channels[c][i].tolist() for c in CHANNELS}}
-            for i, cid in enumerate(data.cycle_ids)]
+    good = [
+        {
+            "cycle_id": int(cid),
+            "system_id": f"rig-{int(cid) % 3}",
+            **{c: data.channels[c][i].tolist() for c in CHANNELS},
+        }
+        for i, cid in enumerate(data.cycle_ids)
+    ]
     rows = good + _bad_rows(good[0])
-    schema = pa.schema([("cycle_id", pa.int64()), ("system_id", pa.string())]
-                       + [(c, pa.list_(pa.float64())) for c in CHANNELS])
+    schema = pa.schema(
+        [("cycle_id", pa.int64()), ("system_id", pa.string())] + [(c, pa.list_(pa.float64())) for c in CHANNELS]
+    )
     source = tmp_path / "cycles.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), source)
 
@@ -131,13 +142,20 @@ def test_parquet_matches_online_ensemble_and_keeps_bad_rows(ray_cluster, setting
 
 
 def test_csv_with_unparseable_cell_and_system_id_option(ray_cluster, settings, tmp_path):
-    data = simulate_dataset(1, seed=42, channels=CHANNELS, conditions=[
-        {"cooler": 3, "valve": 100, "pump": 0, "accumulator": 130},
-        {"cooler": 100, "valve": 73, "pump": 2, "accumulator": 90}])
+    data = simulate_dataset(
+        1,
+        seed=42,
+        channels=CHANNELS,
+        conditions=[
+            {"cooler": 3, "valve": 100, "pump": 0, "accumulator": 130},
+            {"cooler": 100, "valve": 73, "pump": 2, "accumulator": 90},
+        ],
+    )
     source = tmp_path / "cycles.csv"
     save_table(data, str(source))  # no system_id column: the option names the system
-    table = pacsv.read_csv(source, convert_options=pacsv.ConvertOptions(
-        column_types={c: pa.string() for c in CHANNELS}))
+    table = pacsv.read_csv(
+        source, convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in CHANNELS})
+    )
     broken = {name: table[name][0].as_py() for name in table.column_names} | {"cycle_id": 7, CHANNELS[0]: "[1, 2,"}
     pacsv.write_csv(pa.concat_tables([table, pa.Table.from_pylist([broken], schema=table.schema)]), source)
 
@@ -151,8 +169,9 @@ def test_csv_with_unparseable_cell_and_system_id_option(ray_cluster, settings, t
     assert (predictions["system_id"] == "press-7").all()
     assert_matches_online(predictions, online_answers(settings, list(data.cycles())), data.cycle_ids)
     errors = read_output(out, "errors")
-    assert errors.to_dict("records") == [{"system_id": "press-7", "cycle_id": 7, "channel": CHANNELS[0],
-                                          "problem": errors["problem"][0]}]
+    assert errors.to_dict("records") == [
+        {"system_id": "press-7", "cycle_id": 7, "channel": CHANNELS[0], "problem": errors["problem"][0]}
+    ]
     assert "not a JSON array" in errors["problem"][0]
 
 
@@ -200,11 +219,14 @@ def test_block_conversion_equals_per_row_path(settings):
     from pipelines.ensemble_predictor import EnsemblePredictor
 
     data = simulate_dataset(1, seed=43, channels=CHANNELS)
-    good = [{"cycle_id": int(cid), "system_id": "rig", **{c: data.channels[c][i].tolist() for c in CHANNELS}}
-            for i, cid in enumerate(data.cycle_ids[:40])]
+    good = [
+        {"cycle_id": int(cid), "system_id": "rig", **{c: data.channels[c][i].tolist() for c in CHANNELS}}
+        for i, cid in enumerate(data.cycle_ids[:40])
+    ]
     rows = good[:10] + _bad_rows(good[0]) + good[10:] + [dict(good[1], cycle_id=9005, TS2=[None] * 60)]
-    schema = pa.schema([("cycle_id", pa.int64()), ("system_id", pa.string())]
-                       + [(c, pa.list_(pa.float64())) for c in CHANNELS])
+    schema = pa.schema(
+        [("cycle_id", pa.int64()), ("system_id", pa.string())] + [(c, pa.list_(pa.float64())) for c in CHANNELS]
+    )
     batch = pa.Table.from_pylist(rows, schema=schema)
     fs = get_feature_set(FEATURE_SET)
 
@@ -213,17 +235,24 @@ def test_block_conversion_equals_per_row_path(settings):
     assert set(np.flatnonzero(~fast)) == bad_positions
     assert all(b.shape == (len(rows) - len(bad_positions), 60) for b in block.values())
 
-    predictor = EnsemblePredictor(settings.model_store_uri, {f: "v-batch-test" for f in FAMILY_NAMES}, FEATURE_SET,
-                                  ensemble_weights(settings.ensemble_weights), settings.anomaly_threshold, None,
-                                  threads=1)
+    predictor = EnsemblePredictor(
+        settings.model_store_uri,
+        {f: "v-batch-test" for f in FAMILY_NAMES},
+        FEATURE_SET,
+        ensemble_weights(settings.ensemble_weights),
+        settings.anomaly_threshold,
+        None,
+        threads=1,
+    )
     X, valid, errors = predictor.features(batch)
     cycles, pre_errors = batch_to_cycles(batch, CHANNELS)  # the per-row path, as before
     assert not pre_errors
     X_rows, row_errors = extract_cycles(cycles, fs)
     assert list(valid) == [i for i in range(len(rows)) if i not in row_errors]
     np.testing.assert_allclose(X, X_rows, rtol=0, atol=1e-9)
-    assert {i: (e.channel, e.problem) for i, e in errors.items()} == \
-        {i: (e.channel, e.problem) for i, e in row_errors.items()}
+    assert {i: (e.channel, e.problem) for i, e in errors.items()} == {
+        i: (e.channel, e.problem) for i, e in row_errors.items()
+    }
     assert errors[len(rows) - 1].channel == "TS2" and "NaN" in errors[len(rows) - 1].problem
 
     out = predictor(batch)

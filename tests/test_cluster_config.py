@@ -121,9 +121,9 @@ def test_rayjob_runs_batch_prediction():
 
 
 def test_k8s_manifests_command_writes_and_checks(tmp_path):
+    import typer
     from typer.testing import CliRunner
 
-    import typer
     from cli.jobs import register
 
     app = typer.Typer()

@@ -56,8 +56,12 @@ def test_anomaly_score_is_joint_probability_and_names_the_likeliest_component():
     assert d.is_anomaly is True
     assert d.affected_components == ["valve"]
     assert d.severity == "warning"
-    assert diagnose(_probas(cooler=[0.7, 0.3, 0.0], valve=[0.6, 0.4, 0, 0], pump=[0.8, 0.2, 0]),
-                    threshold=0.9)[0].is_anomaly is False
+    assert (
+        diagnose(_probas(cooler=[0.7, 0.3, 0.0], valve=[0.6, 0.4, 0, 0], pump=[0.8, 0.2, 0]), threshold=0.9)[
+            0
+        ].is_anomaly
+        is False
+    )
 
 
 def test_weighted_soft_voting_and_missing_model_lowers_confidence():
@@ -66,10 +70,14 @@ def test_weighted_soft_voting_and_missing_model_lowers_confidence():
     probas, coverage = weighted_probas({"catboost": a, "xgboost": b}, {"catboost": 3.0, "xgboost": 1.0})
     assert probas["accumulator"][0] == pytest.approx([0.35, 0.65, 0.0, 0.0])
     assert coverage == 1.0
-    full = combine({"catboost": a, "xgboost": a, "random_forest": a, "adaptive": a},
-                   {"catboost": 1, "xgboost": 1, "random_forest": 1, "adaptive": 1})[0]
-    three = combine({"catboost": a, "xgboost": a, "random_forest": a},
-                    {"catboost": 1, "xgboost": 1, "random_forest": 1, "adaptive": 1})[0]
+    full = combine(
+        {"catboost": a, "xgboost": a, "random_forest": a, "adaptive": a},
+        {"catboost": 1, "xgboost": 1, "random_forest": 1, "adaptive": 1},
+    )[0]
+    three = combine(
+        {"catboost": a, "xgboost": a, "random_forest": a},
+        {"catboost": 1, "xgboost": 1, "random_forest": 1, "adaptive": 1},
+    )[0]
     assert full.components == three.components
     assert three.confidence == pytest.approx(full.confidence * 0.75)
 

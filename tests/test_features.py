@@ -101,10 +101,18 @@ def test_variable_length_batches_and_longer_recordings():
 @pytest.mark.parametrize(
     "mutate, channel, fragment",
     [
-        (lambda c: c.__setitem__("TS2", np.r_[c["TS2"][:5], np.nan, c["TS2"][6:]]), "TS2", "NaN or infinity (first at sample 5)"),
+        (
+            lambda c: c.__setitem__("TS2", np.r_[c["TS2"][:5], np.nan, c["TS2"][6:]]),
+            "TS2",
+            "NaN or infinity (first at sample 5)",
+        ),
         (lambda c: c.__setitem__("CP", np.r_[c["CP"][:2], np.inf, c["CP"][3:]]), "CP", "NaN or infinity"),
         (lambda c: c.__setitem__("VS1", np.array([])), "VS1", "empty"),
-        (lambda c: c.__setitem__("TS1", np.r_[c["TS1"][:10], 500.0, c["TS1"][11:]]), "TS1", "value 500 at sample 10 is outside the plausible range"),
+        (
+            lambda c: c.__setitem__("TS1", np.r_[c["TS1"][:10], 500.0, c["TS1"][11:]]),
+            "TS1",
+            "value 500 at sample 10 is outside the plausible range",
+        ),
         (lambda c: c.__setitem__("SE", c["SE"][:59]), "SE", "cover 59 s, but TS1 covers 60 s"),
         (lambda c: c.pop("CE"), "CE", "missing: required by feature set rig_1hz"),
         (lambda c: c.__setitem__("bogus", np.zeros(60)), "bogus", "unknown channel"),

@@ -51,22 +51,43 @@ def head(tmp_path):
     """A local head with token auth; yields (dashboard address, env for CLI calls)."""
     token = tmp_path / "auth_token"
     token.write_text(secrets.token_hex(32))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
+    }
     env.pop("RAY_ADDRESS", None)
     gcs, dash, client, agent, agent_grpc, rt_agent, metrics = free_ports(7)
     temp_dir = tempfile.mkdtemp(prefix="hdxjob", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    cmd = [str(BIN / "ray"), "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
-           "--include-dashboard=true", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-           f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-           f"--runtime-env-agent-port={rt_agent}", f"--metrics-export-port={metrics}", f"--temp-dir={temp_dir}"]
-    proc = subprocess.Popen(cmd, env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--port={gcs}",
+        "--num-cpus=2",
+        "--include-dashboard=true",
+        f"--dashboard-port={dash}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={rt_agent}",
+        f"--metrics-export-port={metrics}",
+        f"--temp-dir={temp_dir}",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     address = f"http://127.0.0.1:{dash}"
     try:
         deadline = time.time() + 120
-        while subprocess.run([str(BIN / "ray"), "job", "list", "--address", address], env=env,
-                             capture_output=True).returncode != 0:
+        while (
+            subprocess.run(
+                [str(BIN / "ray"), "job", "list", "--address", address], env=env, capture_output=True
+            ).returncode
+            != 0
+        ):
             if proc.poll() is not None or time.time() > deadline:
                 pytest.fail(f"head did not come up: {(tmp_path / 'head.log').read_text()[-3000:]}")
             time.sleep(2)
@@ -93,8 +114,10 @@ def tiny_inputs(root: Path) -> tuple[Path, Path]:
         store.save(fit_family(family, X, train.labels, params=FAST[family])[0], "v-job", "rig_1hz", {}, {})
     cycles = simulate_dataset(1, seed=52, channels=channels).subset(range(6))
     source = root / "cycles.parquet"
-    rows = [{"cycle_id": int(c), "system_id": "rig-job", **{ch: cycles.channels[ch][i].tolist() for ch in channels}}
-            for i, c in enumerate(cycles.cycle_ids)]
+    rows = [
+        {"cycle_id": int(c), "system_id": "rig-job", **{ch: cycles.channels[ch][i].tolist() for ch in channels}}
+        for i, c in enumerate(cycles.cycle_ids)
+    ]
     pq.write_table(pa.Table.from_pylist(rows), source)
     return root / "models", source
 
@@ -112,10 +135,37 @@ def test_ray_job_submit_runs_batch_predict(head, tmp_path):
     assert wrong.returncode != 0, "the head accepted a wrong token"
 
     job_id = f"hdx-batch-{secrets.token_hex(3)}"
-    submit = ray_cli(["job", "submit", "--address", address, "--submission-id", job_id, "--no-wait",
-                      "--working-dir", ".", "--runtime-env-json", json.dumps({"excludes": EXCLUDES}), "--",
-                      "python", "-m", "pipelines.batch_predict", "--source", str(source), "--output", str(out),
-                      "--store-uri", str(store), "--batch-size", "4", "--workers", "1"], env, timeout=120)
+    submit = ray_cli(
+        [
+            "job",
+            "submit",
+            "--address",
+            address,
+            "--submission-id",
+            job_id,
+            "--no-wait",
+            "--working-dir",
+            ".",
+            "--runtime-env-json",
+            json.dumps({"excludes": EXCLUDES}),
+            "--",
+            "python",
+            "-m",
+            "pipelines.batch_predict",
+            "--source",
+            str(source),
+            "--output",
+            str(out),
+            "--store-uri",
+            str(store),
+            "--batch-size",
+            "4",
+            "--workers",
+            "1",
+        ],
+        env,
+        timeout=120,
+    )
     assert submit.returncode == 0, submit.stderr[-3000:]
 
     deadline, status = time.time() + 240, ""

@@ -10,15 +10,28 @@ from knowledge.answer import NO_ANSWER, ExtractiveAnswerer, embed_sentences, spl
 from knowledge.embedding import get_embedder
 
 PASSAGES = [
-    {"document_id": "valve-lag", "title": "Valve lag", "heading_path": "Valve lag > Repair",
-     "snippet": "Measure the coil voltage at the connector while switching; it must be within ten percent of "
-                "nominal.\nClean or replace the spool, then flush the circuit and improve filtration."},
-    {"document_id": "cooler", "title": "Cooler fouling", "heading_path": "Cooler fouling > Repair",
-     "snippet": "- Clean the air-side fins with low pressure compressed air from the clean side.\n"
-                "- Descale the water side of the heat exchanger with an approved cleaning agent.\n"
-                "| grade | meaning |\n|---|---|\n| 3 % | failure |"},
-    {"document_id": "valve-copy", "title": "Valve lag (copy)", "heading_path": "Valve lag > Repair",
-     "snippet": "Measure the coil voltage at the connector while switching; it must be within ten percent of nominal."},
+    {
+        "document_id": "valve-lag",
+        "title": "Valve lag",
+        "heading_path": "Valve lag > Repair",
+        "snippet": "Measure the coil voltage at the connector while switching; it must be within ten percent of "
+        "nominal.\nClean or replace the spool, then flush the circuit and improve filtration.",
+    },
+    {
+        "document_id": "cooler",
+        "title": "Cooler fouling",
+        "heading_path": "Cooler fouling > Repair",
+        "snippet": "- Clean the air-side fins with low pressure compressed air from the clean side.\n"
+        "- Descale the water side of the heat exchanger with an approved cleaning agent.\n"
+        "| grade | meaning |\n|---|---|\n| 3 % | failure |",
+    },
+    {
+        "document_id": "valve-copy",
+        "title": "Valve lag (copy)",
+        "heading_path": "Valve lag > Repair",
+        "snippet": "Measure the coil voltage at the connector while switching; "
+        "it must be within ten percent of nominal.",
+    },
 ]
 
 
@@ -29,13 +42,16 @@ def embed():
 
 def test_split_sentences_skips_tables_and_list_markers():
     sentences = split_sentences(PASSAGES[1]["snippet"])
-    assert sentences == ["Clean the air-side fins with low pressure compressed air from the clean side.",
-                         "Descale the water side of the heat exchanger with an approved cleaning agent."]
+    assert sentences == [
+        "Clean the air-side fins with low pressure compressed air from the clean side.",
+        "Descale the water side of the heat exchanger with an approved cleaning agent.",
+    ]
 
 
 def test_answer_sentences_are_verbatim_and_cited(embed):
-    answer = ExtractiveAnswerer(max_sentences=3).answer("How do I check the valve solenoid coil voltage?",
-                                                        PASSAGES, embed)
+    answer = ExtractiveAnswerer(max_sentences=3).answer(
+        "How do I check the valve solenoid coil voltage?", PASSAGES, embed
+    )
     parts = re.findall(r"(.+?) \[(\d+)\](?: |$)", answer.text)
     assert parts, answer.text
     assert "".join(f"{s} [{n}] " for s, n in parts).strip() == answer.text  # nothing uncited in between
@@ -63,7 +79,7 @@ def _with_stored_vectors(passages, embed):
     sentences, vectors = embed_sentences([p["snippet"] for p in passages], embed)
     out, start = [], 0
     for passage, own in zip(passages, sentences):
-        out.append({**passage, "sentences": own, "sentence_vectors": vectors[start:start + len(own)]})
+        out.append({**passage, "sentences": own, "sentence_vectors": vectors[start : start + len(own)]})
         start += len(own)
     return out
 
@@ -71,7 +87,9 @@ def _with_stored_vectors(passages, embed):
 def test_stored_sentence_vectors_give_the_same_answer_without_embedding(embed):
     question = "How do I check the valve solenoid coil voltage?"
     stored = _with_stored_vectors(PASSAGES, embed)
-    assert stored[1]["sentences"] == split_sentences(PASSAGES[1]["snippet"]) and stored[1]["sentence_vectors"].shape == (2, 384)
+    assert stored[1]["sentences"] == split_sentences(PASSAGES[1]["snippet"]) and stored[1][
+        "sentence_vectors"
+    ].shape == (2, 384)
 
     def must_not_embed(texts):
         raise AssertionError(f"embedded at query time: {texts}")

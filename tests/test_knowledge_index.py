@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from knowledge.embedding import get_embedder
 from knowledge.answer import split_sentences
+from knowledge.embedding import get_embedder
 from knowledge.index_store import INDEX_FORMAT, IndexFormatError, IndexNotFound, IndexStore
 from knowledge.retrieval import IndexSearcher, diagnosis_bias
 from tests.test_knowledge_sample_corpus import write_sample_corpus
@@ -18,9 +18,19 @@ def embedder():
 
 
 def _rows(n: int, components=("valve",)) -> list[dict]:
-    return [{"chunk_id": f"d{i}#000", "document_id": f"d{i}", "title": f"Doc {i}", "heading_path": f"Doc {i}",
-             "text": f"text {i}", "components": list(components), "tags": ["t"], "sentences": []}
-            for i in range(n)]
+    return [
+        {
+            "chunk_id": f"d{i}#000",
+            "document_id": f"d{i}",
+            "title": f"Doc {i}",
+            "heading_path": f"Doc {i}",
+            "text": f"text {i}",
+            "components": list(components),
+            "tags": ["t"],
+            "sentences": [],
+        }
+        for i in range(n)
+    ]
 
 
 NO_SENTENCES = np.zeros((0, 0), dtype=np.float32)
@@ -44,7 +54,9 @@ def test_publish_load_and_versions(tmp_path):
     with pytest.raises(IndexNotFound, match="build_index"):
         store.load()
     first = store.publish(_unit(5), _rows(5), sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="a" * 64)
-    second = store.publish(_unit(6, seed=1), _rows(6), sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="b" * 64)
+    second = store.publish(
+        _unit(6, seed=1), _rows(6), sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="b" * 64
+    )
     assert store.list_versions() == [first["version"], second["version"]]
     assert store.latest_version() == second["version"]
     loaded = store.load("latest")
@@ -89,7 +101,9 @@ def test_an_index_of_the_older_format_is_refused_with_the_reason(tmp_path):
 def test_large_corpora_get_an_ivf_index(tmp_path):
     store = IndexStore(tmp_path)
     vecs = _unit(400, dims=16)
-    manifest = store.publish(vecs, _rows(400), sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="c" * 64, ivf_threshold=100)
+    manifest = store.publish(
+        vecs, _rows(400), sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="c" * 64, ivf_threshold=100
+    )
     assert manifest["index_type"] == "IndexIVFFlat"
     searcher = IndexSearcher(store.load())
     hit = searcher.search(vecs[123], k=1)[0]
@@ -137,8 +151,9 @@ def test_filters_one_hit_per_document_and_preference(tmp_path):
 
 
 def test_diagnosis_bias_words_and_components():
-    words, components = diagnosis_bias({"affected_components": ["valve"], "anomaly_type": "valve_lag",
-                                        "severity": "critical"})
+    words, components = diagnosis_bias(
+        {"affected_components": ["valve"], "anomaly_type": "valve_lag", "severity": "critical"}
+    )
     assert components == ["valve"] and "valve lag" in words
     assert diagnosis_bias(None) == ("", [])
 
@@ -161,14 +176,16 @@ def test_build_index_with_ray_data_then_query(ray_cluster, tmp_path, embedder):
         sentences = list(row["sentences"])
         assert sentences == split_sentences(row["text"]), row["chunk_id"]
         if sentences:
-            stored = loaded.sentence_vectors[loaded.sentence_offsets[i]:loaded.sentence_offsets[i + 1]]
+            stored = loaded.sentence_vectors[loaded.sentence_offsets[i] : loaded.sentence_offsets[i + 1]]
             assert np.allclose(stored, embedder.embed(sentences), atol=1e-4), row["chunk_id"]
     searcher = IndexSearcher(loaded)
     query = embedder.embed(["the oil keeps getting hotter during the shift"])[0]
     hits = searcher.search(query, k=3)
     assert hits[0].document_id == "cooler-fouling", [h.document_id for h in hits]
     assert hits[0].heading_path.startswith("Cooler fouling")
-    valve = searcher.search(embedder.embed(["how do I measure the coil voltage at the connector"])[0], k=1, components=["valve"])
+    valve = searcher.search(
+        embedder.embed(["how do I measure the coil voltage at the connector"])[0], k=1, components=["valve"]
+    )
     assert valve[0].document_id == "valve-lag" and "Repair" in valve[0].heading_path
 
     # A later build that fails (a broken document) publishes nothing.
@@ -186,7 +203,9 @@ def test_ensure_index_builds_only_when_there_is_no_usable_index(ray_cluster, tmp
     from configs.settings import Settings
     from pipelines.build_index import ensure_index
 
-    settings = Settings(index_store_uri=str(tmp_path / "indexes"), knowledge_dirs=[write_sample_corpus(tmp_path / "kb")])
+    settings = Settings(
+        index_store_uri=str(tmp_path / "indexes"), knowledge_dirs=[write_sample_corpus(tmp_path / "kb")]
+    )
     built = ensure_index(settings, embed_actors=1, batch_size=16)
     assert built is not None and built["format"] == INDEX_FORMAT and built["n_documents"] == 4
     store = IndexStore(settings.index_store_uri)

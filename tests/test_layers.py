@@ -29,8 +29,15 @@ LAYERS = [
     {"configs"},
 ]
 RANK = {package: rank for rank, layer in enumerate(LAYERS) for package in layer}
-SAME_LAYER_FORBIDDEN = {("storage", "auth"), ("deployments", "pipelines"), ("pipelines", "deployments"),
-                        ("cli", "bench"), ("bench", "cli"), ("knowledge", "diagnosis"), ("diagnosis", "knowledge")}
+SAME_LAYER_FORBIDDEN = {
+    ("storage", "auth"),
+    ("deployments", "pipelines"),
+    ("pipelines", "deployments"),
+    ("cli", "bench"),
+    ("bench", "cli"),
+    ("knowledge", "diagnosis"),
+    ("diagnosis", "knowledge"),
+}
 
 
 def module_name(path: Path) -> str:
@@ -90,9 +97,9 @@ def test_imports_run_down_the_layers():
 
 
 def test_the_check_catches_an_upward_import():
-    assert layer_violations({"api.routers.diagnostics": {"deployments.diagnosis_ensemble"},
-                             "storage.db": {"auth.service"}}) == [
-        "api.routers.diagnostics imports deployments.diagnosis_ensemble", "storage.db imports auth.service"]
+    assert layer_violations(
+        {"api.routers.diagnostics": {"deployments.diagnosis_ensemble"}, "storage.db": {"auth.service"}}
+    ) == ["api.routers.diagnostics imports deployments.diagnosis_ensemble", "storage.db imports auth.service"]
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -128,8 +135,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_import_cycles():
     # A package's __init__ importing its own modules is not a cycle between files.
-    graph = {m: {t for t in ts if not (t == m.rsplit(".", 1)[0] and MODULES[t].name == "__init__.py")}
-             for m, ts in GRAPH.items()}
+    graph = {
+        m: {t for t in ts if not (t == m.rsplit(".", 1)[0] and MODULES[t].name == "__init__.py")}
+        for m, ts in GRAPH.items()
+    }
     assert cycles(graph) == []
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c"]]
 

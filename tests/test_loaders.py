@@ -106,7 +106,10 @@ def _small_dataset(with_system=True) -> RigDataset:
     meta = {"system_id": np.array(["rig-a", "rig-b", "rig-a"], dtype=object)} if with_system else {}
     return RigDataset(
         {"TS1": rng.normal(45, 5, (3, 60)), "FS1": rng.normal(6, 1, (3, 600)), "PS1": rng.normal(160, 20, (3, 6000))},
-        np.array([7, 8, 42]), labels, source="test", meta=meta,
+        np.array([7, 8, 42]),
+        labels,
+        source="test",
+        meta=meta,
     )
 
 
@@ -128,7 +131,7 @@ def test_table_round_trip(tmp_path, suffix):
 def test_table_without_labels_or_system_by_uri(tmp_path):
     original = _small_dataset(with_system=False)
     original.labels = None
-    uri = (tmp_path / "plain.parquet").as_uri()          # file:// URI through pyarrow.fs
+    uri = (tmp_path / "plain.parquet").as_uri()  # file:// URI through pyarrow.fs
     save_table(original, uri)
     loaded = load_table(uri)
     assert loaded.labels is None and "system_id" not in loaded.meta

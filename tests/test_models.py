@@ -112,8 +112,9 @@ def test_fast_inference_paths_equal_sklearn(trained, sim_data, family):
     model = trained[family]
     for target, est in model.estimators.items():
         cols = model.columns[target]
-        np.testing.assert_allclose(model._predict_proba(est, Xt[:, cols]), est.predict_proba(Xt[:, cols]),
-                                   rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(
+            model._predict_proba(est, Xt[:, cols]), est.predict_proba(Xt[:, cols]), rtol=1e-6, atol=1e-7
+        )
 
 
 def test_random_forest_packed_path_equals_sklearn(trained, sim_data):
@@ -128,8 +129,9 @@ def test_random_forest_packed_path_equals_sklearn(trained, sim_data):
         assert "_packed" in model.__dict__
         for target, est in model.estimators.items():
             cols = model.columns[target]
-            np.testing.assert_allclose(got[target], model._all_levels(target, est, est.predict_proba(rows[:, cols])),
-                                       rtol=1e-6, atol=1e-9)
+            np.testing.assert_allclose(
+                got[target], model._all_levels(target, est, est.predict_proba(rows[:, cols])), rtol=1e-6, atol=1e-9
+            )
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)

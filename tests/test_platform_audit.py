@@ -36,14 +36,19 @@ def test_allowed_denied_and_failed_calls_are_recorded(platform):
     assert denied.status == 403 and denied.trace_id == "trace-denied-1"
 
     failed = _records(platform, outcome="auth_failed")
-    assert {(r.path, r.status, r.user_id) for r in failed} == {("/api/v1/systems/rig-au", 401, None),
-                                                               ("/api/v1/systems", 401, None)}
+    assert {(r.path, r.status, r.user_id) for r in failed} == {
+        ("/api/v1/systems/rig-au", 401, None),
+        ("/api/v1/systems", 401, None),
+    }
 
     # Admins read the trail through the API, filtered; others may not.
     r = c.get("/api/v1/audit", params={"system_id": "rig-au", "status": 403}, headers=admin["headers"])
     assert r.status_code == 200 and [i["trace_id"] for i in r.json()["items"]] == ["trace-denied-1"]
-    r = c.get("/api/v1/audit", params={"username": owner["username"], "start": "2000-01-01T00:00:00Z"},
-              headers=admin["headers"])
+    r = c.get(
+        "/api/v1/audit",
+        params={"username": owner["username"], "start": "2000-01-01T00:00:00Z"},
+        headers=admin["headers"],
+    )
     assert {i["route"] for i in r.json()["items"]} == {"/api/v1/systems"}
     r = c.get("/api/v1/audit", headers=owner["headers"])
     assert r.status_code == 403 and "admin" in r.json()["detail"]

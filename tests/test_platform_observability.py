@@ -20,8 +20,12 @@ def test_dashboard_queries_known_metrics():
     exported = {f"ray_{name}" for name in re.findall(r'(?:counter|histogram)\("(hdx_[a-z_]+)"', source)}
     assert len(exported) == 9
     dashboard = json.loads(DASHBOARD.read_text())
-    used = {m for p in dashboard["panels"] for t in p["targets"]
-            for m in re.findall(r"(ray_hdx_[a-z_]+?)(?:_total|_bucket|_sum|_count)?[{\[)]", t["expr"])}
+    used = {
+        m
+        for p in dashboard["panels"]
+        for t in p["targets"]
+        for m in re.findall(r"(ray_hdx_[a-z_]+?)(?:_total|_bucket|_sum|_count)?[{\[)]", t["expr"])
+    }
     assert used and used <= exported, used - exported
     assert exported - used == set(), f"metrics without a panel: {exported - used}"
 
@@ -29,13 +33,35 @@ def test_dashboard_queries_known_metrics():
 def test_metrics_are_noops_outside_ray():
     m = Metrics()
     m.requests.inc(tags={"route": "/x", "method": "GET", "status": "200"})
-    m.diagnosis(Diagnosis(
-        cache_hit=False,
-        ml_predictions=[ModelReply(ml_model="adaptive", version="v1", prediction_score=0.9, confidence=0.8,
-                                   processing_time_ms=1.0, round_trip_ms=3.0, features_used=10)],
-        prediction=Verdict(is_anomaly=True, anomaly_type="valve_lag", severity="critical", anomaly_score=0.9,
-                           confidence=0.8, affected_components=["valve"], components={}),
-        ensemble_score=0.9, ensemble_coverage=1.0, features_extracted=10, model_versions={"adaptive": "v1"}))
+    m.diagnosis(
+        Diagnosis(
+            cache_hit=False,
+            ml_predictions=[
+                ModelReply(
+                    ml_model="adaptive",
+                    version="v1",
+                    prediction_score=0.9,
+                    confidence=0.8,
+                    processing_time_ms=1.0,
+                    round_trip_ms=3.0,
+                    features_used=10,
+                )
+            ],
+            prediction=Verdict(
+                is_anomaly=True,
+                anomaly_type="valve_lag",
+                severity="critical",
+                anomaly_score=0.9,
+                confidence=0.8,
+                affected_components=["valve"],
+                components={},
+            ),
+            ensemble_score=0.9,
+            ensemble_coverage=1.0,
+            features_extracted=10,
+            model_versions={"adaptive": "v1"},
+        )
+    )
 
 
 def test_log_lines_are_json_with_the_trace_id():

@@ -80,7 +80,9 @@ async def test_limits_are_shared_through_the_kv_store(kv):
 
 
 async def test_redis_outage_fails_open():
-    limiter = RateLimiter(FailSoftKV(RedisKV("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)),
-                          {"free": Tier("free", per_minute=1, daily_quota=1)})
+    limiter = RateLimiter(
+        FailSoftKV(RedisKV("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)),
+        {"free": Tier("free", per_minute=1, daily_quota=1)},
+    )
     decisions = [await limiter.check("user:1", "free") for _ in range(3)]
     assert all(d.allowed for d in decisions)

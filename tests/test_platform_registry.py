@@ -6,18 +6,32 @@ import pytest
 
 from tests.test_platform_support import platform  # noqa: F401  (fixture)
 
-
 TOPOLOGY = {
-    "nodes": [{"id": "m1", "kind": "motor"}, {"id": "p1", "kind": "pump"}, {"id": "v1", "kind": "valve"},
-              {"id": "c1", "kind": "cooler"}, {"id": "t1", "kind": "sensor", "channel": "temperature"}],
-    "edges": [{"from": "m1", "to": "p1"}, {"from": "p1", "to": "v1"}, {"from": "v1", "to": "c1"},
-              {"from": "t1", "to": "c1", "kind": "signal"}],
+    "nodes": [
+        {"id": "m1", "kind": "motor"},
+        {"id": "p1", "kind": "pump"},
+        {"id": "v1", "kind": "valve"},
+        {"id": "c1", "kind": "cooler"},
+        {"id": "t1", "kind": "sensor", "channel": "temperature"},
+    ],
+    "edges": [
+        {"from": "m1", "to": "p1"},
+        {"from": "p1", "to": "v1"},
+        {"from": "v1", "to": "c1"},
+        {"from": "t1", "to": "c1", "kind": "signal"},
+    ],
 }
 
 
 def body(system_id: str, **extra) -> dict:
-    return {"id": system_id, "name": f"Rig {system_id}", "location": "Hall B", "channels": ["TS1", "vibration"],
-            "topology": TOPOLOGY, **extra}
+    return {
+        "id": system_id,
+        "name": f"Rig {system_id}",
+        "location": "Hall B",
+        "channels": ["TS1", "vibration"],
+        "topology": TOPOLOGY,
+        **extra,
+    }
 
 
 def test_create_read_update_delete(platform):
@@ -46,14 +60,19 @@ def test_create_read_update_delete(platform):
     assert c.post("/api/v1/systems", json=body("rig-a"), headers=eng["headers"]).status_code == 409
 
 
-@pytest.mark.parametrize("topology, message", [
-    ({"nodes": [{"id": "p1", "kind": "pump"}], "edges": [{"from": "p1", "to": "ghost"}]},
-     "node 'ghost' is not declared"),
-    ({"nodes": [{"id": "p1", "kind": "pump"}, {"id": "p1", "kind": "valve"}]}, "duplicate node id 'p1'"),
-    ({"nodes": [{"id": "x", "kind": "flux_capacitor"}]}, "unknown component kind 'flux_capacitor'"),
-    ({"nodes": [{"id": "s", "kind": "sensor", "channel": "XX9"}]}, "unknown channel 'XX9'"),
-    ({"nodes": [{"id": "p1", "kind": "pump"}], "edges": [{"from": "p1", "to": "p1"}]}, "connected to itself"),
-])
+@pytest.mark.parametrize(
+    "topology, message",
+    [
+        (
+            {"nodes": [{"id": "p1", "kind": "pump"}], "edges": [{"from": "p1", "to": "ghost"}]},
+            "node 'ghost' is not declared",
+        ),
+        ({"nodes": [{"id": "p1", "kind": "pump"}, {"id": "p1", "kind": "valve"}]}, "duplicate node id 'p1'"),
+        ({"nodes": [{"id": "x", "kind": "flux_capacitor"}]}, "unknown component kind 'flux_capacitor'"),
+        ({"nodes": [{"id": "s", "kind": "sensor", "channel": "XX9"}]}, "unknown channel 'XX9'"),
+        ({"nodes": [{"id": "p1", "kind": "pump"}], "edges": [{"from": "p1", "to": "p1"}]}, "connected to itself"),
+    ],
+)
 def test_topology_errors_name_the_bad_node_or_edge(platform, topology, message):
     eng = platform.user("engineer")
     r = platform.client.post("/api/v1/systems", json=body("rig-bad", topology=topology), headers=eng["headers"])
@@ -71,8 +90,12 @@ def test_unknown_channel_is_refused(platform):
 
 def test_viewer_cannot_modify_and_stranger_cannot_see(platform):
     c = platform.client
-    owner, viewer, stranger, admin = (platform.user("engineer"), platform.user("viewer"),
-                                      platform.user("engineer"), platform.user("admin"))
+    owner, viewer, stranger, admin = (
+        platform.user("engineer"),
+        platform.user("viewer"),
+        platform.user("engineer"),
+        platform.user("admin"),
+    )
     assert c.post("/api/v1/systems", json=body("rig-v"), headers=owner["headers"]).status_code == 201
     r = c.post("/api/v1/systems", json=body("rig-w"), headers=viewer["headers"])
     assert r.status_code == 403 and "viewer" in r.json()["detail"]
@@ -90,8 +113,11 @@ def test_viewer_cannot_modify_and_stranger_cannot_see(platform):
     assert [m["username"] for m in members] == [viewer["username"]]
 
     # A write member may edit but not delete or share: those belong to the owner.
-    c.post("/api/v1/systems/rig-v/members", json={"username": stranger["username"], "permission": "write"},
-           headers=owner["headers"])
+    c.post(
+        "/api/v1/systems/rig-v/members",
+        json={"username": stranger["username"], "permission": "write"},
+        headers=owner["headers"],
+    )
     assert c.patch("/api/v1/systems/rig-v", json={"name": "edited"}, headers=stranger["headers"]).status_code == 200
     r = c.delete("/api/v1/systems/rig-v", headers=stranger["headers"])
     assert r.status_code == 403 and "owner" in r.json()["detail"]

@@ -18,7 +18,12 @@ from tests.fixtures.serve_app import MODEL_VERSIONS, simulated_request
 
 pytestmark = pytest.mark.ray
 
-COMPONENT_ORDER = {"cooler": (100, 20, 3), "valve": (100, 90, 80, 73), "pump": (0, 1, 2), "accumulator": (130, 115, 100, 90)}
+COMPONENT_ORDER = {
+    "cooler": (100, 20, 3),
+    "valve": (100, 90, 80, 73),
+    "pump": (0, 1, 2),
+    "accumulator": (130, 115, 100, 90),
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +47,11 @@ def test_served_predictions_are_stored_with_cache_hits_marked(api, engineer):
     assert second.json()["cache_hit"] is True
     ids = [int(first.headers["X-Prediction-ID"]), int(second.headers["X-Prediction-ID"])]
     _predict(api, engineer, seed=12, valve=73)
-    page = api.http.get(f"/api/v1/systems/{engineer['system']}/predictions", params={"limit": 2, "offset": 1},
-                        headers=engineer["headers"]).json()["items"]
+    page = api.http.get(
+        f"/api/v1/systems/{engineer['system']}/predictions",
+        params={"limit": 2, "offset": 1},
+        headers=engineer["headers"],
+    ).json()["items"]
     assert [p["id"] for p in page] == ids[::-1]
     assert [p["cache_hit"] for p in page] == [True, False]
     assert page[1]["trace_id"] == first.json()["trace_id"]
@@ -52,17 +60,25 @@ def test_served_predictions_are_stored_with_cache_hits_marked(api, engineer):
 
     one = api.http.get(f"/api/v1/systems/{engineer['system']}/predictions/{ids[0]}", headers=engineer["headers"])
     assert one.status_code == 200 and one.json()["source"] == "predict"
-    critical = api.http.get(f"/api/v1/systems/{engineer['system']}/predictions",
-                            params={"severity": "critical", "start": "2000-01-01T00:00:00Z"},
-                            headers=engineer["headers"]).json()["items"]
+    critical = api.http.get(
+        f"/api/v1/systems/{engineer['system']}/predictions",
+        params={"severity": "critical", "start": "2000-01-01T00:00:00Z"},
+        headers=engineer["headers"],
+    ).json()["items"]
     assert critical and all(p["severity"] == "critical" for p in critical)
-    r = api.http.get(f"/api/v1/systems/{engineer['system']}/predictions", params={"severity": "bad"},
-                     headers=engineer["headers"])
+    r = api.http.get(
+        f"/api/v1/systems/{engineer['system']}/predictions", params={"severity": "bad"}, headers=engineer["headers"]
+    )
     assert r.status_code == 422 and "unknown severity 'bad'" in r.text
 
-    batch = api.http.post("/api/v1/diagnostics/predict/batch", headers=engineer["headers"], json={
-        "system_id": engineer["system"], "items": [simulated_request(engineer["system"], seed=13)["sensor_data"],
-                                                   {"TS1": [1.0]}]})
+    batch = api.http.post(
+        "/api/v1/diagnostics/predict/batch",
+        headers=engineer["headers"],
+        json={
+            "system_id": engineer["system"],
+            "items": [simulated_request(engineer["system"], seed=13)["sensor_data"], {"TS1": [1.0]}],
+        },
+    )
     batch_ids = batch.headers["X-Prediction-IDs"].split(",")
     assert batch_ids[0].isdigit() and batch_ids[1] == ""
 
@@ -80,8 +96,9 @@ def _adaptive_level(handle, sensor_data: dict, component: str) -> int:
 def _adaptive_replica_names(app_name: str) -> list[str]:
     import ray
 
-    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-            if f"{app_name}#AdaptiveModel" in a["name"]]
+    return [
+        a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"{app_name}#AdaptiveModel" in a["name"]
+    ]
 
 
 def test_feedback_teaches_the_adaptive_model_everywhere_and_survives_a_restart(api, engineer, ray_cluster):
@@ -98,9 +115,11 @@ def test_feedback_teaches_the_adaptive_model_everywhere_and_survives_a_restart(a
     [options] = [d for d in serve_config_application()["deployments"] if d["name"] == "AdaptiveModel"]
     options = {k: v for k, v in options.items() if k != "autoscaling_config"}
     settings = get_settings()
-    pair_app = ModelServer.options(**{**options, "num_replicas": 2, "user_config": {
-        **options["user_config"], "version": MODEL_VERSIONS[0]}}).bind(
-        family="adaptive", store=ModelStore(settings.model_store_uri), sync_interval_s=settings.adaptive_sync_interval_s)
+    pair_app = ModelServer.options(
+        **{**options, "num_replicas": 2, "user_config": {**options["user_config"], "version": MODEL_VERSIONS[0]}}
+    ).bind(
+        family="adaptive", store=ModelStore(settings.model_store_uri), sync_interval_s=settings.adaptive_sync_interval_s
+    )
     serve.run(pair_app, name="hdx-adaptive-pair", route_prefix=None)
     pair = serve.get_deployment_handle("AdaptiveModel", app_name="hdx-adaptive-pair")
     try:
@@ -109,8 +128,11 @@ def test_feedback_teaches_the_adaptive_model_everywhere_and_survives_a_restart(a
         sensor_data = simulated_request(engineer["system"], seed=21)["sensor_data"]
         before = _adaptive_level(main, sensor_data, "valve")
         assert before != 73
-        fb = api.http.post(f"/api/v1/systems/{engineer['system']}/predictions/{r.headers['X-Prediction-ID']}/feedback",
-                           json={"components": {"valve": 73}, "note": "valve sticks"}, headers=engineer["headers"])
+        fb = api.http.post(
+            f"/api/v1/systems/{engineer['system']}/predictions/{r.headers['X-Prediction-ID']}/feedback",
+            json={"components": {"valve": 73}, "note": "valve sticks"},
+            headers=engineer["headers"],
+        )
         assert fb.status_code == 201, fb.text
         learned = fb.json()["learned"]
         assert learned["targets_updated"] == 1 and learned["state_revision"]
@@ -153,8 +175,11 @@ def test_feedback_is_validated(api, engineer):
     assert r.status_code == 422 and "unknown component 'gearbox'" in r.text
     r = api.http.post(url, json={"components": {}}, headers=engineer["headers"])
     assert r.status_code == 422
-    r = api.http.post(f"/api/v1/systems/{engineer['system']}/predictions/999999/feedback",
-                      json={"components": {"valve": 100}}, headers=engineer["headers"])
+    r = api.http.post(
+        f"/api/v1/systems/{engineer['system']}/predictions/999999/feedback",
+        json={"components": {"valve": 100}},
+        headers=engineer["headers"],
+    )
     assert r.status_code == 404 and "prediction 999999" in r.text
     viewer, pw = api.create_user("viewer")
     r = api.http.post(url, json={"components": {"valve": 100}}, headers=api.auth(api.token(viewer, pw)))
@@ -163,8 +188,14 @@ def test_feedback_is_validated(api, engineer):
 
 # --- ingestion ----------------------------------------------------------------------------
 def _cycles(system: str, n: int, offset: int = 0) -> list[dict]:
-    return [{"idempotency_key": f"k-{offset + i}", "started_at": f"2026-03-01T12:{offset + i:02d}:00Z",
-             "sensor_data": simulated_request(system, seed=100 + offset + i)["sensor_data"]} for i in range(n)]
+    return [
+        {
+            "idempotency_key": f"k-{offset + i}",
+            "started_at": f"2026-03-01T12:{offset + i:02d}:00Z",
+            "sensor_data": simulated_request(system, seed=100 + offset + i)["sensor_data"],
+        }
+        for i in range(n)
+    ]
 
 
 def test_ingestion_is_idempotent_and_rejects_per_item(api, engineer):
@@ -187,8 +218,11 @@ def test_ingestion_is_idempotent_and_rejects_per_item(api, engineer):
     assert len(history) == 3 and {p["source"] for p in history} == {"ingestion"}  # the retry diagnosed nothing twice
     latest = api.http.get(f"/api/v1/systems/{system}/readings/latest", headers=engineer["headers"]).json()
     assert latest["idempotency_key"] == "k-2" and len(latest["sensor_data"]) == 8
-    ranged = api.http.get(f"/api/v1/systems/{system}/readings", headers=engineer["headers"],
-                          params={"start": "2026-03-01T12:01:00Z", "end": "2026-03-01T12:02:00Z"}).json()["items"]
+    ranged = api.http.get(
+        f"/api/v1/systems/{system}/readings",
+        headers=engineer["headers"],
+        params={"start": "2026-03-01T12:01:00Z", "end": "2026-03-01T12:02:00Z"},
+    ).json()["items"]
     assert [r["idempotency_key"] for r in ranged] == ["k-1"]
 
     dup_in_batch = {"system_id": system, "cycles": [_cycles(system, 1, 10)[0]] * 2}
@@ -211,8 +245,13 @@ def _run_ingress(name: str) -> str:
     from deployments.ingress import Ingress
 
     ensemble = serve.get_deployment_handle("DiagnosisEnsemble", app_name="hdx")
-    serve.run(Ingress.options(name=f"Ingress-{name}", ray_actor_options={"num_cpus": 0.2}).bind(
-        ensemble, None, get_settings()), name=name, route_prefix=f"/{name}")
+    serve.run(
+        Ingress.options(name=f"Ingress-{name}", ray_actor_options={"num_cpus": 0.2}).bind(
+            ensemble, None, get_settings()
+        ),
+        name=name,
+        route_prefix=f"/{name}",
+    )
     return name
 
 
@@ -246,12 +285,18 @@ def test_metrics_reach_the_prometheus_endpoint(api, engineer, ray_cluster):
 
     r = _predict(api, engineer, seed=31, valve=73)
     _predict(api, engineer, seed=31, valve=73)  # a cache hit
-    fb = api.http.post(f"/api/v1/systems/{engineer['system']}/predictions/{r.headers['X-Prediction-ID']}/feedback",
-                       json={"components": {"valve": 73}}, headers=engineer["headers"])
+    fb = api.http.post(
+        f"/api/v1/systems/{engineer['system']}/predictions/{r.headers['X-Prediction-ID']}/feedback",
+        json={"components": {"valve": 73}},
+        headers=engineer["headers"],
+    )
     assert fb.status_code == 201, fb.text
     system = api.create_system(engineer["username"])
-    api.http.post("/api/v1/ingestion/cycles", json={"system_id": system, "cycles": _cycles(system, 2)},
-                  headers=engineer["headers"])
+    api.http.post(
+        "/api/v1/ingestion/cycles",
+        json={"system_id": system, "cycles": _cycles(system, 2)},
+        headers=engineer["headers"],
+    )
     api.http.get("/api/v1/systems", headers={"Authorization": "Bearer nope"})
     free_user, pw = api.create_user("engineer", tier="free")
     headers = api.auth(api.token(free_user, pw))
@@ -259,10 +304,20 @@ def test_metrics_reach_the_prometheus_endpoint(api, engineer, ray_cluster):
     assert statuses[-1] == 429
 
     port = ray._private.worker.global_worker.node.metrics_export_port
-    wanted = ['ray_hdx_requests_total{', 'ray_hdx_request_latency_ms_bucket{', 'model="adaptive"',
-              'ray_hdx_prediction_cache_total{', 'result="hit"', 'ray_hdx_anomalies_total{',
-              'ray_hdx_auth_failures_total{', 'ray_hdx_rate_limited_total{', 'status="429"',
-              'ray_hdx_ingestion_rows_total{', 'outcome="stored"', 'ray_hdx_feedback_total{']
+    wanted = [
+        "ray_hdx_requests_total{",
+        "ray_hdx_request_latency_ms_bucket{",
+        'model="adaptive"',
+        "ray_hdx_prediction_cache_total{",
+        'result="hit"',
+        "ray_hdx_anomalies_total{",
+        "ray_hdx_auth_failures_total{",
+        "ray_hdx_rate_limited_total{",
+        'status="429"',
+        "ray_hdx_ingestion_rows_total{",
+        'outcome="stored"',
+        "ray_hdx_feedback_total{",
+    ]
     deadline, text = time.time() + 60, ""
     while time.time() < deadline:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import event, select
 
@@ -15,7 +15,7 @@ from storage.tables import Reading
 from tests.fixtures.db import add_system, add_user
 from tests.test_platform_support import platform  # noqa: F401
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 def cycle(key: str, minutes: int, value: float = 40.0) -> dict:
@@ -38,23 +38,47 @@ async def test_readings_insert_once_per_key(session):
     assert stored_b.sensor_data["TS1"][0] == 40.0  # the first write wins
     latest = await readings_repo.latest(session, "rig-1")
     assert latest.idempotency_key == "c" and latest.started_at == T0 + timedelta(minutes=2)
-    window = await readings_repo.in_range(session, "rig-1", start=T0 + timedelta(minutes=1), end=T0 + timedelta(minutes=2))
+    window = await readings_repo.in_range(
+        session, "rig-1", start=T0 + timedelta(minutes=1), end=T0 + timedelta(minutes=2)
+    )
     assert [r.idempotency_key for r in window] == ["b"]
 
 
 def answer(severity: str, score: float, cache_hit: bool = False) -> Diagnosis:
-    return Diagnosis(prediction=Verdict(severity=severity, is_anomaly=severity != "normal", anomaly_score=score,
-                                        components={}, confidence=0.9, affected_components=[], anomaly_type="none"),
-                     ml_predictions=[], model_versions={"adaptive": "v1"}, cache_hit=cache_hit,
-                     total_processing_time_ms=3.0, ensemble_score=score, ensemble_coverage=1.0, features_extracted=1)
+    return Diagnosis(
+        prediction=Verdict(
+            severity=severity,
+            is_anomaly=severity != "normal",
+            anomaly_score=score,
+            components={},
+            confidence=0.9,
+            affected_components=[],
+            anomaly_type="none",
+        ),
+        ml_predictions=[],
+        model_versions={"adaptive": "v1"},
+        cache_hit=cache_hit,
+        total_processing_time_ms=3.0,
+        ensemble_score=score,
+        ensemble_coverage=1.0,
+        features_extracted=1,
+    )
 
 
 async def test_prediction_history_pages_and_filters(session):
     owner = await add_user(session, "owner")
     await add_system(session, "rig-1", owner)
-    rows = [predictions_repo.row("rig-1", answer(sev, i / 10, cache_hit=i == 3), {"TS1": [1.0]}, trace_id=f"t{i}",
-                                 source="predict", user_id=owner.id)
-            for i, sev in enumerate(["normal", "warning", "critical", "warning", "normal"])]
+    rows = [
+        predictions_repo.row(
+            "rig-1",
+            answer(sev, i / 10, cache_hit=i == 3),
+            {"TS1": [1.0]},
+            trace_id=f"t{i}",
+            source="predict",
+            user_id=owner.id,
+        )
+        for i, sev in enumerate(["normal", "warning", "critical", "warning", "normal"])
+    ]
     ids = await predictions_repo.add_many(session, rows)
     await session.commit()
     assert ids == sorted(ids) and len(set(ids)) == 5
@@ -63,14 +87,15 @@ async def test_prediction_history_pages_and_filters(session):
     assert newest_first[0].cache_hit is True and "total_processing_time_ms" not in newest_first[0].result
     warnings = await predictions_repo.page(session, "rig-1", severity=["warning", "critical"])
     assert [p.trace_id for p in warnings] == ["t3", "t2", "t1"]
-    future = datetime.now(timezone.utc) + timedelta(hours=1)
+    future = datetime.now(UTC) + timedelta(hours=1)
     assert await predictions_repo.page(session, "rig-1", start=future) == []
     assert (await predictions_repo.latest_prediction(session, "rig-1"))["severity"] == "normal"
     assert await predictions_repo.latest_prediction(session, "rig-2") is None
     assert await predictions_repo.get(session, "rig-other", ids[0]) is None
 
-    fb = await feedback_repo.add(session, prediction_id=ids[0], system_id="rig-1", user_id=owner.id,
-                                 components={"valve": 90}, note="lagging")
+    fb = await feedback_repo.add(
+        session, prediction_id=ids[0], system_id="rig-1", user_id=owner.id, components={"valve": 90}, note="lagging"
+    )
     await feedback_repo.set_learned(session, fb, {"state_revision": "r1"})
     await session.commit()
     [stored] = await feedback_repo.for_prediction(session, ids[0])
@@ -83,8 +108,17 @@ async def test_prediction_rows_go_in_as_one_insert_and_ids_match_their_rows(sess
     the ids come back in row order."""
     owner = await add_user(session, "owner")
     await add_system(session, "rig-1", owner)
-    rows = [predictions_repo.row("rig-1", answer("normal", i / 100), {"TS1": [float(i)]}, trace_id=f"r{i}",
-                                 source="predict", user_id=owner.id) for i in range(25)]
+    rows = [
+        predictions_repo.row(
+            "rig-1",
+            answer("normal", i / 100),
+            {"TS1": [float(i)]},
+            trace_id=f"r{i}",
+            source="predict",
+            user_id=owner.id,
+        )
+        for i in range(25)
+    ]
     inserts = []
 
     def count(conn, cursor, statement, parameters, context, executemany):
@@ -110,8 +144,12 @@ def test_latest_diagnosis_hook_reads_the_newest_stored_prediction(platform):
     async def seed(session):
         owner = await add_user(session, "hook-owner")
         await add_system(session, "rig-h", owner)
-        rows = [predictions_repo.row("rig-h", answer(sev, 0.1), {"TS1": [1.0]}, trace_id=sev, source="predict",
-                                     user_id=owner.id) for sev in ("normal", "critical")]
+        rows = [
+            predictions_repo.row(
+                "rig-h", answer(sev, 0.1), {"TS1": [1.0]}, trace_id=sev, source="predict", user_id=owner.id
+            )
+            for sev in ("normal", "critical")
+        ]
         await predictions_repo.add_many(session, rows)
         await session.commit()
 
@@ -130,8 +168,9 @@ async def test_history_writer_close_finishes_the_batch_being_written(db):
         await add_system(session, "rig-1", owner)
         await session.commit()
     writer = BatchWriter(db, predictions_repo.add_many, name="history")
-    row = predictions_repo.row("rig-1", answer("normal", 0.1), {"TS1": [1.0]}, trace_id="in-flight",
-                               source="predict", user_id=owner.id)
+    row = predictions_repo.row(
+        "rig-1", answer("normal", 0.1), {"TS1": [1.0]}, trace_id="in-flight", source="predict", user_id=owner.id
+    )
     pending = asyncio.create_task(writer.write([row]))
     while writer._task is None or writer._queue:  # the writer has taken the batch and is inserting it
         await asyncio.sleep(0)
@@ -150,9 +189,20 @@ async def test_history_writer_groups_concurrent_requests_and_keeps_their_ids(db)
         await add_system(session, "rig-1", owner)
         await session.commit()
     writer = BatchWriter(db, predictions_repo.add_many, name="history")
-    requests = [[predictions_repo.row("rig-1", answer("normal", 0.1), {"TS1": [float(i)]}, trace_id=f"r{i}-{k}",
-                                      source="predict", user_id=owner.id) for k in range(1 + i % 3)]
-                for i in range(24)]
+    requests = [
+        [
+            predictions_repo.row(
+                "rig-1",
+                answer("normal", 0.1),
+                {"TS1": [float(i)]},
+                trace_id=f"r{i}-{k}",
+                source="predict",
+                user_id=owner.id,
+            )
+            for k in range(1 + i % 3)
+        ]
+        for i in range(24)
+    ]
     ids = await asyncio.gather(*(writer.write(rows) for rows in requests))
     assert writer.rows_written == sum(len(r) for r in requests) and writer.commits < len(requests)
     async with db.session() as session:

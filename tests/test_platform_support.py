@@ -33,6 +33,7 @@ class Platform:
 
     def run(self, fn, *args):
         """Run ``async fn(session, *args)`` on the app's loop with a session of the app's database."""
+
         async def call():
             async with self.app.state.db.sessionmaker() as session:
                 return await fn(session, *args)
@@ -54,8 +55,17 @@ class Platform:
 def platform_settings(tmp_path: Path, database_url: str, **overrides) -> Settings:
     tiers = tmp_path / "tiers.yaml"
     tiers.write_text(SMALL_TIERS)
-    return Settings(**{"home": tmp_path, "dev_mode": True, "database_url": database_url, "redis_url": None,
-                       "tiers_path": tiers, "audit_flush_interval_s": 0.2, **overrides})
+    return Settings(
+        **{
+            "home": tmp_path,
+            "dev_mode": True,
+            "database_url": database_url,
+            "redis_url": None,
+            "tiers_path": tiers,
+            "audit_flush_interval_s": 0.2,
+            **overrides,
+        }
+    )
 
 
 @pytest.fixture

@@ -66,16 +66,24 @@ def rag_app(hdx_env, ray_cluster, index_manifest):
         status = serve.status().applications.get(APP)
         # Serve says so once replicas wait 30 s for CPUs. Briefly that can be the index job's actors
         # going away; still so 90 s later, the cluster is too small and serve.run would wait forever.
-        unschedulable = next((d.message for d in (status.deployments.values() if status else ())
-                              if "to be scheduled" in (d.message or "")), None)
+        unschedulable = next(
+            (
+                d.message
+                for d in (status.deployments.values() if status else ())
+                if "to be scheduled" in (d.message or "")
+            ),
+            None,
+        )
         since = (since or time.monotonic()) if unschedulable else None
         if since is not None and time.monotonic() - since > UNSCHEDULABLE_S:
             break
     if deployer.is_alive() or failure:
         serve.delete(APP)
         reason = failure[:1] or unschedulable or f"not running after {DEPLOY_TIMEOUT_S} s"
-        pytest.fail(f"{APP} did not deploy: {reason}. Other apps on this cluster: "
-                    f"{[a for a in serve.status().applications if a != APP]}")
+        pytest.fail(
+            f"{APP} did not deploy: {reason}. Other apps on this cluster: "
+            f"{[a for a in serve.status().applications if a != APP]}"
+        )
     base = f"http://127.0.0.1:{port}{PREFIX}"
     try:
         wait_ready(base)
@@ -145,14 +153,17 @@ def test_query_answered_with_cited_sources_and_metadata(api, owner, index_manife
     assert meta["tokens_used"] == 0 and "system_id" not in meta
 
 
-@pytest.mark.parametrize("body, reason", [
-    ({"query": ""}, "must not be empty"),
-    ({"query": "   \n "}, "must not be empty"),
-    ({"query": "x" * 2001}, "limit is 2000"),
-    ({"query": 42}, "string"),
-    ({"query": {"text": "valve"}}, "string"),
-    ({"query": "bad\x00byte"}, "plain text"),
-])
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        ({"query": ""}, "must not be empty"),
+        ({"query": "   \n "}, "must not be empty"),
+        ({"query": "x" * 2001}, "limit is 2000"),
+        ({"query": 42}, "string"),
+        ({"query": {"text": "valve"}}, "string"),
+        ({"query": "bad\x00byte"}, "plain text"),
+    ],
+)
 def test_invalid_queries_get_422(api, owner, body, reason):
     r = api.http.post(URL, json=body, headers=owner["headers"])
     assert r.status_code == 422, r.text

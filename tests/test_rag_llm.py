@@ -12,8 +12,14 @@ from knowledge.llm import BackendError, ExtractiveBackend, OllamaBackend, VLLMBa
 from knowledge.prompt import build_prompt
 from tests.fixtures.ollama_standin import OllamaProtocolStandIn
 
-PASSAGES = [{"document_id": "valve-lag", "title": "Valve lag", "heading_path": "Valve lag > Repair",
-             "snippet": "Measure the coil voltage at the connector while switching. Clean or replace the spool."}]
+PASSAGES = [
+    {
+        "document_id": "valve-lag",
+        "title": "Valve lag",
+        "heading_path": "Valve lag > Repair",
+        "snippet": "Measure the coil voltage at the connector while switching. Clean or replace the spool.",
+    }
+]
 QUESTION = "How do I fix a lagging valve?"
 DIAGNOSIS = {"affected_components": ["valve"], "anomaly_type": "valve_lag", "severity": "critical"}
 
@@ -117,9 +123,17 @@ async def test_vllm_generates_with_a_tiny_random_model(tmp_path):
     raw.pre_tokenizer = pre_tokenizers.ByteLevel()
     raw.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=2000, special_tokens=["<unk>", "<s>", "</s>"]))
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
-                         bos_token_id=1, eos_token_id=2)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     LlamaForCausalLM(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
 

@@ -48,17 +48,20 @@ async def test_needs_credentials(client):
     assert (await client.post(URL, json={"query": "valve lag"})).status_code == 401
 
 
-@pytest.mark.parametrize("body, reason", [
-    ({"query": "   "}, "must not be empty"),
-    ({"query": 42}, "string"),
-    ({"query": ["valve"]}, "string"),
-    ({"query": "x" * 2001}, "limit is 2000"),
-    ({"query": "bad\x00byte"}, "plain text"),
-    ({"query": "ok", "max_results": 0}, "greater than or equal to 1"),
-    ({"query": "ok", "max_results": 11}, "less than or equal to 10"),
-    ({"query": "ok", "stream": "yes"}, "boolean"),
-    ({"query": "ok", "extra": 1}, "Extra inputs"),
-])
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        ({"query": "   "}, "must not be empty"),
+        ({"query": 42}, "string"),
+        ({"query": ["valve"]}, "string"),
+        ({"query": "x" * 2001}, "limit is 2000"),
+        ({"query": "bad\x00byte"}, "plain text"),
+        ({"query": "ok", "max_results": 0}, "greater than or equal to 1"),
+        ({"query": "ok", "max_results": 11}, "less than or equal to 10"),
+        ({"query": "ok", "stream": "yes"}, "boolean"),
+        ({"query": "ok", "extra": 1}, "Extra inputs"),
+    ],
+)
 async def test_invalid_bodies_get_422_with_a_reason(client, db, body, reason):
     headers = await _auth(client, db)
     r = await client.post(URL, json=body, headers=headers)
@@ -71,10 +74,12 @@ async def test_system_access_is_checked_before_the_pipeline(client, db):
     async with db.session() as session:
         other = await add_user(session, "other-owner")
         await add_system(session, "sys-foreign", other)
-    assert (await client.post(URL, json={"query": "why flagged?", "system_id": "sys-none"},
-                              headers=headers)).status_code == 404
-    assert (await client.post(URL, json={"query": "why flagged?", "system_id": "sys-foreign"},
-                              headers=headers)).status_code == 403
+    assert (
+        await client.post(URL, json={"query": "why flagged?", "system_id": "sys-none"}, headers=headers)
+    ).status_code == 404
+    assert (
+        await client.post(URL, json={"query": "why flagged?", "system_id": "sys-foreign"}, headers=headers)
+    ).status_code == 403
     # valid and allowed, but no assistant deployed in this app
     r = await client.post(URL, json={"query": "  valve lag  "}, headers=headers)
     assert r.status_code == 503 and "not deployed" in r.text

@@ -22,7 +22,8 @@ from tests.test_knowledge_sample_corpus import SAMPLE_DOCS, write_sample_corpus
 
 pytestmark = pytest.mark.ray
 APP = "rag-test"
-HOSE_DOC = {"hose-burst.md": """---
+HOSE_DOC = {
+    "hose-burst.md": """---
 id: hose-burst
 title: Hose burst
 components: [hose]
@@ -32,7 +33,8 @@ tags: [safety]
 ## Symptoms
 
 A burst hydraulic hose sprays oil at high pressure and the system pressure collapses at once.
-"""}
+"""
+}
 
 
 def _publish(folder, store: IndexStore) -> str:
@@ -41,8 +43,13 @@ def _publish(folder, store: IndexStore) -> str:
     vectors = embedder.embed([c.embed_text for c in chunks])
     sentences, sentence_vectors = embed_sentences([c.text for c in chunks], embedder.embed, dims=embedder.dims)
     rows = [{**c.to_dict(), "sentences": s} for c, s in zip(chunks, sentences)]
-    return store.publish(vectors, rows, sentence_vectors=sentence_vectors, model="all-MiniLM-L6-v2",
-                         corpus_fingerprint=fingerprint_files(folder.iterdir()))["version"]
+    return store.publish(
+        vectors,
+        rows,
+        sentence_vectors=sentence_vectors,
+        model="all-MiniLM-L6-v2",
+        corpus_fingerprint=fingerprint_files(folder.iterdir()),
+    )["version"]
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +70,9 @@ def serve_app(ray_cluster, versions):
 
     def deploy(index_version="latest", **settings):
         settings = Settings(index_store_uri=versions[0], **settings)
-        return serve.run(assistant_from_serve_config(settings, index_version=index_version), name=APP,
-                         route_prefix=None)
+        return serve.run(
+            assistant_from_serve_config(settings, index_version=index_version), name=APP, route_prefix=None
+        )
 
     yield deploy
     serve.delete(APP)
@@ -84,9 +92,11 @@ def test_query_answers_with_cited_sources(serve_app, versions):
 def test_a_diagnosis_steers_a_vague_question(serve_app):
     handle = serve_app()
     question = "Why is my system flagged?"
-    for component, mode, expected in [("valve", "valve_lag", "valve-lag"),
-                                      ("cooler", "cooler_degradation", "cooler-fouling"),
-                                      ("pump", "internal_pump_leakage", "pump-leakage")]:
+    for component, mode, expected in [
+        ("valve", "valve_lag", "valve-lag"),
+        ("cooler", "cooler_degradation", "cooler-fouling"),
+        ("pump", "internal_pump_leakage", "pump-leakage"),
+    ]:
         diagnosis = {"affected_components": [component], "anomaly_type": mode, "severity": "critical"}
         result = handle.query.remote(question, 3, "sys-1", diagnosis).result()
         assert result["sources"][0]["document_id"] == expected, (component, result["sources"])
@@ -163,7 +173,10 @@ def test_ollama_backend_then_degraded_when_it_goes_down(serve_app):
     try:
         handle = serve_app(llm_backend="ollama", ollama_url=standin.url, llm_model="standin-llm", llm_timeout_s=3.0)
         ok = handle.query.remote("How do I fix valve lag?", 2).result()
-        assert ok["response"] == standin.behaviour.reply, (ok["metadata"].get("degraded_reason"), standin.behaviour.requests)
+        assert ok["response"] == standin.behaviour.reply, (
+            ok["metadata"].get("degraded_reason"),
+            standin.behaviour.requests,
+        )
         assert ok["metadata"]["model"] == "standin-llm" and ok["metadata"]["degraded"] is False
         assert ok["metadata"]["tokens_used"] > 0
         assert "How do I fix valve lag?" in standin.behaviour.requests[-1]["messages"][1]["content"]
@@ -183,7 +196,8 @@ def test_ollama_backend_then_degraded_when_it_goes_down(serve_app):
     assert meta["model"] == "extractive" and "[1]" in down["response"]
     first = down["sources"][0]["snippet"]
     assert down["response"].split(" [")[0] in first or any(
-        down["response"].split(" [")[0] in s["snippet"] for s in down["sources"])
+        down["response"].split(" [")[0] in s["snippet"] for s in down["sources"]
+    )
     events = list(handle.options(stream=True).stream.remote("How do I fix valve lag?", 2))
     assert events[-1]["event"] == "done" and events[-1]["metadata"]["degraded"] is True
     assert "[" in "".join(e["text"] for e in events[:-1])
@@ -200,8 +214,9 @@ def test_an_outdated_index_is_reported_not_served(serve_app, tmp_path):
     version = _publish(write_sample_corpus(tmp_path / "kb"), store)
     manifest = tmp_path / "old" / version / "manifest.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 1}))  # before sentence vectors
-    handle = serve.run(assistant_from_serve_config(Settings(index_store_uri=str(tmp_path / "old"))), name=APP,
-                       route_prefix=None)
+    handle = serve.run(
+        assistant_from_serve_config(Settings(index_store_uri=str(tmp_path / "old"))), name=APP, route_prefix=None
+    )
     result = handle.query.remote("How do I fix valve lag?", 2).result()
     meta = result["metadata"]
     assert result["sources"] == [] and meta["degraded"] is True and meta["index_version"] is None

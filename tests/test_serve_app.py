@@ -20,8 +20,7 @@ def engineer(api):
     username, password = api.create_user("engineer")
     token = api.token(username, password)
     system = api.create_system(username)
-    return {"username": username, "password": password, "token": token, "system": system,
-            "headers": api.auth(token)}
+    return {"username": username, "password": password, "token": token, "system": system, "headers": api.auth(token)}
 
 
 def test_login_token_predict(api, engineer):
@@ -51,8 +50,9 @@ def test_cache_hit_then_miss_after_rollout(api, engineer, ray_cluster):
     second = api.http.post("/api/v1/diagnostics/predict", json=body, headers=engineer["headers"]).json()
     assert first["cache_hit"] is False and second["cache_hit"] is True
     assert second["prediction"] == first["prediction"]
-    uncached = api.http.post("/api/v1/diagnostics/predict", json={**body, "use_cache": False},
-                             headers=engineer["headers"]).json()
+    uncached = api.http.post(
+        "/api/v1/diagnostics/predict", json={**body, "use_cache": False}, headers=engineer["headers"]
+    ).json()
     assert uncached["cache_hit"] is False
 
     # Roll out v2 of every model (the next test does it under load), and watch it finish as an
@@ -63,7 +63,10 @@ def test_cache_hit_then_miss_after_rollout(api, engineer, ray_cluster):
     assert {m["version"] for m in models} == {MODEL_VERSIONS[1]}
     third = api.http.post("/api/v1/diagnostics/predict", json=body, headers=engineer["headers"]).json()
     assert set(third["model_versions"].values()) == {MODEL_VERSIONS[1]}
-    assert third["cache_hit"] is False, (first["model_versions"], third)  # a new version never answers from the old cache
+    assert third["cache_hit"] is False, (
+        first["model_versions"],
+        third,
+    )  # a new version never answers from the old cache
     assert api.http.post("/api/v1/diagnostics/predict", json=body, headers=engineer["headers"]).json()["cache_hit"]
 
 
@@ -195,8 +198,11 @@ def _redeploy(versions: str) -> None:
     from deployments.builder import app_from_serve_config
     from diagnosis.registry import FAMILIES
 
-    serve.run(app_from_serve_config(assistant=False, model_versions={f: versions for f in FAMILIES}),
-              name="hdx", route_prefix="/")
+    serve.run(
+        app_from_serve_config(assistant=False, model_versions={f: versions for f in FAMILIES}),
+        name="hdx",
+        route_prefix="/",
+    )
 
 
 def _deploy_config(versions: str, env: dict) -> None:
@@ -210,14 +216,25 @@ def _deploy_config(versions: str, env: dict) -> None:
 
     models = {spec.deployment for spec in FAMILIES.values()}
     # The file's options for the deployments of an app without the assistant.
-    deployments = [{**d, "user_config": {**d["user_config"], "version": versions}} if d["name"] in models else d
-                   for d in serve_config_application()["deployments"]
-                   if d["name"] in models | {"Ingress", "DiagnosisEnsemble"}]
-    config = ServeDeploySchema.model_validate({"applications": [{
-        "name": "hdx", "route_prefix": "/", "import_path": "deployments.builder:build_app",
-        "args": {"assistant": False}, "runtime_env": {"env_vars": env},
-        "deployments": deployments,
-    }]})
+    deployments = [
+        {**d, "user_config": {**d["user_config"], "version": versions}} if d["name"] in models else d
+        for d in serve_config_application()["deployments"]
+        if d["name"] in models | {"Ingress", "DiagnosisEnsemble"}
+    ]
+    config = ServeDeploySchema.model_validate(
+        {
+            "applications": [
+                {
+                    "name": "hdx",
+                    "route_prefix": "/",
+                    "import_path": "deployments.builder:build_app",
+                    "args": {"assistant": False},
+                    "runtime_env": {"env_vars": env},
+                    "deployments": deployments,
+                }
+            ]
+        }
+    )
     _get_global_client().deploy_apps(config)
 
 
@@ -230,7 +247,8 @@ def _wait_models(api, engineer, version: str, timeout_s: float = 120) -> None:
         models = api.http.get("/api/v1/models", headers=engineer["headers"]).json().get("models", [])
         app = serve.status().applications["hdx"]
         settled = app.status == "RUNNING" and not any(
-            _replica_states(d).keys() - {"RUNNING"} for d in app.deployments.values())
+            _replica_states(d).keys() - {"RUNNING"} for d in app.deployments.values()
+        )
         if settled and len(models) == 4 and {m.get("version") for m in models} == {version}:
             return
         time.sleep(0.5)
@@ -243,8 +261,11 @@ def test_batch_answers_per_item(api, engineer):
     # JSON has no NaN; a client's 1e400 overflows to infinity, which must be refused per item.
     body = json.dumps({"system_id": engineer["system"], "items": [good, dict(good, SE=[123456.0] * 60), short, good]})
     body = body.replace("123456.0", "1e400")
-    r = api.http.post("/api/v1/diagnostics/predict/batch", content=body,
-                      headers={**engineer["headers"], "content-type": "application/json"})
+    r = api.http.post(
+        "/api/v1/diagnostics/predict/batch",
+        content=body,
+        headers={**engineer["headers"], "content-type": "application/json"},
+    )
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["succeeded"] == 2 and out["failed"] == 2
@@ -262,8 +283,9 @@ def test_permissions_and_api_key_scope(api, engineer):
     body = simulated_request(foreign, seed=4)
     r = api.http.post("/api/v1/diagnostics/predict", json=body, headers=engineer["headers"])
     assert r.status_code == 403 and foreign in r.json()["detail"]
-    r = api.http.post("/api/v1/diagnostics/predict", json=simulated_request("rig-does-not-exist"),
-                      headers=engineer["headers"])
+    r = api.http.post(
+        "/api/v1/diagnostics/predict", json=simulated_request("rig-does-not-exist"), headers=engineer["headers"]
+    )
     assert r.status_code == 404
 
     admin, admin_pw = api.create_user("admin")
@@ -272,11 +294,13 @@ def test_permissions_and_api_key_scope(api, engineer):
 
     second = api.create_system(engineer["username"])
     key = api.create_api_key(engineer["username"], [engineer["system"]])
-    ok = api.http.post("/api/v1/diagnostics/predict", json=simulated_request(engineer["system"], seed=5),
-                       headers={"X-API-Key": key})
+    ok = api.http.post(
+        "/api/v1/diagnostics/predict", json=simulated_request(engineer["system"], seed=5), headers={"X-API-Key": key}
+    )
     assert ok.status_code == 200, ok.text
-    denied = api.http.post("/api/v1/diagnostics/predict", json=simulated_request(second, seed=5),
-                           headers={"X-API-Key": key})
+    denied = api.http.post(
+        "/api/v1/diagnostics/predict", json=simulated_request(second, seed=5), headers={"X-API-Key": key}
+    )
     assert denied.status_code == 403 and "outside this API key's scope" in denied.text
 
 
@@ -324,15 +348,18 @@ def test_error_codes_with_messages(api, engineer):
     r = api.http.post("/api/v1/diagnostics/predict", json=missing, headers=h)
     assert r.status_code == 422 and "CE: missing: required by feature set rig_1hz" in r.text
 
-    r = api.http.post("/api/v1/diagnostics/predict", json={"system_id": engineer["system"], "sensor_data": "hot"},
-                      headers=h)
+    r = api.http.post(
+        "/api/v1/diagnostics/predict", json={"system_id": engineer["system"], "sensor_data": "hot"}, headers=h
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "sensor_data"]
 
     huge = {"system_id": engineer["system"], "sensor_data": {"TS1": [45.0] * 400_000}}
     r = api.http.post("/api/v1/diagnostics/predict", json=huge, headers=h)
     assert r.status_code == 413 and "exceeds" in r.text
 
-    r = api.http.post("/api/v1/diagnostics/predict", content=b"{not json", headers={**h, "content-type": "application/json"})
+    r = api.http.post(
+        "/api/v1/diagnostics/predict", content=b"{not json", headers={**h, "content-type": "application/json"}
+    )
     assert r.status_code == 422
 
     r = api.http.get("/api/v1/health", headers={"X-Request-ID": "trace-abc-123"})
@@ -366,6 +393,7 @@ def test_ready_reports_stopped_redis_as_degraded(api, engineer, hdx_env):
 
 # --- failing model deployments ----------------------------------------------------------
 
+
 class _BrokenModel:
     def predict_proba(self, X):
         raise RuntimeError("model file corrupted")
@@ -393,8 +421,9 @@ def _deploy_with_broken(name: str, broken: set[str]) -> None:
     from diagnosis.registry import FAMILIES
 
     store = broken_store(get_settings().model_store_uri, broken)
-    app = app_from_serve_config(assistant=False, model_versions={f: MODEL_VERSIONS[0] for f in FAMILIES},
-                                model_store=store)
+    app = app_from_serve_config(
+        assistant=False, model_versions={f: MODEL_VERSIONS[0] for f in FAMILIES}, model_store=store
+    )
     serve.run(app, name=name, route_prefix=f"/{name}")
 
 
@@ -409,8 +438,9 @@ def test_one_failing_model_still_answers_and_none_is_503(api, engineer):
         out = r.json()
         assert {m["ml_model"] for m in out["ml_predictions"]} == {"xgboost", "random_forest", "adaptive"}
         assert "model file corrupted" in out["models_failed"]["catboost"]
-        healthy = api.http.post("/api/v1/diagnostics/predict", json={**body, "use_cache": False},
-                                headers=engineer["headers"]).json()
+        healthy = api.http.post(
+            "/api/v1/diagnostics/predict", json={**body, "use_cache": False}, headers=engineer["headers"]
+        ).json()
         assert out["prediction"]["confidence"] < healthy["prediction"]["confidence"]
         assert out["ensemble_coverage"] == 0.75
     finally:
@@ -418,8 +448,11 @@ def test_one_failing_model_still_answers_and_none_is_503(api, engineer):
 
     _deploy_with_broken("dead", {"catboost", "xgboost", "random_forest", "adaptive"})
     try:
-        r = api.http.post("/dead/api/v1/diagnostics/predict", json=simulated_request(engineer["system"], seed=9),
-                          headers=engineer["headers"])
+        r = api.http.post(
+            "/dead/api/v1/diagnostics/predict",
+            json=simulated_request(engineer["system"], seed=9),
+            headers=engineer["headers"],
+        )
         assert r.status_code == 503 and r.headers["Retry-After"]
         detail = r.json()["detail"]
         assert detail.startswith("NoModelAvailable: no model deployment answered") and "ray::" not in detail

@@ -63,9 +63,19 @@ def test_values_stay_in_plausible_and_rig_like_ranges():
         values = ds.channels[name]
         assert lo <= values.min() and values.max() <= hi, name
     # Magnitudes of the real rig (UCI data), on cycle means.
-    rig = {"TS1": (30, 62), "TS2": (35, 65), "TS4": (25, 55), "VS1": (0.5, 0.8), "CE": (17, 50),
-           "CP": (1.0, 2.9), "SE": (25, 70), "PS1": (130, 190), "EPS1": (2300, 3000),
-           "FS1": (0, 20), "FS2": (8.8, 10.5)}
+    rig = {
+        "TS1": (30, 62),
+        "TS2": (35, 65),
+        "TS4": (25, 55),
+        "VS1": (0.5, 0.8),
+        "CE": (17, 50),
+        "CP": (1.0, 2.9),
+        "SE": (25, 70),
+        "PS1": (130, 190),
+        "EPS1": (2300, 3000),
+        "FS1": (0, 20),
+        "FS2": (8.8, 10.5),
+    }
     for name, (lo, hi) in rig.items():
         means = ds.channels[name].mean(axis=1)
         assert lo <= means.min() and means.max() <= hi, (name, means.min(), means.max())
@@ -86,9 +96,12 @@ def test_fouled_cooler_runs_hotter_with_less_cooling():
     good, bad = _cycles(names), _cycles(names, cooler=3)
     for ts in ("TS1", "TS2", "TS3", "TS4"):
         assert bad[ts].mean() > good[ts].mean() + 5.0, ts
-        assert bad[ts][:, 0].mean() > good[ts][:, 0].mean(), ts           # higher start level
-    rise = lambda x: (x[:, -10:].mean(axis=1) - x[:, :10].mean(axis=1)).mean()
-    assert rise(bad["TS1"]) > rise(good["TS1"]) > 0                          # still warming within the cycle
+        assert bad[ts][:, 0].mean() > good[ts][:, 0].mean(), ts  # higher start level
+
+    def rise(x):
+        return (x[:, -10:].mean(axis=1) - x[:, :10].mean(axis=1)).mean()
+
+    assert rise(bad["TS1"]) > rise(good["TS1"]) > 0  # still warming within the cycle
     assert bad["CP"].mean() < good["CP"].mean()
     assert bad["CE"].mean() < good["CE"].mean() - 10.0
 
@@ -97,8 +110,8 @@ def _time_to_90_percent(ps: np.ndarray) -> np.ndarray:
     """Seconds from the first load step until each cycle first reaches 90 % of the step."""
     t0, rate = SWITCH_TIMES[0], 100
     start, end = int(t0 * rate), int(SWITCH_TIMES[1] * rate)
-    before = ps[:, start - 50:start].mean(axis=1)
-    plateau = ps[:, end - 300:end].mean(axis=1)
+    before = ps[:, start - 50 : start].mean(axis=1)
+    plateau = ps[:, end - 300 : end].mean(axis=1)
     reached = ps[:, start:end] >= (before + 0.9 * (plateau - before))[:, None]
     return reached.argmax(axis=1) / rate
 
@@ -118,7 +131,10 @@ def test_pump_leakage_lowers_flow_and_efficiency_and_raises_power_per_flow():
     good, bad = _cycles(names), _cycles(names, pump=2)
     assert bad["FS1"].mean() < good["FS1"].mean() - 0.5
     assert bad["SE"].mean() < good["SE"].mean()
-    per_flow = lambda c: (c["EPS1"].mean(axis=1) / c["FS1"].mean(axis=1)).mean()
+
+    def per_flow(c):
+        return (c["EPS1"].mean(axis=1) / c["FS1"].mean(axis=1)).mean()
+
     assert per_flow(bad) > per_flow(good)
     assert good["TS1"].mean() < bad["TS1"].mean() < good["TS1"].mean() + 3.0
 
@@ -128,7 +144,7 @@ def _min_around_load_changes(ps: np.ndarray) -> float:
 
     Both sides of a comparison share the load profile, so a lower minimum is a deeper dip.
     """
-    return float(np.mean([ps[:, int(t_k * 100): int(t_k * 100) + 250].min(axis=1) for t_k in SWITCH_TIMES]))
+    return float(np.mean([ps[:, int(t_k * 100) : int(t_k * 100) + 250].min(axis=1) for t_k in SWITCH_TIMES]))
 
 
 def test_low_accumulator_precharge_deepens_pressure_dips():
@@ -140,7 +156,10 @@ def test_low_accumulator_precharge_deepens_pressure_dips():
 
 def test_warm_up_cycles_have_drifting_temperatures():
     settled, warming = _cycles(["TS1"]), _cycles(["TS1"], stable=1)
-    rise = lambda x: x[:, -5:].mean(axis=1) - x[:, :5].mean(axis=1)
+
+    def rise(x):
+        return x[:, -5:].mean(axis=1) - x[:, :5].mean(axis=1)
+
     assert rise(warming["TS1"]).mean() > rise(settled["TS1"]).mean() + 0.3
 
 
@@ -148,7 +167,7 @@ def test_load_profile_shapes_the_pressure():
     ps1 = _cycles(["PS1"])["PS1"]
     for (start, level), (end, _) in zip(LOAD_PROFILE, list(LOAD_PROFILE[1:]) + [(60.0, None)]):
         # Late in each step the pressure sits near its set-point.
-        settled = ps1[:, int(end * 100) - 200: int(end * 100)].mean()
+        settled = ps1[:, int(end * 100) - 200 : int(end * 100)].mean()
         assert abs(settled - level) < 5.0, (start, settled, level)
 
 

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 TABLES = {"users", "api_keys", "refresh_tokens", "systems", "system_members", "alembic_version"}
 
 
-@pytest.mark.parametrize("empty_database_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+@pytest.mark.parametrize(
+    "empty_database_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 async def test_migrate_creates_schema_at_head_and_is_idempotent(empty_database_url: str) -> None:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert await current_revision(empty_database_url) is None
@@ -30,7 +32,9 @@ async def test_migrate_creates_schema_at_head_and_is_idempotent(empty_database_u
         async with engine.connect() as connection:
             tables = await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
             # The migrations and the models describe the same schema.
-            diff = await connection.run_sync(lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata))
+            diff = await connection.run_sync(
+                lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+            )
     finally:
         await engine.dispose()
     assert TABLES <= tables

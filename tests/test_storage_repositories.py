@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy.exc import IntegrityError
@@ -29,7 +29,7 @@ async def test_users_round_trip(db: Database) -> None:
         assert ada is not None and ada.id == created.id
         assert (ada.role, ada.tier, ada.is_active) == ("admin", "free", True)
         assert ada.created_at.tzinfo is not None
-        assert abs(datetime.now(timezone.utc) - ada.created_at) < timedelta(minutes=1)
+        assert abs(datetime.now(UTC) - ada.created_at) < timedelta(minutes=1)
         assert [u.username for u in await users_repo.list_users(session)] == ["ada", "bob"]
         assert await users_repo.get_user_by_username(session, "nobody") is None
 
@@ -48,8 +48,13 @@ async def test_api_keys_round_trip_and_revoke(db: Database) -> None:
     async with db.session() as session:
         owner = await _user(session)
         key = await keys_repo.create_api_key(
-            session, prefix="abc123", key_hash="f" * 64, name="gateway", user_id=owner.id,
-            system_scope=["rig-02", "rig-01"], tier="pro",
+            session,
+            prefix="abc123",
+            key_hash="f" * 64,
+            name="gateway",
+            user_id=owner.id,
+            system_scope=["rig-02", "rig-01"],
+            tier="pro",
         )
         await session.commit()
     async with db.session() as session:
@@ -65,11 +70,13 @@ async def test_api_keys_round_trip_and_revoke(db: Database) -> None:
 
 
 async def test_refresh_token_can_be_claimed_once_and_family_revoked(db: Database) -> None:
-    expires = datetime.now(timezone.utc) + timedelta(days=1)
+    expires = datetime.now(UTC) + timedelta(days=1)
     async with db.session() as session:
         user = await _user(session)
         for jti in ("a1", "a2"):
-            await refresh_repo.add_refresh_token(session, jti=jti, family_id="fam-a", user_id=user.id, expires_at=expires)
+            await refresh_repo.add_refresh_token(
+                session, jti=jti, family_id="fam-a", user_id=user.id, expires_at=expires
+            )
         await refresh_repo.add_refresh_token(session, jti="b1", family_id="fam-b", user_id=user.id, expires_at=expires)
         await session.commit()
 
@@ -89,8 +96,13 @@ async def test_systems_and_memberships(db: Database) -> None:
     async with db.session() as session:
         owner, guest = await _user(session, "owner"), await _user(session, "guest", "viewer")
         await systems_repo.create_system(
-            session, system_id="rig-01", name="Test rig", owner_id=owner.id, location="hall 2",
-            channels=[{"name": "PS1", "unit": "bar", "hz": 100}], topology={"pump": ["PS1"]},
+            session,
+            system_id="rig-01",
+            name="Test rig",
+            owner_id=owner.id,
+            location="hall 2",
+            channels=[{"name": "PS1", "unit": "bar", "hz": 100}],
+            topology={"pump": ["PS1"]},
         )
         await systems_repo.grant_membership(session, system_id="rig-01", user_id=guest.id, granted_by=owner.id)
         await session.commit()
@@ -125,7 +137,7 @@ async def test_deleting_a_user_cascades_to_their_tokens(db: Database) -> None:
     async with db.session() as session:
         user = await _user(session)
         await refresh_repo.add_refresh_token(
-            session, jti="t1", family_id="f", user_id=user.id, expires_at=datetime.now(timezone.utc)
+            session, jti="t1", family_id="f", user_id=user.id, expires_at=datetime.now(UTC)
         )
         await session.commit()
         await session.delete(user)

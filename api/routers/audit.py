@@ -16,17 +16,31 @@ router = APIRouter(prefix="/api/v1/audit", tags=["audit"], dependencies=[Depends
 
 
 @router.get("", response_model=AuditPage)
-async def list_audit(session: SessionDep,
-                     user_id: int | None = None, username: str | None = None,
-                     route: Annotated[str | None, Query(description="route template, e.g. /api/v1/systems/{system_id}")] = None,
-                     status: Annotated[int | None, Query(ge=100, le=599)] = None,
-                     outcome: Annotated[str | None, Query(pattern="^(ok|error|auth_failed|denied|rate_limited)$")] = None,
-                     system_id: str | None = None, trace_id: str | None = None,
-                     start: AwareDatetime | None = None, end: AwareDatetime | None = None,
-                     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                     offset: Annotated[int, Query(ge=0)] = 0) -> AuditPage:
+async def list_audit(
+    session: SessionDep,
+    user_id: int | None = None,
+    username: str | None = None,
+    route: Annotated[str | None, Query(description="route template, e.g. /api/v1/systems/{system_id}")] = None,
+    status: Annotated[int | None, Query(ge=100, le=599)] = None,
+    outcome: Annotated[str | None, Query(pattern="^(ok|error|auth_failed|denied|rate_limited)$")] = None,
+    system_id: str | None = None,
+    trace_id: str | None = None,
+    start: AwareDatetime | None = None,
+    end: AwareDatetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> AuditPage:
     """API calls, newest first; every given filter must match (``start <= time < end``)."""
-    f = AuditFilter(user_id=user_id, username=username, route=route, status=status, outcome=outcome,
-                    system_id=system_id, trace_id=trace_id, start=start, end=end)
+    f = AuditFilter(
+        user_id=user_id,
+        username=username,
+        route=route,
+        status=status,
+        outcome=outcome,
+        system_id=system_id,
+        trace_id=trace_id,
+        start=start,
+        end=end,
+    )
     rows = await search(session, f, limit=limit, offset=offset)
     return AuditPage(items=[AuditRecordOut.model_validate(r) for r in rows], limit=limit, offset=offset)

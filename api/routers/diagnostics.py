@@ -28,8 +28,9 @@ router = APIRouter(prefix="/api/v1/diagnostics", tags=["diagnostics"])
 
 
 @router.post("/predict", response_model=PredictResponse)
-async def predict(body: PredictRequest, request: Request, response: Response, principal: PrincipalDep,
-                  session: SessionDep) -> PredictResponse:
+async def predict(
+    body: PredictRequest, request: Request, response: Response, principal: PrincipalDep, session: SessionDep
+) -> PredictResponse:
     """Diagnose one cycle of one system."""
     request.state.system_id = body.system_id
     await authorize_system(request, session, principal, body.system_id)
@@ -42,13 +43,15 @@ async def predict(body: PredictRequest, request: Request, response: Response, pr
 
 
 @router.post("/predict/batch", response_model=BatchPredictResponse)
-async def predict_batch(body: BatchPredictRequest, request: Request, response: Response, principal: PrincipalDep,
-                        session: SessionDep) -> BatchPredictResponse:
+async def predict_batch(
+    body: BatchPredictRequest, request: Request, response: Response, principal: PrincipalDep, session: SessionDep
+) -> BatchPredictResponse:
     """Diagnose several cycles of one system; each item succeeds or fails on its own."""
     limit = request.app.state.settings.max_batch_items
     if len(body.items) > limit:
-        raise InvalidInput(["body", "items"], f"at most {limit} items per batch, got {len(body.items)}",
-                           type="too_long")
+        raise InvalidInput(
+            ["body", "items"], f"at most {limit} items per batch, got {len(body.items)}", type="too_long"
+        )
     request.state.system_id = body.system_id
     await authorize_system(request, session, principal, body.system_id)
     await session.commit()
@@ -59,10 +62,15 @@ async def predict_batch(body: BatchPredictRequest, request: Request, response: R
     if ids is not None:
         it = iter(ids)
         response.headers["X-Prediction-IDs"] = ",".join(
-            str(next(it)) if isinstance(r, Diagnosis) else "" for r in results)
-    items = [BatchItem(index=i, ok=True, result=PredictResponse.of(r, body.system_id, trace_id))
-             if isinstance(r, Diagnosis) else BatchItem(index=i, ok=False, error=r)
-             for i, r in enumerate(results)]
+            str(next(it)) if isinstance(r, Diagnosis) else "" for r in results
+        )
+    items = [
+        BatchItem(index=i, ok=True, result=PredictResponse.of(r, body.system_id, trace_id))
+        if isinstance(r, Diagnosis)
+        else BatchItem(index=i, ok=False, error=r)
+        for i, r in enumerate(results)
+    ]
     succeeded = len(served)
-    return BatchPredictResponse(system_id=body.system_id, items=items, succeeded=succeeded,
-                                failed=len(items) - succeeded, trace_id=trace_id)
+    return BatchPredictResponse(
+        system_id=body.system_id, items=items, succeeded=succeeded, failed=len(items) - succeeded, trace_id=trace_id
+    )

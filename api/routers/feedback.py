@@ -26,15 +26,30 @@ router = APIRouter(prefix="/api/v1/systems", tags=["feedback"])
 log = logging.getLogger("hdx.feedback")
 
 
-@router.post("/{system_id}/predictions/{prediction_id}/feedback", response_model=FeedbackOut,
-             status_code=status.HTTP_201_CREATED,
-             responses={202: {"description": "stored, but the Adaptive model could not learn from it now"}})
-async def give_feedback(prediction_id: int, body: FeedbackIn, request: Request, response: Response,
-                        principal: PrincipalDep, system: Annotated[System, Depends(system_write_access)],
-                        session: SessionDep) -> FeedbackOut:
+@router.post(
+    "/{system_id}/predictions/{prediction_id}/feedback",
+    response_model=FeedbackOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={202: {"description": "stored, but the Adaptive model could not learn from it now"}},
+)
+async def give_feedback(
+    prediction_id: int,
+    body: FeedbackIn,
+    request: Request,
+    response: Response,
+    principal: PrincipalDep,
+    system: Annotated[System, Depends(system_write_access)],
+    session: SessionDep,
+) -> FeedbackOut:
     record = await load_prediction(session, system.id, prediction_id)
-    feedback = await feedback_repo.add(session, prediction_id=record.id, system_id=system.id,
-                                       user_id=principal.user_id, components=body.components, note=body.note)
+    feedback = await feedback_repo.add(
+        session,
+        prediction_id=record.id,
+        system_id=system.id,
+        user_id=principal.user_id,
+        components=body.components,
+        note=body.note,
+    )
     await session.commit()
     labels = {name: [level] for name, level in body.components.items()}
     try:
@@ -46,5 +61,12 @@ async def give_feedback(prediction_id: int, body: FeedbackIn, request: Request, 
     await feedback_repo.set_learned(session, feedback, learned)
     await session.commit()
     get_metrics().feedback.inc(tags={"learned": "false" if "error" in learned else "true"})
-    return FeedbackOut(id=feedback.id, prediction_id=record.id, system_id=system.id, components=feedback.components,
-                       note=feedback.note, learned=learned, created_at=feedback.created_at)
+    return FeedbackOut(
+        id=feedback.id,
+        prediction_id=record.id,
+        system_id=system.id,
+        components=feedback.components,
+        note=feedback.note,
+        learned=learned,
+        created_at=feedback.created_at,
+    )

@@ -39,8 +39,11 @@ async def ready(request: Request) -> JSONResponse:
     models, models_err = await _check(diagnosis.models_info(), 10.0)
     checks = {
         "database": {"ok": bool(db_ok), **({"error": db_err} if db_err else {})},
-        "cache": {"ok": bool(cache_ok), "backend": "redis" if state.settings.redis_url else "in-process",
-                  **({"error": cache_err} if cache_err else {})},
+        "cache": {
+            "ok": bool(cache_ok),
+            "backend": "redis" if state.settings.redis_url else "in-process",
+            **({"error": cache_err} if cache_err else {}),
+        },
         "models": models or {"error": models_err},
     }
     failing = [] if db_ok else ["database"]
@@ -55,5 +58,4 @@ async def ready(request: Request) -> JSONResponse:
             failing.append("assistant")
     status = "unready" if failing else ("degraded" if not cache_ok else "ready")
     body = {"status": status, "failing": failing, "checks": checks}
-    return JSONResponse(body, status_code=503 if failing else 200,
-                        headers={"Retry-After": "5"} if failing else None)
+    return JSONResponse(body, status_code=503 if failing else 200, headers={"Retry-After": "5"} if failing else None)

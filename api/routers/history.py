@@ -34,18 +34,25 @@ End = Annotated[AwareDatetime | None, Query(description="exclusive, with a timez
 
 
 @router.get("/{system_id}/predictions", response_model=PredictionPage)
-async def list_predictions(system: SystemRead, session: SessionDep, start: Start = None, end: End = None,
-                           severity: Annotated[list[str] | None, Query(description="repeat for several")] = None,
-                           limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                           offset: Annotated[int, Query(ge=0)] = 0) -> PredictionPage:
+async def list_predictions(
+    system: SystemRead,
+    session: SessionDep,
+    start: Start = None,
+    end: End = None,
+    severity: Annotated[list[str] | None, Query(description="repeat for several")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> PredictionPage:
     """Served diagnoses of the system, newest first."""
     _time_range(start, end)
     for value in severity or ():
         if value not in SEVERITIES:
-            raise InvalidInput(["query", "severity"], f"unknown severity {value!r}; expected one of {list(SEVERITIES)}",
-                               type="enum")
-    rows = await predictions_repo.page(session, system.id, start=start, end=end, severity=severity or (),
-                                       limit=limit, offset=offset)
+            raise InvalidInput(
+                ["query", "severity"], f"unknown severity {value!r}; expected one of {list(SEVERITIES)}", type="enum"
+            )
+    rows = await predictions_repo.page(
+        session, system.id, start=start, end=end, severity=severity or (), limit=limit, offset=offset
+    )
     return PredictionPage(items=[PredictionOut.model_validate(r) for r in rows], limit=limit, offset=offset)
 
 
@@ -63,9 +70,14 @@ async def latest_reading(system: SystemRead, session: SessionDep) -> ReadingOut:
 
 
 @router.get("/{system_id}/readings", response_model=ReadingPage)
-async def list_readings(system: SystemRead, session: SessionDep, start: Start = None, end: End = None,
-                        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                        offset: Annotated[int, Query(ge=0)] = 0) -> ReadingPage:
+async def list_readings(
+    system: SystemRead,
+    session: SessionDep,
+    start: Start = None,
+    end: End = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ReadingPage:
     """Ingested cycles with ``start <= started_at < end``, oldest first."""
     _time_range(start, end)
     rows = await readings_repo.in_range(session, system.id, start=start, end=end, limit=limit, offset=offset)

@@ -32,8 +32,11 @@ router = APIRouter(prefix="/api/v1/ingestion", tags=["ingestion"])
 def _check(cycle, seen: set[str]) -> CycleRejected | None:
     """Why the cycle is refused, or None when it may be stored."""
     if cycle.idempotency_key in seen:
-        return CycleRejected(channel=None, problem="duplicate idempotency_key in this batch",
-                             message=f"idempotency_key {cycle.idempotency_key!r} appears earlier in this batch")
+        return CycleRejected(
+            channel=None,
+            problem="duplicate idempotency_key in this batch",
+            message=f"idempotency_key {cycle.idempotency_key!r} appears earlier in this batch",
+        )
     seen.add(cycle.idempotency_key)
     try:
         cycle_arrays(cycle.sensor_data)
@@ -43,13 +46,16 @@ def _check(cycle, seen: set[str]) -> CycleRejected | None:
 
 
 @router.post("/cycles", response_model=IngestResponse)
-async def ingest_cycles(body: IngestRequest, request: Request, principal: PrincipalDep,
-                        session: SessionDep) -> IngestResponse:
+async def ingest_cycles(
+    body: IngestRequest, request: Request, principal: PrincipalDep, session: SessionDep
+) -> IngestResponse:
     settings = request.app.state.settings
     if len(body.cycles) > settings.max_ingestion_cycles:
-        raise InvalidInput(["body", "cycles"],
-                           f"at most {settings.max_ingestion_cycles} cycles per request, got {len(body.cycles)}",
-                           type="too_long")
+        raise InvalidInput(
+            ["body", "cycles"],
+            f"at most {settings.max_ingestion_cycles} cycles per request, got {len(body.cycles)}",
+            type="too_long",
+        )
     request.state.system_id = body.system_id
     await load_accessible_system(session, principal, body.system_id, write=True)
 
@@ -58,14 +64,22 @@ async def ingest_cycles(body: IngestRequest, request: Request, principal: Princi
     seen: set[str] = set()
     for i, cycle in enumerate(body.cycles):
         error = _check(cycle, seen)
-        items.append(IngestItem(index=i, idempotency_key=cycle.idempotency_key,
-                                status="stored" if error is None else "rejected", error=error))
+        items.append(
+            IngestItem(
+                index=i,
+                idempotency_key=cycle.idempotency_key,
+                status="stored" if error is None else "rejected",
+                error=error,
+            )
+        )
         if error is None:
             # Stored under catalogue names, so readings read back the same whatever alias was sent.
             accepted[cycle.idempotency_key] = (i, {canonical_name(k): v for k, v in cycle.sensor_data.items()})
 
-    rows = [{"idempotency_key": key, "started_at": body.cycles[i].started_at, "sensor_data": data}
-            for key, (i, data) in accepted.items()]
+    rows = [
+        {"idempotency_key": key, "started_at": body.cycles[i].started_at, "sensor_data": data}
+        for key, (i, data) in accepted.items()
+    ]
     new_keys = await readings_repo.insert_new(session, body.system_id, rows)
     await session.commit()
     for key, (i, _) in accepted.items():
@@ -80,19 +94,28 @@ async def ingest_cycles(body: IngestRequest, request: Request, principal: Princi
 
     diagnosis_error = None
     if body.diagnose and new_keys:
-        diagnosis_error = await _diagnose(request, body.system_id,
-                                          [accepted[k] for k in accepted if k in new_keys], items)
-    return IngestResponse(system_id=body.system_id, stored=counts["stored"], duplicates=counts["duplicate"],
-                          rejected=counts["rejected"], items=items, diagnosis_error=diagnosis_error,
-                          trace_id=request.state.trace_id, received_at=utcnow())
+        diagnosis_error = await _diagnose(
+            request, body.system_id, [accepted[k] for k in accepted if k in new_keys], items
+        )
+    return IngestResponse(
+        system_id=body.system_id,
+        stored=counts["stored"],
+        duplicates=counts["duplicate"],
+        rejected=counts["rejected"],
+        items=items,
+        diagnosis_error=diagnosis_error,
+        trace_id=request.state.trace_id,
+        received_at=utcnow(),
+    )
 
 
-async def _diagnose(request: Request, system_id: str, cycles: list[tuple[int, dict]],
-                    items: list[IngestItem]) -> str | None:
+async def _diagnose(
+    request: Request, system_id: str, cycles: list[tuple[int, dict]], items: list[IngestItem]
+) -> str | None:
     """Diagnose the stored cycles in chunks the ensemble accepts; fill in the items."""
     chunk = request.app.state.settings.max_batch_items
     for start in range(0, len(cycles), chunk):
-        part = cycles[start:start + chunk]
+        part = cycles[start : start + chunk]
         try:
             results = await get_diagnosis(request).diagnose([data for _, data in part])
         except Exception as exc:  # the readings are stored; diagnosis can be rerun from them later

@@ -16,5 +16,8 @@ async def list_models(request: Request, principal: PrincipalDep) -> dict:
     """Each model deployment's loaded bundle: version, feature set, training data and metrics."""
     info = await get_diagnosis(request).models_info()
     settings = request.app.state.settings
-    return {"feature_set": settings.feature_set, "ensemble_weights": ensemble_weights(settings.ensemble_weights),
-            "models": list(info.values())}
+    return {
+        "feature_set": settings.feature_set,
+        "ensemble_weights": ensemble_weights(settings.ensemble_weights),
+        "models": list(info.values()),
+    }

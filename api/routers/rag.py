@@ -29,8 +29,9 @@ class RagQueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: StrictStr = Field(description="The question, plain text (at most the service's max_query_chars).")
-    system_id: StrictStr | None = Field(None, min_length=1, max_length=128,
-                                        description="Ground the answer in this system's latest diagnosis.")
+    system_id: StrictStr | None = Field(
+        None, min_length=1, max_length=128, description="Ground the answer in this system's latest diagnosis."
+    )
     max_results: StrictInt = Field(5, ge=1, le=10, description="How many source documents to retrieve.")
     stream: StrictBool = Field(False, description="Answer as Server-Sent Events.")
 
@@ -89,13 +90,17 @@ async def _latest_diagnosis(request: Request, system_id: str) -> dict | None:
         return None
 
 
-@router.post("/query", response_model=RagQueryResponse,
-             responses={200: {"content": {"text/event-stream": {"description": "with stream: true"}}}})
+@router.post(
+    "/query",
+    response_model=RagQueryResponse,
+    responses={200: {"content": {"text/event-stream": {"description": "with stream: true"}}}},
+)
 async def query(body: RagQueryRequest, request: Request, principal: PrincipalDep, session: SessionDep):
     limit = request.app.state.settings.max_query_chars
     if len(body.query) > limit:
-        raise InvalidInput(["body", "query"], f"Value error, query is {len(body.query)} characters long; "
-                                              f"the limit is {limit}")
+        raise InvalidInput(
+            ["body", "query"], f"Value error, query is {len(body.query)} characters long; the limit is {limit}"
+        )
     diagnosis = None
     if body.system_id is not None:
         await load_accessible_system(session, principal, body.system_id)  # 404 / 403
@@ -103,8 +108,11 @@ async def query(body: RagQueryRequest, request: Request, principal: PrincipalDep
     rag = _pipeline(request)
     if body.stream:
         events = rag.options(stream=True).stream.remote(body.query, body.max_results, body.system_id, diagnosis)
-        return StreamingResponse(sse_events(events), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            sse_events(events),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     return await rag.query.remote(body.query, body.max_results, body.system_id, diagnosis)
 
 

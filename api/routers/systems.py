@@ -61,16 +61,26 @@ async def create_system(body: SystemCreate, principal: WriterDep, session: Sessi
         # Deleted ids stay taken: their history, audit trail and feedback still name them.
         raise Conflict(f"system id {body.id!r} is already taken")
     system = await systems_repo.create_system(
-        session, system_id=body.id, name=body.name, owner_id=owner_id, type=body.type, location=body.location,
-        channels=channel_specs(body.channels), topology=body.topology.model_dump(by_alias=True, exclude_none=True))
+        session,
+        system_id=body.id,
+        name=body.name,
+        owner_id=owner_id,
+        type=body.type,
+        location=body.location,
+        channels=channel_specs(body.channels),
+        topology=body.topology.model_dump(by_alias=True, exclude_none=True),
+    )
     await session.commit()
     return _out(system)
 
 
 @router.get("", response_model=SystemPage)
-async def list_systems(principal: PrincipalDep, session: SessionDep,
-                       limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                       offset: Annotated[int, Query(ge=0)] = 0) -> SystemPage:
+async def list_systems(
+    principal: PrincipalDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> SystemPage:
     """The systems the caller may see, by id."""
     query = _visible(principal)
     total = await session.scalar(select(func.count()).select_from(query.subquery()))
@@ -84,8 +94,9 @@ async def get_system(system: Annotated[System, Depends(system_access)]) -> Syste
 
 
 @router.patch("/{system_id}", response_model=SystemOut)
-async def update_system(body: SystemUpdate, system: Annotated[System, Depends(system_write_access)],
-                        session: SessionDep) -> SystemOut:
+async def update_system(
+    body: SystemUpdate, system: Annotated[System, Depends(system_write_access)], session: SessionDep
+) -> SystemOut:
     changes = body.model_dump(exclude_unset=True)
     for field in ("name", "type", "location"):
         if field in changes:
@@ -101,8 +112,12 @@ async def update_system(body: SystemUpdate, system: Annotated[System, Depends(sy
 
 
 @router.delete("/{system_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_system(request: Request, principal: PrincipalDep,
-                        system: Annotated[System, Depends(system_write_access)], session: SessionDep) -> Response:
+async def delete_system(
+    request: Request,
+    principal: PrincipalDep,
+    system: Annotated[System, Depends(system_write_access)],
+    session: SessionDep,
+) -> Response:
     """Soft delete: the system disappears from the API; its history stays for the audit trail."""
     _require_owner(principal, system)
     await systems_repo.soft_delete_system(session, system)
@@ -114,16 +129,30 @@ async def delete_system(request: Request, principal: PrincipalDep,
 
 @router.get("/{system_id}/members", response_model=list[MemberOut])
 async def list_members(system: Annotated[System, Depends(system_access)], session: SessionDep) -> list[MemberOut]:
-    rows = (await session.execute(
-        select(SystemMember, User.username).join(User, User.id == SystemMember.user_id)
-        .where(SystemMember.system_id == system.id).order_by(User.username))).all()
-    return [MemberOut(user_id=m.user_id, username=name, permission=m.permission, granted_by=m.granted_by,
-                      created_at=m.created_at) for m, name in rows]
+    rows = (
+        await session.execute(
+            select(SystemMember, User.username)
+            .join(User, User.id == SystemMember.user_id)
+            .where(SystemMember.system_id == system.id)
+            .order_by(User.username)
+        )
+    ).all()
+    return [
+        MemberOut(
+            user_id=m.user_id, username=name, permission=m.permission, granted_by=m.granted_by, created_at=m.created_at
+        )
+        for m, name in rows
+    ]
 
 
 @router.post("/{system_id}/members", response_model=MemberOut, status_code=status.HTTP_201_CREATED)
-async def grant_member(request: Request, body: MemberIn, principal: PrincipalDep,
-                       system: Annotated[System, Depends(system_write_access)], session: SessionDep) -> MemberOut:
+async def grant_member(
+    request: Request,
+    body: MemberIn,
+    principal: PrincipalDep,
+    system: Annotated[System, Depends(system_write_access)],
+    session: SessionDep,
+) -> MemberOut:
     """Grant a user read or write access (or change it)."""
     _require_owner(principal, system)
     user = await users_repo.get_user_by_username(session, body.username)
@@ -131,17 +160,28 @@ async def grant_member(request: Request, body: MemberIn, principal: PrincipalDep
         raise NotFound(f"user {body.username!r} not found")
     if user.id == system.owner_id:
         raise Conflict(f"{body.username!r} owns system {system.id!r} already")
-    member = await systems_repo.grant_membership(session, system_id=system.id, user_id=user.id,
-                                                 permission=body.permission, granted_by=principal.user_id)
+    member = await systems_repo.grant_membership(
+        session, system_id=system.id, user_id=user.id, permission=body.permission, granted_by=principal.user_id
+    )
     await session.commit()
     get_access_cache(request).clear()  # a write grant may have become read-only
-    return MemberOut(user_id=user.id, username=user.username, permission=member.permission,
-                     granted_by=member.granted_by, created_at=member.created_at)
+    return MemberOut(
+        user_id=user.id,
+        username=user.username,
+        permission=member.permission,
+        granted_by=member.granted_by,
+        created_at=member.created_at,
+    )
 
 
 @router.delete("/{system_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def revoke_member(request: Request, user_id: int, principal: PrincipalDep,
-                        system: Annotated[System, Depends(system_write_access)], session: SessionDep) -> Response:
+async def revoke_member(
+    request: Request,
+    user_id: int,
+    principal: PrincipalDep,
+    system: Annotated[System, Depends(system_write_access)],
+    session: SessionDep,
+) -> Response:
     _require_owner(principal, system)
     if not await systems_repo.revoke_membership(session, system.id, user_id):
         raise NotFound(f"user {user_id} is not a member of {system.id!r}")

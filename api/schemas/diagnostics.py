@@ -15,16 +15,20 @@ SensorData = dict[str, list[float]]
 
 
 class PredictRequest(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": {
-        "system_id": "rig-01",
-        "sensor_data": {"TS1": [45.1, 45.2], "TS2": [50.3, 50.4], "...": []},
-        "use_cache": True,
-    }})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "system_id": "rig-01",
+                "sensor_data": {"TS1": [45.1, 45.2], "TS2": [50.3, 50.4], "...": []},
+                "use_cache": True,
+            }
+        }
+    )
 
     system_id: str = Field(min_length=1, max_length=64)
     sensor_data: SensorData = Field(
         description="Channel names (TS1, VS1, …) or aliases (pressure, temperature, flow, vibration, "
-                    "motor_power) → the cycle's samples at the channel's native rate."
+        "motor_power) → the cycle's samples at the channel's native rate."
     )
     use_cache: bool = True
 

@@ -46,8 +46,12 @@ class PredictionPage(BaseModel):
 
 
 class FeedbackIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
-        "components": {"cooler": 100, "valve": 90}, "note": "valve replaced last week, still lagging"}})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {"components": {"cooler": 100, "valve": 90}, "note": "valve replaced last week, still lagging"}
+        },
+    )
 
     components: dict[str, int] = Field(min_length=1, description="confirmed condition levels, any subset")
     note: str | None = Field(None, max_length=2000)

@@ -13,8 +13,11 @@ from diagnosis.report import CycleRejected, Verdict
 
 class CycleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    idempotency_key: str = Field(min_length=1, max_length=128,
-                                 description="unique per system; a retried cycle with a stored key is not stored again")
+    idempotency_key: str = Field(
+        min_length=1,
+        max_length=128,
+        description="unique per system; a retried cycle with a stored key is not stored again",
+    )
     started_at: AwareDatetime = Field(description="cycle start, with a timezone (e.g. 2026-03-01T12:00:00Z)")
     sensor_data: SensorData
 

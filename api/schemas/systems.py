@@ -11,10 +11,27 @@ from hydraulics.channels import CHANNELS, canonical_name
 
 SYSTEM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 # What a topology node may be. Anything else is almost always a typo, so it is refused.
-COMPONENT_KINDS = frozenset({
-    "pump", "motor", "valve", "cooler", "accumulator", "filter", "tank", "cylinder", "sensor",
-    "heat_exchanger", "manifold", "hose", "pipe", "relief_valve", "check_valve", "hydraulic_motor", "gauge",
-})
+COMPONENT_KINDS = frozenset(
+    {
+        "pump",
+        "motor",
+        "valve",
+        "cooler",
+        "accumulator",
+        "filter",
+        "tank",
+        "cylinder",
+        "sensor",
+        "heat_exchanger",
+        "manifold",
+        "hose",
+        "pipe",
+        "relief_valve",
+        "check_valve",
+        "hydraulic_motor",
+        "gauge",
+    }
+)
 
 
 class TopologyNode(BaseModel):
@@ -47,8 +64,10 @@ class Topology(BaseModel):
                 raise ValueError(f"nodes[{i}]: duplicate node id {node.id!r}")
             seen.add(node.id)
             if node.kind not in COMPONENT_KINDS:
-                raise ValueError(f"nodes[{i}] ({node.id!r}): unknown component kind {node.kind!r}; "
-                                 f"expected one of {sorted(COMPONENT_KINDS)}")
+                raise ValueError(
+                    f"nodes[{i}] ({node.id!r}): unknown component kind {node.kind!r}; "
+                    f"expected one of {sorted(COMPONENT_KINDS)}"
+                )
             if node.channel is not None:
                 try:
                     node.channel = canonical_name(node.channel)
@@ -57,8 +76,9 @@ class Topology(BaseModel):
         for i, edge in enumerate(self.edges):
             for end in (edge.source, edge.target):
                 if end not in seen:
-                    raise ValueError(f"edges[{i}] ({edge.source!r} -> {edge.target!r}): "
-                                     f"node {end!r} is not declared in nodes")
+                    raise ValueError(
+                        f"edges[{i}] ({edge.source!r} -> {edge.target!r}): node {end!r} is not declared in nodes"
+                    )
             if edge.source == edge.target:
                 raise ValueError(f"edges[{i}]: node {edge.source!r} is connected to itself")
         return self
@@ -79,17 +99,29 @@ def _canonical_channels(names: list[str]) -> list[str]:
 
 def channel_specs(names: list[str]) -> list[dict]:
     """Stored form of a channel list: the catalogue facts a client needs to send data."""
-    return [{"name": n, "quantity": CHANNELS[n].quantity, "unit": CHANNELS[n].unit, "rate_hz": CHANNELS[n].rate_hz}
-            for n in names]
+    return [
+        {"name": n, "quantity": CHANNELS[n].quantity, "unit": CHANNELS[n].unit, "rate_hz": CHANNELS[n].rate_hz}
+        for n in names
+    ]
 
 
 class SystemCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
-        "id": "rig-01", "name": "Test rig 1", "type": "hydraulic_rig", "location": "Hall B",
-        "channels": ["TS1", "TS2", "PS1"],
-        "topology": {"nodes": [{"id": "p1", "kind": "pump"}, {"id": "v1", "kind": "valve"}],
-                     "edges": [{"from": "p1", "to": "v1"}]},
-    }})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "id": "rig-01",
+                "name": "Test rig 1",
+                "type": "hydraulic_rig",
+                "location": "Hall B",
+                "channels": ["TS1", "TS2", "PS1"],
+                "topology": {
+                    "nodes": [{"id": "p1", "kind": "pump"}, {"id": "v1", "kind": "valve"}],
+                    "edges": [{"from": "p1", "to": "v1"}],
+                },
+            }
+        },
+    )
 
     id: str = Field(pattern=SYSTEM_ID_PATTERN)
     name: str = Field(min_length=1, max_length=200)

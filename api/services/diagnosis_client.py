@@ -104,8 +104,9 @@ class DiagnosisClient:
                 # under the versions that actually answered.
                 if i in arrays and not answer.models_failed:
                     key = cache_key(arrays[i], self.settings.feature_set, answer.model_versions)
-                    await self.cache.set(key, answer.model_dump(mode="json", exclude=_UNCACHED_FIELDS),
-                                         self.settings.cache_ttl_s)
+                    await self.cache.set(
+                        key, answer.model_dump(mode="json", exclude=_UNCACHED_FIELDS), self.settings.cache_ttl_s
+                    )
         return results
 
     async def diagnose_one(self, cycle: Mapping, use_cache: bool = True) -> Diagnosis:
@@ -127,8 +128,9 @@ class DiagnosisClient:
 def _cached_diagnosis(stored: dict, elapsed_s: float) -> Diagnosis | None:
     """A cache hit as a ``Diagnosis``; None (a miss) for an entry that no longer reads as one."""
     try:
-        return Diagnosis.model_validate({**stored, "cache_hit": True,
-                                         "total_processing_time_ms": round(elapsed_s * 1000, 3)})
+        return Diagnosis.model_validate(
+            {**stored, "cache_hit": True, "total_processing_time_ms": round(elapsed_s * 1000, 3)}
+        )
     except ValidationError as exc:  # written by another version of the service
         log.warning("cached diagnosis unreadable, treated as a miss: %s", exc)
         return None

@@ -26,8 +26,9 @@ from storage.tables import PredictionRecord
 log = logging.getLogger("hdx.history")
 
 
-async def store_predictions(request: Request, system_id: str, served: Sequence[tuple[Diagnosis, Mapping]],
-                            source: str) -> list[int] | None:
+async def store_predictions(
+    request: Request, system_id: str, served: Sequence[tuple[Diagnosis, Mapping]], source: str
+) -> list[int] | None:
     """Store (diagnosis, raw sensor_data) pairs of served diagnoses; return their ids.
 
     Also counts them in the metrics. A database error is logged and answered with
@@ -39,8 +40,17 @@ async def store_predictions(request: Request, system_id: str, served: Sequence[t
     if not served:
         return []
     principal = getattr(request.state, "principal", None)
-    rows = [predictions_repo.row(system_id, diagnosis, raw, trace_id=request.state.trace_id, source=source,
-                                 user_id=principal.user_id if principal else None) for diagnosis, raw in served]
+    rows = [
+        predictions_repo.row(
+            system_id,
+            diagnosis,
+            raw,
+            trace_id=request.state.trace_id,
+            source=source,
+            user_id=principal.user_id if principal else None,
+        )
+        for diagnosis, raw in served
+    ]
     try:
         return await request.app.state.history.write(rows)
     except Exception:

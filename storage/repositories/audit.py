@@ -35,10 +35,15 @@ class AuditFilter:
 async def search(session: AsyncSession, f: AuditFilter, *, limit: int = 100, offset: int = 0) -> Sequence[AuditRecord]:
     """Newest first; every given field must match (``start <= created_at < end``)."""
     query = select(AuditRecord)
-    for column, value in ((AuditRecord.user_id, f.user_id), (AuditRecord.username, f.username),
-                          (AuditRecord.route, f.route), (AuditRecord.status, f.status),
-                          (AuditRecord.outcome, f.outcome), (AuditRecord.system_id, f.system_id),
-                          (AuditRecord.trace_id, f.trace_id)):
+    for column, value in (
+        (AuditRecord.user_id, f.user_id),
+        (AuditRecord.username, f.username),
+        (AuditRecord.route, f.route),
+        (AuditRecord.status, f.status),
+        (AuditRecord.outcome, f.outcome),
+        (AuditRecord.system_id, f.system_id),
+        (AuditRecord.trace_id, f.trace_id),
+    ):
         if value is not None:
             query = query.where(column == value)
     if f.start is not None:

@@ -11,10 +11,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage.tables import Feedback
 
 
-async def add(session: AsyncSession, *, prediction_id: int, system_id: str, user_id: int | None,
-              components: dict[str, int], note: str | None) -> Feedback:
-    feedback = Feedback(prediction_id=prediction_id, system_id=system_id, user_id=user_id,
-                        components=components, note=note, learned={})
+async def add(
+    session: AsyncSession,
+    *,
+    prediction_id: int,
+    system_id: str,
+    user_id: int | None,
+    components: dict[str, int],
+    note: str | None,
+) -> Feedback:
+    feedback = Feedback(
+        prediction_id=prediction_id, system_id=system_id, user_id=user_id, components=components, note=note, learned={}
+    )
     session.add(feedback)
     await session.flush()
     return feedback

@@ -13,12 +13,27 @@ from diagnosis.report import Diagnosis
 from storage.tables import PredictionRecord
 
 # The diagnosis fields worth keeping; timing fields belong to the request, not the history.
-_RESULT_FIELDS = {"prediction", "ml_predictions", "models_failed", "ensemble_score", "ensemble_coverage",
-                  "features_extracted", "model_versions", "cache_hit"}
+_RESULT_FIELDS = {
+    "prediction",
+    "ml_predictions",
+    "models_failed",
+    "ensemble_score",
+    "ensemble_coverage",
+    "features_extracted",
+    "model_versions",
+    "cache_hit",
+}
 
 
-def row(system_id: str, diagnosis: Diagnosis, sensor_data: Mapping[str, Any], *, trace_id: str,
-        source: str, user_id: int | None) -> dict[str, Any]:
+def row(
+    system_id: str,
+    diagnosis: Diagnosis,
+    sensor_data: Mapping[str, Any],
+    *,
+    trace_id: str,
+    source: str,
+    user_id: int | None,
+) -> dict[str, Any]:
     """The row for one served diagnosis and the raw cycle it was made from."""
     return {
         "system_id": system_id,
@@ -48,9 +63,16 @@ async def get(session: AsyncSession, system_id: str, prediction_id: int) -> Pred
     return record if record is not None and record.system_id == system_id else None
 
 
-async def page(session: AsyncSession, system_id: str, *, start: datetime | None = None,
-               end: datetime | None = None, severity: Sequence[str] = (), limit: int = 50,
-               offset: int = 0) -> Sequence[PredictionRecord]:
+async def page(
+    session: AsyncSession,
+    system_id: str,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    severity: Sequence[str] = (),
+    limit: int = 50,
+    offset: int = 0,
+) -> Sequence[PredictionRecord]:
     """Newest first, ``start <= created_at < end``, any of ``severity`` when given."""
     query = select(PredictionRecord).where(PredictionRecord.system_id == system_id)
     if start is not None:
@@ -65,7 +87,11 @@ async def page(session: AsyncSession, system_id: str, *, start: datetime | None 
 
 async def latest_prediction(session: AsyncSession, system_id: str) -> dict[str, Any] | None:
     """The newest stored ``prediction`` dict of a system (the assistant's context)."""
-    query = (select(PredictionRecord.result).where(PredictionRecord.system_id == system_id)
-             .order_by(PredictionRecord.created_at.desc(), PredictionRecord.id.desc()).limit(1))
+    query = (
+        select(PredictionRecord.result)
+        .where(PredictionRecord.system_id == system_id)
+        .order_by(PredictionRecord.created_at.desc(), PredictionRecord.id.desc())
+        .limit(1)
+    )
     result = await session.scalar(query)
     return result.get("prediction") if result else None

@@ -34,8 +34,15 @@ async def latest(session: AsyncSession, system_id: str) -> Reading | None:
     return await session.scalar(query.order_by(Reading.started_at.desc()).limit(1))
 
 
-async def in_range(session: AsyncSession, system_id: str, *, start: datetime | None = None,
-                   end: datetime | None = None, limit: int = 100, offset: int = 0) -> Sequence[Reading]:
+async def in_range(
+    session: AsyncSession,
+    system_id: str,
+    *,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> Sequence[Reading]:
     """Readings with ``start <= started_at < end``, oldest first."""
     query = select(Reading).where(Reading.system_id == system_id)
     if start is not None:

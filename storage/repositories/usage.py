@@ -10,15 +10,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from storage.tables import AuditRecord
 
 
-async def calls_by_day_and_route(session: AsyncSession, *, user_id: int, since: datetime,
-                                 api_key_id: int | None = None) -> dict[str, dict[str, int]]:
+async def calls_by_day_and_route(
+    session: AsyncSession, *, user_id: int, since: datetime, api_key_id: int | None = None
+) -> dict[str, dict[str, int]]:
     """``{"YYYY-MM-DD": {"POST /api/v1/...": n}}`` for the user's (or one API key's) calls since ``since``.
 
     Days are grouped in Python: the date functions of SQLite and PostgreSQL differ, and
     the rows are already reduced to (timestamp, route) pairs per caller.
     """
-    query = (select(AuditRecord.created_at, AuditRecord.method, AuditRecord.route)
-             .where(AuditRecord.user_id == user_id, AuditRecord.created_at >= since))
+    query = select(AuditRecord.created_at, AuditRecord.method, AuditRecord.route).where(
+        AuditRecord.user_id == user_id, AuditRecord.created_at >= since
+    )
     if api_key_id is not None:
         query = query.where(AuditRecord.api_key_id == api_key_id)
     out: dict[str, dict[str, int]] = {}

@@ -40,8 +40,9 @@ def upgrade() -> None:
         _timestamp("started_at", nullable=False),
         sa.Column("sensor_data", sa.JSON(), nullable=False),
         _timestamp("received_at", nullable=False, now=True),
-        sa.ForeignKeyConstraint(["system_id"], ["systems.id"], name=op.f("fk_readings_system_id_systems"),
-                                ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(
+            ["system_id"], ["systems.id"], name=op.f("fk_readings_system_id_systems"), ondelete="CASCADE"
+        ),
         sa.PrimaryKeyConstraint("system_id", "idempotency_key", name=op.f("pk_readings")),
     )
     op.create_index("ix_readings_system_id_started_at", "readings", ["system_id", "started_at"])
@@ -70,10 +71,12 @@ def upgrade() -> None:
         sa.Column("result", sa.JSON(), nullable=False),
         sa.Column("sensor_data", sa.JSON(), nullable=False),
         sa.Column("user_id", sa.Integer(), nullable=True),
-        sa.ForeignKeyConstraint(["system_id"], ["systems.id"], name=op.f("fk_predictions_system_id_systems"),
-                                ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_predictions_user_id_users"),
-                                ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(
+            ["system_id"], ["systems.id"], name=op.f("fk_predictions_system_id_systems"), ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_predictions_user_id_users"), ondelete="SET NULL"
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_predictions")),
     )
     op.create_index("ix_predictions_system_id_created_at", "predictions", ["system_id", "created_at"])
@@ -88,12 +91,16 @@ def upgrade() -> None:
         sa.Column("note", sa.Text(), nullable=True),
         sa.Column("learned", sa.JSON(), nullable=False),
         _timestamp("created_at", nullable=False, now=True),
-        sa.ForeignKeyConstraint(["prediction_id"], ["predictions.id"],
-                                name=op.f("fk_feedback_prediction_id_predictions"), ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["system_id"], ["systems.id"], name=op.f("fk_feedback_system_id_systems"),
-                                ondelete="CASCADE"),
-        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_feedback_user_id_users"),
-                                ondelete="SET NULL"),
+        sa.ForeignKeyConstraint(
+            ["prediction_id"],
+            ["predictions.id"],
+            name=op.f("fk_feedback_prediction_id_predictions"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["system_id"], ["systems.id"], name=op.f("fk_feedback_system_id_systems"), ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_feedback_user_id_users"), ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_feedback")),
     )
     op.create_index(op.f("ix_feedback_prediction_id"), "feedback", ["prediction_id"])
