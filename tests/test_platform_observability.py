@@ -17,7 +17,7 @@ DASHBOARD = Path(__file__).resolve().parents[1] / "configs" / "grafana" / "hdx-d
 
 def test_dashboard_queries_known_metrics():
     source = Path(__file__).resolve().parents[1].joinpath("api", "request_metrics.py").read_text()
-    exported = {f"ray_{name}" for name in re.findall(r'(?:counter|histogram)\("(hdx_[a-z_]+)"', source)}
+    exported = {f"ray_{name}" for name in re.findall(r'(?:counter|histogram)\(\s*"(hdx_[a-z_]+)"', source)}
     assert len(exported) == 9
     dashboard = json.loads(DASHBOARD.read_text())
     used = {
