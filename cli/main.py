@@ -1,4 +1,4 @@
-"""The ``hdx`` command line: training, evaluation, model listing and simulation.
+"""The ``hdx`` command line: training, evaluation, model bundles and learned state, simulation.
 
 Sub-command groups for users, API keys and systems come from ``cli.users``;
 serving and data-team commands from ``cli.serve`` and the pipelines.
@@ -77,6 +77,52 @@ def models_list() -> None:
             f"{m['family']:<14} {m['version']:<24} {m['feature_set']['name']:<9} "
             f"{m['training']['source']:<9} {acc or 'no evaluation'}"
         )
+
+
+@models_app.command("revisions")
+def models_revisions(
+    family: str = typer.Option("adaptive", help="a model family that learns from feedback"),
+    version: str = typer.Option("latest", help="bundle version"),
+) -> None:
+    """The learned-state revisions of a bundle, oldest first; the last one is served."""
+    from diagnosis.store import BundleError, ModelStore
+
+    store = ModelStore(get_settings().model_store_uri)
+    try:
+        version = store.resolve(family, version)
+    except BundleError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    revisions = store.state_revisions(family, version)
+    if not revisions:
+        typer.echo(f"{family} {version}: no learned state; the trained bundle is served")
+        return
+    for revision in revisions:
+        r = store.state_record(family, version, revision)
+        note = f"  rolled back to {r['rolled_back_from']}" if r.get("rolled_back_from") else ""
+        typer.echo(f"{revision}  parent {r['parent'] or '-':<9}  {r['created_at']}  updates {r['n_updates']}{note}")
+
+
+@models_app.command("rollback-state")
+def models_rollback_state(
+    revision: str = typer.Argument(..., help="the revision to go back to, or `base` for the trained model"),
+    family: str = typer.Option("adaptive", help="a model family that learns from feedback"),
+    version: str = typer.Option("latest", help="bundle version"),
+) -> None:
+    """Serve an earlier learned state again: saved as a new revision, which every replica
+    picks up within its sync interval."""
+    from diagnosis.learning import rollback_state
+    from diagnosis.store import BundleError, ModelStore
+
+    settings = get_settings()
+    store = ModelStore(settings.model_store_uri)
+    try:
+        version = store.resolve(family, version)
+        new = rollback_state(store, family, version, revision, settings.adaptive_keep_revisions)
+    except BundleError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{family} {version}: state of {revision} saved as {new}")
 
 
 @app.command()

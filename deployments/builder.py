@@ -15,6 +15,7 @@ where the file is silent.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from diagnosis.registry import FAMILIES, ensemble_weights
 from diagnosis.store import ModelStore
 
 SERVE_CONFIG = PROJECT_ROOT / "serve_config.yaml"
+log = logging.getLogger(__name__)
 
 
 class AppArgs(BaseModel):
@@ -58,12 +60,18 @@ def build_configured_app(args: dict | None = None, settings: Settings | None = N
         raise ValueError(f"model_versions for unknown families {unknown}; known: {list(FAMILIES)}")
     s = settings or get_settings()
     s.effective_jwt_secret()  # refuse to build an app that would refuse to start
-    configured = _configure(opts.deployment_options)
+    options = opts.deployment_options if s.redis_url else _single_ingress(opts.deployment_options)
+    configured = _configure(options)
     store = model_store or ModelStore(s.model_store_uri)
     models = {
         family: configured(
             ModelServer, spec.deployment, user_config={"version": opts.model_versions.get(family, "latest")}
-        ).bind(family=family, store=store, sync_interval_s=s.adaptive_sync_interval_s)
+        ).bind(
+            family=family,
+            store=store,
+            sync_interval_s=s.adaptive_sync_interval_s,
+            keep_revisions=s.adaptive_keep_revisions,
+        )
         for family, spec in FAMILIES.items()
     }
     ensemble = configured(DiagnosisEnsemble, "DiagnosisEnsemble").bind(
@@ -75,6 +83,26 @@ def build_configured_app(args: dict | None = None, settings: Settings | None = N
     )
     rag = build_assistant(s, options=configured) if opts.assistant else None
     return configured(Ingress, "Ingress").bind(ensemble, rag, s)
+
+
+def _single_ingress(options_by_name: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The Ingress capped to one replica: without Redis, login throttling and rate limits
+    are counted in each replica's memory, so a second replica would multiply them.
+    (``serve run`` applies the file's options over these; ``storage.kv.make_kv`` makes a
+    second replica refuse to start there.)"""
+    ingress = dict(options_by_name.get("Ingress", {}))
+    if "autoscaling_config" in ingress:
+        autoscaling = {**ingress["autoscaling_config"], "min_replicas": 1, "max_replicas": 1}
+        if "initial_replicas" in autoscaling:
+            autoscaling["initial_replicas"] = 1
+        ingress["autoscaling_config"] = autoscaling
+    else:
+        ingress["num_replicas"] = 1
+    log.warning(
+        "HDX_REDIS_URL is empty: the Ingress runs one replica, since login throttling and rate limits "
+        "would be counted per replica; set HDX_REDIS_URL to run several"
+    )
+    return {**options_by_name, "Ingress": ingress}
 
 
 def _configure(options_by_name: dict[str, dict[str, Any]]):

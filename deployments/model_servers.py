@@ -14,9 +14,12 @@ injected ``store`` (``diagnosis.store.ModelStore`` or a test's stand-in).
   requests are stacked into one matrix and scored in one call.
 
 A family that learns from feedback (the Adaptive family) also takes ``learn``:
-one replica applies an update and saves a new state revision to the store;
-every replica picks up the newest revision within ``sync_interval_s``, and a
-restarted replica loads it at start, so nothing learned is lost.
+the replica that gets it learns on the newest saved state and commits the next
+state revision, learning again on a newer one when another replica committed
+first (``diagnosis.learning``), so no confirmed label is lost whatever the
+replica count; the store keeps the newest ``keep_revisions``. Every replica picks
+up the newest revision within ``sync_interval_s``, and a restarted replica loads
+it at start. Answers name the revision they were made with (the cache key's).
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ import pandas as pd
 from ray import serve
 
 from diagnosis.failures import ModelCannotLearn
+from diagnosis.learning import learn_and_save
 from diagnosis.registry import family_spec
 from diagnosis.report import FamilyAnswer
 from diagnosis.scoring import answer_blocks, bundle_info
-from diagnosis.store import ModelBundle, ModelStore
+from diagnosis.store import ModelBundle, ModelStore, revision_number
 
 log = logging.getLogger("ray.serve")
 
@@ -43,12 +47,14 @@ DEFAULT_BATCH = {"max_batch_size": 64, "batch_wait_timeout_s": 0.002}
 
 @serve.deployment
 class ModelServer:
-    def __init__(self, family: str, store: ModelStore, sync_interval_s: float = 5.0):
+    def __init__(self, family: str, store: ModelStore, sync_interval_s: float = 5.0, keep_revisions: int = 10):
         self.family = family
         self.learns = family_spec(family).learns_from_feedback
         self._store = store
         self._sync_interval_s = sync_interval_s
+        self._keep_revisions = keep_revisions
         self._lock = asyncio.Lock()
+        self._first_load = asyncio.Lock()  # concurrent first calls load the bundle once
         self._sync_task: asyncio.Task | None = None
         self.bundle: ModelBundle | None = None
         self.loaded_at = 0.0
@@ -68,7 +74,9 @@ class ModelServer:
 
     async def _ensure_loaded(self) -> ModelBundle:
         if self.bundle is None:  # deployed without user_config: serve the latest bundle
-            await self.reconfigure({})
+            async with self._first_load:
+                if self.bundle is None:
+                    await self.reconfigure({})
         return self.bundle
 
     @serve.batch(**DEFAULT_BATCH)  # applied again from user_config in reconfigure
@@ -88,11 +96,19 @@ class ModelServer:
         """Apply operator-confirmed labels and persist the new state."""
         if not self.learns:
             raise ModelCannotLearn(f"the {self.family} model does not learn from feedback")
-        bundle = await self._ensure_loaded()
-        async with self._lock:
-            made = await asyncio.to_thread(bundle.model.update, features, pd.DataFrame(labels))
-            revision = (await asyncio.to_thread(self._store.save_state, bundle)) if made else bundle.state_revision
-        return {"targets_updated": made, "state_revision": revision, "version": bundle.version}
+        await self._ensure_loaded()
+        async with self._lock:  # one update at a time here; other replicas are handled by the commit
+            bundle, made = await asyncio.to_thread(
+                learn_and_save, self._store, self.bundle, features, pd.DataFrame(labels), self._keep_revisions
+            )
+            if bundle.version == self.bundle.version and _newer(bundle, self.bundle):
+                self.bundle = bundle
+        return {
+            "ml_model": self.family,
+            "targets_updated": made,
+            "state_revision": bundle.state_revision,
+            "version": bundle.version,
+        }
 
     async def _sync_loop(self) -> None:
         while True:
@@ -102,9 +118,13 @@ class ModelServer:
                 latest = await asyncio.to_thread(self._store.latest_state, bundle.family, bundle.version)
                 if latest and latest != bundle.state_revision:
                     fresh = await asyncio.to_thread(self._store.load, bundle.family, bundle.version)
-                    async with self._lock:
-                        if self.bundle.version == fresh.version:
+                    async with self._lock:  # a learn call here may have moved past it meanwhile
+                        if self.bundle.version == fresh.version and _newer(fresh, self.bundle):
                             self.bundle = fresh
                     log.info("%s state revision %s loaded", self.family, fresh.state_revision)
             except Exception:  # keep serving the state we have; try again next round
                 log.exception("%s state sync failed", self.family)
+
+
+def _newer(candidate: ModelBundle, current: ModelBundle) -> bool:
+    return revision_number(candidate.state_revision) > revision_number(current.state_revision)

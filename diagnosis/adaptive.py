@@ -10,22 +10,34 @@ knew (catastrophic forgetting). Confirmed cycles join the replay memory, so
 later updates keep honouring them.
 
 The whole state (scaler, networks, memory, update count) is saved with
-``save``/``load``; a restart from the saved state loses nothing learned.
+``save``/``load``; a restart from the saved state loses nothing learned. Nothing
+of it is pickled: the networks and the scaler are ``skops`` files, the replay
+memory a ``.npz`` of plain arrays (read with ``allow_pickle=False``), the update
+count, parameters and random-generator state JSON.
 """
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
+import skops.io
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
 from diagnosis.family_base import FamilyModel, encode_labels
 from hydraulics.components import TARGETS, target_classes
 
+STATE_FILE = "adaptive_state.json"
+MEMORY_FILE = "adaptive_memory.npz"
+SCALER_FILE = "scaler.skops"
+
 
 class AdaptiveFamily(FamilyModel):
     family = "adaptive"
+    # partial_fit continues from the saved Adam moments, so the optimiser is part of the state.
+    trusted_types = ("sklearn.neural_network._stochastic_optimizers.AdamOptimizer",)
 
     def __init__(self, seed: int = 0, threads: int = 1, params: dict | None = None, feature_set: str = "rig_1hz"):
         super().__init__(seed, threads, params, feature_set)
@@ -116,31 +128,22 @@ class AdaptiveFamily(FamilyModel):
             self.memory_y = {t: v[overflow:] for t, v in self.memory_y.items()}
 
     def save(self, directory):
-        import joblib
-
         directory.mkdir(parents=True, exist_ok=True)
-        joblib.dump(self._state(), directory / "adaptive_state.joblib")
-        return ["adaptive_state.joblib"] + super().save(directory)
-
-    def _state(self) -> dict:
-        return {
-            "scaler": self.scaler,
-            "memory_X": self.memory_X,
-            "memory_y": self.memory_y,
-            "n_updates": self.n_updates,
-            "params": self.params,
-            "rng": self._rng.bit_generator.state,
-        }
+        skops.io.dump(self.scaler, directory / SCALER_FILE)
+        memory = {"X": self.memory_X, **{f"y_{t}": y for t, y in self.memory_y.items()}}
+        np.savez(directory / MEMORY_FILE, allow_pickle=False, **memory)
+        state = {"n_updates": self.n_updates, "params": self.params, "rng": self._rng.bit_generator.state}
+        (directory / STATE_FILE).write_text(json.dumps(state))
+        return [SCALER_FILE, MEMORY_FILE, STATE_FILE] + super().save(directory)
 
     @classmethod
     def load(cls, directory):
-        import joblib
-
         model = super().load(directory)
-        state = joblib.load(directory / "adaptive_state.joblib")
-        model.scaler = state["scaler"]
-        model.memory_X = state["memory_X"]
-        model.memory_y = state["memory_y"]
+        model.scaler = skops.io.load(directory / SCALER_FILE, trusted=[])
+        with np.load(directory / MEMORY_FILE, allow_pickle=False) as memory:
+            model.memory_X = memory["X"]
+            model.memory_y = {t: memory[f"y_{t}"] for t in TARGETS if f"y_{t}" in memory}
+        state = json.loads((directory / STATE_FILE).read_text())
         model.n_updates = state["n_updates"]
         model.params = state["params"]
         model._rng.bit_generator.state = state["rng"]

@@ -5,6 +5,12 @@ add them up without knowing which library made them.
 
 The families themselves are in ``diagnosis.families`` and ``diagnosis.adaptive``;
 ``diagnosis.registry`` names them.
+
+Estimators are saved in formats that load without running code: the libraries'
+own model files where they have one (CatBoost, XGBoost), otherwise ``skops``, whose
+loader builds only scikit-learn types plus the few a family names in
+``trusted_types``. Pickle (joblib) is never used: whoever can write the model store
+would run code in every replica that loads a bundle.
 """
 
 from __future__ import annotations
@@ -13,9 +19,9 @@ import json
 from pathlib import Path
 from typing import ClassVar
 
-import joblib
 import numpy as np
 import pandas as pd
+import skops.io
 
 from hydraulics.components import TARGETS, target_classes
 from hydraulics.features import get_feature_set
@@ -35,7 +41,9 @@ class FamilyModel:
     """One classifier per target; subclasses say how to build, save and load one."""
 
     family: ClassVar[str]
-    file_suffix: ClassVar[str] = ".joblib"
+    file_suffix: ClassVar[str] = ".skops"
+    # Types beyond scikit-learn's own estimators that skops may build when loading this family.
+    trusted_types: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, seed: int = 0, threads: int = 1, params: dict | None = None, feature_set: str = "rig_1hz"):
         self.seed = seed
@@ -51,10 +59,10 @@ class FamilyModel:
         raise NotImplementedError
 
     def _save_estimator(self, estimator, path: Path) -> None:
-        joblib.dump(estimator, path)
+        skops.io.dump(estimator, path)
 
     def _load_estimator(self, path: Path):
-        return joblib.load(path)
+        return skops.io.load(path, trusted=list(self.trusted_types))
 
     def _fit_estimator(self, estimator, X: np.ndarray, y: np.ndarray) -> None:
         estimator.fit(X, y)

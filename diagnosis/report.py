@@ -45,6 +45,7 @@ class ModelReply(BaseModel):
 
     ml_model: str
     version: str
+    state_revision: str | None = None  # the learned state it answered with (a family that learns)
     prediction_score: float  # 1 − P(every component nominal), by this family alone
     confidence: float  # this family's weakest component's top probability
     processing_time_ms: float
@@ -60,6 +61,9 @@ class Diagnosis(BaseModel):
     ensemble_coverage: float  # share of the ensemble weight that answered
     features_extracted: int
     model_versions: dict[str, str]
+    # The learned state of each learning family that answered, when it has learned:
+    # part of the cache key, so an answer made before an update is not served after it.
+    state_revisions: dict[str, str] = {}
     cache_hit: bool = False
     feature_extraction_ms: float | None = None
     total_processing_time_ms: float = 0.0
@@ -87,4 +91,5 @@ class FamilyAnswer:
     processing_time_ms: float = 0.0
     round_trip_ms: float | None = None
     batch_rows: int = 0
+    state_revision: str | None = None
     extra: dict = field(default_factory=dict)

@@ -25,6 +25,7 @@ def answer_blocks(bundle: ModelBundle, feature_blocks: Sequence[np.ndarray]) -> 
             probas={t: p[part] for t, p in probas.items()},
             processing_time_ms=elapsed_ms,
             batch_rows=len(X),
+            state_revision=bundle.state_revision,
         )
         for part in group_slices(len(b) for b in feature_blocks)
     ]

@@ -150,6 +150,7 @@ def diagnose_answers(
     coverage = round(answered_weight / sum(weights.values()), 4)
     scores = {name: family_scores(a.probas) for name, a in answers.items()}
     versions = {name: a.version for name, a in answers.items()}
+    revisions = {name: a.state_revision for name, a in answers.items() if a.state_revision}
     failed = dict(failed or {})
     out = []
     for row, verdict in enumerate(verdicts):
@@ -157,6 +158,7 @@ def diagnose_answers(
             ModelReply(
                 ml_model=name,
                 version=a.version,
+                state_revision=a.state_revision,
                 prediction_score=round(float(scores[name][0][row]), 6),
                 confidence=round(float(scores[name][1][row]), 6),
                 processing_time_ms=round(a.processing_time_ms, 3),
@@ -175,6 +177,7 @@ def diagnose_answers(
                 ensemble_coverage=coverage,
                 features_extracted=n_features,
                 model_versions=versions,
+                state_revisions=revisions,
                 feature_extraction_ms=None if feature_extraction_ms is None else round(feature_extraction_ms, 3),
             )
         )

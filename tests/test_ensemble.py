@@ -93,3 +93,17 @@ def test_stable_flag_reported():
     d = diagnose(_probas(stable=[0.1, 0.9]))[0]
     assert d.steady_state == SteadyState(stable=False, probability_not_stable=0.9)
     assert set(d.components) == set(COMPONENTS)
+
+
+def test_answers_name_the_learned_state_they_were_made_with():
+    from diagnosis.report import FamilyAnswer
+    from diagnosis.voting import diagnose_answers
+
+    answers = {
+        "xgboost": FamilyAnswer("xgboost", "v1", _probas()),
+        "adaptive": FamilyAnswer("adaptive", "v1", _probas(), state_revision="r00000004"),
+    }
+    [d] = diagnose_answers(answers, {"xgboost": 1.0, "adaptive": 1.0}, 0.5, n_features=3)
+    assert d.model_versions == {"xgboost": "v1", "adaptive": "v1"}
+    assert d.state_revisions == {"adaptive": "r00000004"}  # only a family that has learned
+    assert {r.ml_model: r.state_revision for r in d.ml_predictions} == {"xgboost": None, "adaptive": "r00000004"}
