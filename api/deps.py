@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.errors import Forbidden, NotFound
 from api.request_metrics import get_metrics
+from api.schemas.inputs import SystemIdPath
 from auth.access_cache import AccessCache, CachedUser
 from auth.api_keys import ApiKeyError, hash_key, verify_api_key
 from auth.principal import Principal, can_access_system
@@ -40,7 +41,7 @@ async def get_auth_service(request: Request) -> AuthService:
     # thread pool, a thread hop on every request.
     state = request.app.state
     if getattr(state, "auth", None) is None:
-        state.auth = AuthService(state.kv, state.settings)
+        state.auth = AuthService(state.kv, state.settings, db=state.db)
     return state.auth
 
 
@@ -142,39 +143,65 @@ def require_role(*roles: Role | str) -> Callable[[Principal], Awaitable[Principa
     return dependency
 
 
-async def load_accessible_system(
-    session: AsyncSession, principal: Principal, system_id: str, *, write: bool = False
-) -> System:
-    """The system, or 404 when it is unknown or deleted, or 403 when the caller may not use it."""
+async def _system_verdict(
+    session: AsyncSession, principal: Principal, system_id: str, *, write: bool
+) -> tuple[System, bool]:
+    """The system and whether the caller may change it; 404 when it is unknown or deleted, 403 when the
+    caller may not use it (with ``write``: may not change it)."""
     system = await systems_repo.get_system(session, system_id)
     if system is None:
         raise NotFound(f"system {system_id!r} not found")
     membership = await systems_repo.get_membership(session, system_id, principal.user_id)
-    if not can_access_system(principal, system, membership, write=write):
+    may_write = can_access_system(principal, system, membership, write=True)
+    if not (may_write or (not write and can_access_system(principal, system, membership))):
         out_of_scope = principal.system_scope is not None and system_id not in principal.system_scope
         scope = " (outside this API key's scope)" if out_of_scope else ""
         action = "change" if write else "access"
         raise Forbidden(f"you may not {action} system {system_id!r}{scope}")
+    return system, may_write
+
+
+async def load_accessible_system(
+    session: AsyncSession, principal: Principal, system_id: str, *, write: bool = False
+) -> System:
+    """The system, or 404 when it is unknown or deleted, or 403 when the caller may not use it."""
+    system, _ = await _system_verdict(session, principal, system_id, write=write)
     return system
 
 
-async def authorize_system(request: Request, session: AsyncSession, principal: Principal, system_id: str) -> None:
+async def authorize_system(request: Request, session: AsyncSession, principal: Principal, system_id: str) -> bool:
     """``load_accessible_system``'s verdict for routes that need only the verdict (the
-    diagnosis routes); a granted access is remembered in the access cache."""
+    diagnosis routes): whether the caller may also change the system (a read-only member's
+    diagnoses are answered, not stored). A granted access is remembered in the access cache."""
     cache = get_access_cache(request)
     key = (principal.user_id, principal.role, principal.api_key_id, principal.system_scope, system_id)
-    if cache.get("grant", key) is None:
-        await load_accessible_system(session, principal, system_id)
-        cache.put("grant", key, True)
+    may_write = cache.get("grant", key)
+    if may_write is None:
+        _, may_write = await _system_verdict(session, principal, system_id, write=False)
+        cache.put("grant", key, may_write)
+    return may_write
 
 
-async def system_access(system_id: str, principal: PrincipalDep, session: SessionDep) -> System:
+async def system_access(system_id: SystemIdPath, principal: PrincipalDep, session: SessionDep) -> System:
     """For routes with a ``{system_id}`` path parameter: ``system: System = Depends(system_access)``."""
     return await load_accessible_system(session, principal, system_id)
 
 
-async def system_write_access(system_id: str, principal: PrincipalDep, session: SessionDep) -> System:
+async def system_write_access(system_id: SystemIdPath, principal: PrincipalDep, session: SessionDep) -> System:
     return await load_accessible_system(session, principal, system_id, write=True)
+
+
+def unscoped_key(what: str) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency for what no single system's scope covers (the audit trail, registering a system):
+    an API key scoped to systems gets 403; logins and unscoped keys pass."""
+
+    async def dependency(principal: PrincipalDep) -> Principal:
+        if principal.system_scope is not None:
+            scope = ", ".join(sorted(principal.system_scope)) or "no systems"
+            raise Forbidden(f"this API key is scoped to {scope}; {what} needs an unscoped key or a login")
+        return principal
+
+    return dependency
 
 
 # --- rate limits --------------------------------------------------------------------------------

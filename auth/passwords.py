@@ -1,11 +1,23 @@
-"""Password hashing with argon2id (argon2-cffi's defaults, RFC 9106 low-memory profile)."""
+"""Password hashing with argon2id (argon2-cffi's defaults, RFC 9106 low-memory profile).
+
+One hash costs tens to hundreds of milliseconds of CPU by design. On a request
+path use the ``*_async`` forms: they run in a small pool of threads of their own
+(argon2-cffi releases the GIL), so the ingress event loop keeps serving every
+other request meanwhile, and a flood of logins queues there instead of taking
+every core.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 _hasher = PasswordHasher()
+_pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="argon2")
 
 # Verified against when the username is unknown, so that a miss costs as long as a hit
 # and response times do not reveal which usernames exist.
@@ -27,3 +39,12 @@ def verify_password(password_hash: str | None, password: str) -> tuple[bool, str
     if password_hash is None:
         return False, None
     return True, (_hasher.hash(password) if _hasher.check_needs_rehash(password_hash) else None)
+
+
+async def hash_password_async(password: str) -> str:
+    return await asyncio.get_running_loop().run_in_executor(_pool, hash_password, password)
+
+
+async def verify_password_async(password_hash: str | None, password: str) -> tuple[bool, str | None]:
+    """``verify_password`` off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(_pool, verify_password, password_hash, password)

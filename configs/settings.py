@@ -85,6 +85,25 @@ class Settings(BaseSettings):
         "this replica's API apply at once",
     )
 
+    # --- trust: shared security state (login limits, revocation, key-value breaker) ---
+    login_client_max_attempts: int = Field(
+        60, ge=1, description="login attempts per client address within login_client_window_s, right or wrong"
+    )
+    login_client_window_s: int = Field(60, ge=1)
+    revocation_sync_s: float = Field(
+        1.0, gt=0.0, description="how often an ingress replica re-reads revoked tokens and sessions from the database"
+    )
+    kv_timeout_s: float = Field(0.5, gt=0.0, description="socket timeout of one Redis call")
+    kv_slow_call_s: float = Field(
+        0.3,
+        gt=0.0,
+        description="a Redis call slower than this (event-loop lag included) opens the circuit breaker like a failure",
+    )
+    kv_breaker_cooldown_s: float = Field(
+        5.0, gt=0.0, description="how long Redis is cut off after a failure before one call probes it"
+    )
+    memory_kv_max_entries: int = Field(100_000, ge=1, description="entries the in-process key-value store keeps")
+
     # --- serving ------------------------------------------------------------
     max_body_bytes: int = 2_000_000
     max_batch_items: int = 64
@@ -109,6 +128,18 @@ class Settings(BaseSettings):
     adaptive_sync_interval_s: float = 5.0
     max_ingestion_cycles: int = Field(500, ge=1, description="cycles per ingestion request")
     log_json: bool = Field(True, description="structured JSON log lines with the trace id")
+
+    # --- trust: hostile input, audit durability --------------------------------
+    audit_spool_dir: Path | None = Field(
+        None,
+        description="local folder where audit records the database refused wait, so a restart during an "
+        "outage loses none; default <home>/spool",
+    )
+
+    # --- online learning (Adaptive state revisions) -----------------------------
+    adaptive_keep_revisions: int = Field(
+        10, ge=1, description="learned-state revisions kept per Adaptive bundle; older ones are deleted"
+    )
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

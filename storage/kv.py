@@ -1,17 +1,21 @@
 """A small key-value store with TTLs and counters.
 
-Used for token revocation and login throttling (later also the prediction cache
-and rate limits). ``RedisKV`` is shared by all replicas; ``MemoryKV`` is the
-embedded default and only sees its own process.
+Used for the fast path of token revocation, login throttling, rate limits and
+the prediction cache. ``RedisKV`` is shared by all replicas (behind the circuit
+breaker of ``FailSoftKV``); ``MemoryKV`` is the embedded default, bounded, and
+only sees its own process.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import sys
 import time
 from typing import TYPE_CHECKING, Protocol
 
 import redis.asyncio as redis
+from cachetools import TLRUCache
 
 if TYPE_CHECKING:
     from configs.settings import Settings
@@ -65,9 +69,13 @@ class RedisKV:
         millis = await self._redis.pttl(self._key(key))
         return millis / 1000 if millis >= 0 else None
 
+    async def check(self) -> bool:
+        """Ping, raising why Redis does not answer."""
+        return bool(await self._redis.ping())
+
     async def ping(self) -> bool:
         try:
-            return bool(await self._redis.ping())
+            return await self.check()
         except (redis.RedisError, OSError):
             return False
 
@@ -81,20 +89,23 @@ class RedisKV:
 
 
 class MemoryKV:
-    """In-process store with lazy expiry; single event loop, so no locking is needed."""
+    """In-process store; single event loop, so no locking is needed.
 
-    def __init__(self) -> None:
-        self._data: dict[str, tuple[str, float | None]] = {}
+    Memory is bounded: expired entries are evicted whenever an entry is written
+    (cachetools' ``TLRUCache`` keeps them in expiry order), and past
+    ``max_entries`` the least recently used entry goes. Every user-minute window,
+    unknown-username login and logout writes an entry, so without both an
+    unattended replica would grow for ever.
+    """
 
-    def _live(self, key: str) -> tuple[str, float | None] | None:
-        entry = self._data.get(key)
-        if entry is not None and entry[1] is not None and entry[1] <= time.monotonic():
-            del self._data[key]
-            return None
-        return entry
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self._data: TLRUCache = TLRUCache(max_entries, ttu=_time_to_use, timer=time.monotonic)
+
+    def __len__(self) -> int:
+        return len(self._data)  # live entries only: counting expires the rest
 
     async def get(self, key: str) -> str | None:
-        entry = self._live(key)
+        entry = self._data.get(key)
         return entry[0] if entry else None
 
     async def set(self, key: str, value: str, ttl_s: float | None = None) -> None:
@@ -104,14 +115,14 @@ class MemoryKV:
         self._data.pop(key, None)
 
     async def incr(self, key: str, ttl_s: float | None = None) -> int:
-        entry = self._live(key)
+        entry = self._data.get(key)
         count = int(entry[0]) + 1 if entry else 1
         deadline = entry[1] if entry and entry[1] is not None else _deadline(ttl_s)
         self._data[key] = (str(count), deadline)
         return count
 
     async def ttl(self, key: str) -> float | None:
-        entry = self._live(key)
+        entry = self._data.get(key)
         if entry is None or entry[1] is None:
             return None
         return max(entry[1] - time.monotonic(), 0.0)
@@ -126,6 +137,10 @@ class MemoryKV:
         self._data.clear()
 
 
+def _time_to_use(_key: str, entry: tuple[str, float | None], _now: float) -> float:
+    return math.inf if entry[1] is None else entry[1]
+
+
 def _millis(ttl_s: float) -> int:
     if ttl_s <= 0:
         raise ValueError(f"ttl_s must be positive, got {ttl_s}")
@@ -136,28 +151,88 @@ def _deadline(ttl_s: float | None) -> float | None:
     return time.monotonic() + _millis(ttl_s) / 1000 if ttl_s is not None else None
 
 
+class CircuitBreaker:
+    """Cuts calls to a failing or slow dependency off for a cool-down, then probes it.
+
+    ``closed``: calls go through. A failure, or a call slower than ``slow_call_s``,
+    opens it. ``open``: calls are refused at once (``allow`` is False) for
+    ``cooldown_s``. Then ``half_open``: one probe call goes through (others are still
+    refused); its success closes the breaker, its failure opens it again. Small
+    enough to read in one go; pybreaker's async support needs Tornado and
+    aiobreaker is unmaintained.
+    """
+
+    def __init__(self, cooldown_s: float = 5.0, slow_call_s: float = 0.3, clock=time.monotonic) -> None:
+        self.cooldown_s, self.slow_call_s, self.clock = cooldown_s, slow_call_s, clock
+        self.state = "closed"
+        self.opened_at: float | None = None
+        self.last_error: str | None = None  # internal detail: for logs and admins only
+        self.rejected_calls = 0
+        self._probing = False
+
+    def allow(self) -> bool:
+        if self.state == "open" and self.clock() - self.opened_at >= self.cooldown_s:
+            self.state, self._probing = "half_open", False
+        if self.state == "closed":
+            return True
+        if self.state == "half_open" and not self._probing:
+            self._probing = True
+            return True
+        self.rejected_calls += 1
+        return False
+
+    def record(self, elapsed_s: float, error: str | None = None) -> None:
+        self._probing = False
+        if error is None and elapsed_s > self.slow_call_s:
+            error = f"slow call: {elapsed_s:.3f} s > {self.slow_call_s} s"
+        if error is None:
+            if self.state != "closed":
+                log.info("shared key-value store is back")
+            self.state, self.opened_at = "closed", None
+            return
+        if self.state == "closed":  # once per outage, not per failed probe
+            log.warning("shared key-value store unavailable, cut off for %.1f s: %s", self.cooldown_s, error)
+        self.state, self.opened_at, self.last_error = "open", self.clock(), error
+
+    def info(self) -> dict:
+        return {"state": self.state, "rejected_calls": self.rejected_calls, "last_error": self.last_error}
+
+
 class FailSoftKV:
     """Wraps a shared store so that its outage degrades instead of failing requests.
 
-    While Redis is unreachable, reads find nothing, writes are dropped and
-    counters read 0: revocation and throttling are not enforced for that time
-    (they fail open), predictions go on uncached, and ``healthy`` is False so
-    ``/ready`` reports the service as degraded. Each outage is logged once.
+    A ``CircuitBreaker`` stands in front of Redis: after a failure or a slow call,
+    calls are not sent for a cool-down (no socket timeout paid per request), then
+    one probes again. While it is open or a call fails, reads find nothing, writes
+    are dropped and counters read 0, meaning *not counted*: rate limits relax,
+    and callers that must not (login throttling, ``auth.service``) count in their
+    own replica instead. Revocations are durable in the database
+    (``auth.revocations``), so they hold through an outage. ``healthy`` is False
+    meanwhile, so ``/ready`` reports the service as degraded.
     """
 
-    def __init__(self, inner: RedisKV) -> None:
+    def __init__(self, inner: RedisKV, breaker: CircuitBreaker | None = None) -> None:
         self.inner = inner
-        self.healthy = True
+        self.breaker = breaker or CircuitBreaker()
 
-    async def _call(self, method: str, *args, default=None, **kwargs):
-        try:
-            result = await getattr(self.inner, method)(*args, **kwargs)
-        except (redis.RedisError, OSError) as exc:
-            if self.healthy:
-                log.warning("shared key-value store unavailable, degrading: %s", exc)
-            self.healthy = False
+    @property
+    def healthy(self) -> bool:
+        return self.breaker.state == "closed"
+
+    @property
+    def state(self) -> str:
+        return self.breaker.state
+
+    async def _call(self, method: str, *args, default=None):
+        if not self.breaker.allow():
             return default
-        self.healthy = True
+        start = time.monotonic()
+        try:
+            result = await getattr(self.inner, method)(*args)
+        except (redis.RedisError, OSError) as exc:
+            self.breaker.record(time.monotonic() - start, f"{type(exc).__name__}: {exc}")
+            return default
+        self.breaker.record(time.monotonic() - start)
         return result
 
     async def get(self, key: str) -> str | None:
@@ -176,8 +251,9 @@ class FailSoftKV:
         return await self._call("ttl", key)
 
     async def ping(self) -> bool:
-        self.healthy = await self.inner.ping()
-        return self.healthy
+        """Through the breaker: while it is open this answers False at once, and the
+        ping after the cool-down is the probe."""
+        return bool(await self._call("check", default=False))
 
     async def clear(self) -> None:
         await self._call("clear")
@@ -187,7 +263,43 @@ class FailSoftKV:
 
 
 def make_kv(settings: Settings, prefix: str = DEFAULT_PREFIX) -> KV:
-    """Redis (failing soft) when ``settings.redis_url`` is set, else the in-process store."""
+    """Redis (failing soft) when ``settings.redis_url`` is set, else the in-process store.
+
+    The in-process store is only this process's: a second ingress replica would
+    count its own login failures and rate limits, so inside a Serve replica of
+    rank 1 or more it refuses to start (``deployments.builder`` also caps the
+    Ingress to one replica when there is no Redis).
+    """
     if settings.redis_url:
-        return FailSoftKV(RedisKV(settings.redis_url, prefix=prefix, socket_timeout=0.5, socket_connect_timeout=0.5))
-    return MemoryKV()
+        timeout = settings.kv_timeout_s
+        return FailSoftKV(
+            RedisKV(settings.redis_url, prefix=prefix, socket_timeout=timeout, socket_connect_timeout=timeout),
+            CircuitBreaker(cooldown_s=settings.kv_breaker_cooldown_s, slow_call_s=settings.kv_slow_call_s),
+        )
+    require_sole_replica(_serve_replica_rank())
+    return MemoryKV(settings.memory_kv_max_entries)
+
+
+def require_sole_replica(rank: int | None) -> None:
+    """Refuse a second replica that would keep security state of its own; ``rank`` is the
+    Serve replica's rank (None outside Serve)."""
+    if rank:
+        raise RuntimeError(
+            f"this is ingress replica rank {rank} and HDX_REDIS_URL is empty: without Redis each replica "
+            "counts login failures and rate limits on its own, so HDX runs one ingress replica only. "
+            "Set HDX_REDIS_URL, or max_replicas: 1 for the Ingress in serve_config.yaml"
+        )
+
+
+def _serve_replica_rank() -> int | None:
+    if "ray" not in sys.modules:  # not under Ray at all: no Serve replica to ask
+        return None
+    from ray import serve
+    from ray.serve.exceptions import RayServeException
+
+    try:
+        context = serve.get_replica_context()
+    except RayServeException:
+        return None
+    rank = getattr(context, "rank", None)
+    return getattr(rank, "rank", rank)

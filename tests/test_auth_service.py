@@ -224,3 +224,41 @@ def test_counters_are_ray_metrics_inside_ray(ray_cluster) -> None:
     counter = make_counter("hdx_test_login_failures", "test", ("reason",))
     assert isinstance(counter, Counter)
     counter.inc(tags={"reason": "bad_credentials"})
+
+
+@in_session_loop
+async def test_revocations_reach_other_replicas_through_the_database(db: Database, settings: Settings) -> None:
+    from storage.kv import MemoryKV
+
+    # Two replicas, each with its own in-process store: only the database links them.
+    here, there = (AuthService(MemoryKV(), settings, db=db) for _ in range(2))
+    async with db.session() as session:
+        await add_user(session, "ada")
+        pair = await here.login(session, "ada", TEST_PASSWORD)
+        claims = await there.verify_access_token(pair.access_token)  # there has synced before the logout
+        await here.logout(session, claims)
+    await there.revocations.sync()  # what its next check does after revocation_sync_s
+    with pytest.raises(TokenError, match="revoked"):
+        await there.verify_access_token(pair.access_token)
+
+
+@in_session_loop
+async def test_expired_revocations_are_pruned(db: Database, settings: Settings) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from storage.kv import MemoryKV
+    from storage.repositories import revocations as revocations_repo
+
+    now = datetime.now(UTC)
+    async with db.session() as session:
+        await revocations_repo.add_revocations(
+            session, [("jti", "old", now - timedelta(minutes=5)), ("family", "live", now + timedelta(minutes=5))]
+        )
+        await revocations_repo.add_revocations(session, [("family", "live", now + timedelta(minutes=5))])  # twice: fine
+        await session.commit()
+    auth = AuthService(MemoryKV(), settings, db=db)
+    await auth.revocations.sync()
+    async with db.session() as session:
+        rows = await revocations_repo.unexpired(session, now - timedelta(hours=1))  # expired ones too, if any
+        assert [(kind, token_id) for kind, token_id, _ in rows] == [("family", "live")]
+    assert await auth.revocations.revoked("any", "live") == "family"

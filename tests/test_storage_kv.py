@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from configs.settings import Settings
-from storage.kv import KV, FailSoftKV, MemoryKV, RedisKV, make_kv
+from storage.kv import KV, CircuitBreaker, FailSoftKV, MemoryKV, RedisKV, make_kv
 from tests.fixtures.db import REDIS_URL
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -93,3 +93,108 @@ async def test_make_kv_picks_redis_only_when_configured(tmp_path) -> None:
     store = make_kv(Settings(home=tmp_path, redis_url=REDIS_URL))
     assert isinstance(store, FailSoftKV) and isinstance(store.inner, RedisKV) and store.inner.prefix == "hdx:"
     await store.close()
+
+
+# --- the in-process store's bounds ------------------------------------------------------------
+async def test_memory_kv_evicts_expired_entries() -> None:
+    store = MemoryKV()
+    for i in range(1000):  # e.g. a login window per unknown username
+        await store.incr(f"auth:login_failures:nobody-{i}", ttl_s=0.05)
+    await store.set("revoked", "1")  # no TTL: stays
+    assert len(store) == 1001
+    await asyncio.sleep(0.1)
+    await store.set("next", "x", ttl_s=30)  # any write sweeps what has expired
+    assert len(store) == 2
+    assert await store.get("revoked") == "1" and await store.get("auth:login_failures:nobody-1") is None
+
+
+async def test_memory_kv_caps_its_entries_dropping_the_least_recently_used() -> None:
+    store = MemoryKV(max_entries=10)
+    for i in range(25):
+        await store.set(f"k{i}", str(i), ttl_s=60)
+        if i >= 1:
+            await store.get("k0")  # kept in use
+    assert len(store) == 10
+    assert await store.get("k0") == "0" and await store.get("k24") == "24"
+    assert await store.get("k1") is None
+
+
+async def test_make_kv_sizes_the_memory_store_from_settings(tmp_path) -> None:
+    store = make_kv(Settings(home=tmp_path, redis_url=None, memory_kv_max_entries=7))
+    assert isinstance(store, MemoryKV) and store._data.maxsize == 7
+
+
+# --- the circuit breaker in front of Redis -------------------------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_breaker_opens_on_failure_or_slowness_and_probes_after_the_cool_down() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(cooldown_s=5, slow_call_s=0.25, clock=clock)
+    assert breaker.allow() and breaker.state == "closed"
+    breaker.record(0.01, "ConnectionError: refused")
+    assert breaker.state == "open" and not breaker.allow() and breaker.rejected_calls == 1
+    clock.now += 5
+    assert breaker.allow() and breaker.state == "half_open"
+    assert not breaker.allow()  # one probe at a time
+    breaker.record(0.01, "ConnectionError: refused")  # the probe failed: a new cool-down
+    assert breaker.state == "open" and not breaker.allow()
+    clock.now += 5
+    assert breaker.allow()
+    breaker.record(0.01)
+    assert breaker.state == "closed" and breaker.allow()
+    breaker.record(0.4)  # answered, but slowly: cut off like a failure
+    assert breaker.state == "open" and breaker.last_error.startswith("slow call")
+
+
+@pytest.mark.redis
+async def test_fail_soft_kv_cuts_a_stopped_redis_off_and_comes_back() -> None:
+    from tests.fixtures.serve_app import PrivateRedis
+
+    redis_server, clock = PrivateRedis(), Clock()
+    redis_server.start()
+    store = FailSoftKV(RedisKV(redis_server.url, socket_timeout=0.3), CircuitBreaker(cooldown_s=5, clock=clock))
+    try:
+        await store.set("k", "v")
+        assert store.healthy and await store.get("k") == "v"
+        redis_server.stop()
+        assert await store.get("k") is None and store.state == "open" and not store.healthy
+        assert await store.incr("n", ttl_s=5) == 0  # "not counted"
+        assert await store.ping() is False
+        assert store.breaker.rejected_calls == 2  # cut off: Redis was not even tried
+        redis_server.start()
+        assert await store.get("k") is None  # still cooling down
+        clock.now += 5
+        assert await store.ping() is True and store.state == "closed"  # the probe
+        assert await store.incr("n", ttl_s=5) == 1
+    finally:
+        redis_server.stop()
+        await store.close()
+
+
+@pytest.mark.redis
+async def test_fail_soft_kv_cuts_a_blackholed_redis_off_after_one_timeout() -> None:
+    import signal
+
+    from tests.fixtures.serve_app import PrivateRedis
+
+    redis_server = PrivateRedis()
+    redis_server.start()
+    store = FailSoftKV(RedisKV(redis_server.url, socket_timeout=0.2), CircuitBreaker(cooldown_s=60))
+    try:
+        assert await store.ping()
+        redis_server.proc.send_signal(signal.SIGSTOP)  # accepts bytes, never answers
+        assert await store.get("k") is None and store.state == "open"
+        assert "Timeout" in store.breaker.last_error
+        for _ in range(20):
+            assert await store.get("k") is None
+        assert store.breaker.rejected_calls == 20  # none of them waited for the socket timeout
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+        redis_server.stop()
+        await store.close()

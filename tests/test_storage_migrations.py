@@ -13,7 +13,7 @@ from storage.tables import Base
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-TABLES = {"users", "api_keys", "refresh_tokens", "systems", "system_members", "alembic_version"}
+TABLES = {"users", "api_keys", "refresh_tokens", "systems", "system_members", "revoked_tokens", "alembic_version"}
 
 
 @pytest.mark.parametrize(
@@ -54,3 +54,40 @@ async def test_ping_is_false_when_the_database_is_unreachable() -> None:
     database = Database("postgresql+asyncpg://postgres@127.0.0.1:1/nothing")
     assert await database.ping() is False
     await database.dispose()
+
+
+@pytest.mark.parametrize(
+    "empty_database_url", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+async def test_revoked_tokens_migration_upgrades_and_downgrades(empty_database_url: str) -> None:
+    from alembic import command
+    from sqlalchemy.engine import Connection
+
+    await migrate(empty_database_url, "0003")
+    assert "revoked_tokens" not in await _tables(empty_database_url)
+    await migrate(empty_database_url, "0004")
+    assert "revoked_tokens" in await _tables(empty_database_url)
+
+    engine = create_engine(empty_database_url)
+    config = alembic_config()
+
+    def downgrade(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0003")
+
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(downgrade)
+    finally:
+        await engine.dispose()
+    assert "revoked_tokens" not in await _tables(empty_database_url)
+    assert await current_revision(empty_database_url) == "0003"
+
+
+async def _tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(lambda sync: set(inspect(sync).get_table_names()))
+    finally:
+        await engine.dispose()
