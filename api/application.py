@@ -11,6 +11,7 @@ prediction history). The deployment puts its handles (``ensemble``, ``rag``) on
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -34,6 +35,15 @@ from storage.repositories import audit as audit_repo
 from storage.repositories import predictions as predictions_repo
 
 TRACE_HEADER = "X-Request-ID"
+# A client's id is kept only when it is a short, plain token: it goes into logs, response headers
+# and String(64) columns (audit, history), and one over-long id must not fail a group commit.
+TRACE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def trace_id_of(request: Request) -> str:
+    """The client's ``X-Request-ID`` when it is a safe token, a new id otherwise."""
+    sent = request.headers.get(TRACE_HEADER)
+    return sent if sent is not None and TRACE_ID.fullmatch(sent) else uuid.uuid4().hex
 
 
 class BodyTooLarge(Exception):
@@ -73,7 +83,7 @@ class BodySizeLimit:
 
 
 class RequestObserver:
-    """Every HTTP request: a trace id (the client's ``X-Request-ID`` or a new one) on
+    """Every HTTP request: a trace id (the client's ``X-Request-ID`` if safe, or a new one) on
     ``request.state`` and in the logs, rate-limit headers on the response, and on the
     way out the audit record, metrics and access-log line (``observe``).
 
@@ -87,7 +97,7 @@ class RequestObserver:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request = Request(scope)
-        trace_id = request.headers.get(TRACE_HEADER) or uuid.uuid4().hex
+        trace_id = trace_id_of(request)
         request.state.trace_id = trace_id
         token = trace_id_var.set(trace_id)
         start = time.perf_counter()
@@ -122,15 +132,18 @@ def create_app(settings: Settings, echo_request_id: bool = True) -> FastAPI:
         app.state.db = Database(settings.database_url)
         app.state.kv = make_kv(settings)
         app.state.rate_limiter = RateLimiter(app.state.kv, tiers)
-        # Off the request path: the trail every flush interval, kept through an outage;
-        # the history with group commit, each request waiting for its own ids.
+        # Off the request path: the trail every flush interval, kept through an outage (on local
+        # disk too, so a restart during one loses nothing); the history with group commit, each
+        # request waiting for its own ids.
         app.state.audit = BatchWriter(
             app.state.db,
             audit_repo.add_many,
             name="audit",
             max_rows=1000,
             flush_interval_s=settings.audit_flush_interval_s,
+            spool_dir=settings.audit_spool_dir or settings.home / "spool",
         )
+        app.state.audit.start()  # writes what an earlier run left in the spool
         app.state.history = BatchWriter(app.state.db, predictions_repo.add_many, name="history", max_rows=500)
 
         async def latest_diagnosis(system_id: str) -> dict | None:

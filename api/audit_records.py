@@ -9,10 +9,15 @@ Who called is read from ``request.state.principal``, which
 ``api.deps.current_principal`` sets on every route that authenticates; a 401
 there is recorded as ``auth_failed``. ``created_at`` is the time of the call,
 not of the write.
+
+Every text field is ``fit`` to its column: a path or path parameter is whatever a
+client sent (``GET /%00`` included), and one value PostgreSQL refuses must not
+cost the trail a batch.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import Request
@@ -21,6 +26,16 @@ from auth.principal import Principal
 from storage.tables import utcnow
 
 UNAUDITED_PATHS = frozenset({"/api/v1/health", "/api/v1/ready"})  # load-balancer probes, every few seconds
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def fit(value: Any, limit: int) -> str | None:
+    """``value`` as text for a ``String(limit)`` column: control characters written as ``\\xNN``
+    (kept visible for whoever reads the trail), characters UTF-8 cannot encode escaped, cut to ``limit``."""
+    if value is None:
+        return None
+    text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)[:limit]
 
 
 def outcome(status: int) -> str:
@@ -48,15 +63,15 @@ def entry(request: Request, status: int, latency_ms: float) -> dict[str, Any]:
     return {
         "created_at": utcnow(),
         "user_id": principal.user_id if principal else None,
-        "username": principal.username if principal else None,
+        "username": fit(principal.username, 64) if principal else None,
         "api_key_id": principal.api_key_id if principal else None,
-        "method": request.method[:8],
-        "route": route_template(request)[:200],
-        "path": request.url.path[:500],
+        "method": fit(request.method, 8),
+        "route": fit(route_template(request), 200),
+        "path": fit(request.url.path, 500),
         "status": status,
         "outcome": outcome(status),
         "latency_ms": round(latency_ms, 3),
-        "system_id": str(system_id)[:64] if system_id else None,
-        "trace_id": str(getattr(request.state, "trace_id", "-"))[:64],
-        "client": client[:64] if client else None,
+        "system_id": fit(system_id, 64) if system_id else None,
+        "trace_id": fit(getattr(request.state, "trace_id", "-"), 64),
+        "client": fit(client, 64) if client else None,
     }

@@ -11,7 +11,8 @@ body ``{"detail": ..., "trace_id": ...}``:
 * ``hydraulics.validation.SensorDataError`` → 422 naming the channel at fault, in the
   shape of a request validation error;
 * ``diagnosis.failures.NoModelAvailable`` and Ray Serve's "cannot take this now" errors
-  (queue full, deployment or replica gone) → 503 with ``Retry-After``: the reason in
+  (queue full, deployment or replica gone or stopped, from any handle: the ensemble
+  or the assistant) → 503 with ``Retry-After``: the reason in
   one line (``describe``), not the remote traceback;
 * FastAPI's ``HTTPException`` (still raised where the answer is HTTP through and
   through: the rate limit's 429 with its ``X-RateLimit-*`` headers) and
@@ -27,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.log_format import trace_id_var
@@ -37,8 +38,9 @@ from hydraulics.validation import SensorDataError
 
 BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 UNAVAILABLE_RETRY_S = "5"
-# No model answered, the ensemble's queue is full, or its replica is gone: try again later.
-UNAVAILABLE = (NoModelAvailable, BackPressureError, DeploymentUnavailableError, RayActorError)
+# No model answered, a deployment's queue is full, or it (or the replica picked) is gone or stopped:
+# try again later. ``RayActorError`` covers ``ActorDiedError`` and ``ActorUnavailableError``.
+UNAVAILABLE = (NoModelAvailable, BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError, RayActorError)
 
 
 class ApiError(Exception):
@@ -107,7 +109,10 @@ async def _sensor_data_error(request: Request, exc: SensorDataError) -> JSONResp
 
 
 async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
-    return _answer(request, 503, describe(exc, limit=1000), {"Retry-After": UNAVAILABLE_RETRY_S})
+    # Serve's own errors keep their sentence in ``message``; their ``str`` is only the id.
+    message = getattr(exc, "message", None)
+    detail = f"{type(exc).__name__}: {message}" if isinstance(message, str) else describe(exc, limit=1000)
+    return _answer(request, 503, detail, {"Retry-After": UNAVAILABLE_RETRY_S})
 
 
 async def _http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -2,7 +2,9 @@
 
 Idempotent: trains models only when the store has none, builds the
 retrieval index only when none exists, creates the development admin and a
-demo system only once. The quick start runs it before ``serve run``.
+demo system only once. A demo system that was deleted stays deleted (its id is
+still taken: its history and audit trail name it); the bootstrap says so and
+carries on. The quick start runs it before ``serve run``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def bootstrap(
     settings = get_settings()
     settings.effective_jwt_secret()  # fail here, not in every replica, when the secret is unusable
     store = ModelStore(settings.model_store_uri)
-    missing = [f for f in FAMILY_NAMES if not store.versions(f)]
+    missing = [f for f in FAMILY_NAMES if store.problem(f)]
     if missing:
         from pipelines.train import format_report, run_training
 
@@ -50,7 +52,12 @@ def bootstrap(
     manifest = ensure_index(settings)
     typer.echo(f"retrieval index: {'built ' + manifest['version'] if manifest else 'present'}")
 
-    password = _ensure_admin_and_system()
+    password, demo_deleted = _ensure_admin_and_system()
+    if demo_deleted:
+        typer.echo(
+            f"demo system {DEMO_SYSTEM!r} was deleted earlier; its id stays taken, so it is not created again. "
+            "Register a system (POST /api/v1/systems) and pass its id to `hdx simulate --system-id`."
+        )
     base = "http://127.0.0.1:8000/api/v1"
     typer.echo("\nHDX is ready to start. Once Serve is up:")
     if password:
@@ -67,10 +74,11 @@ def bootstrap(
     )
 
 
-def _ensure_admin_and_system() -> str | None:
-    """Creates the dev admin (returning its new random password) and the demo system."""
+def _ensure_admin_and_system() -> tuple[str | None, bool]:
+    """Creates the dev admin and the demo system; returns the admin's new random password (None
+    when it existed) and whether the demo system had been deleted (then it is left so)."""
 
-    async def work(session: AsyncSession) -> str | None:
+    async def work(session: AsyncSession) -> tuple[str | None, bool]:
         password = None
         admin = await users_repo.get_user_by_username(session, DEV_ADMIN)
         if admin is None:
@@ -78,8 +86,9 @@ def _ensure_admin_and_system() -> str | None:
             admin = await users_repo.create_user(
                 session, username=DEV_ADMIN, password_hash=hash_password(password), role="admin", tier="enterprise"
             )
-        if await systems_repo.get_system(session, DEMO_SYSTEM) is None:
+        demo = await systems_repo.get_system(session, DEMO_SYSTEM, include_deleted=True)
+        if demo is None:
             await systems_repo.create_system(session, system_id=DEMO_SYSTEM, name="Demo test rig", owner_id=admin.id)
-        return password
+        return password, demo is not None and demo.deleted_at is not None
 
     return run_db(work)

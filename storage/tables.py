@@ -228,3 +228,18 @@ class AuditRecord(Base):
     system_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     trace_id: Mapped[str] = mapped_column(String(64))
     client: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class RevokedToken(Base):
+    """An access token (``kind='jti'``) or a whole login session (``kind='family'``) ended
+    before its access tokens expire: logout and refresh-token reuse. The durable record
+    every ingress replica reads (``auth.revocations``); pruned once ``expires_at`` passes.
+    """
+
+    __tablename__ = "revoked_tokens"
+    __table_args__ = (CheckConstraint("kind IN ('jti', 'family')", name="kind"),)
+
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    token_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    revoked_at: Mapped[datetime] = _created_at()

@@ -107,3 +107,35 @@ def test_json_log_lines_carry_the_trace_id(platform):
     [line] = [json.loads(x) for x in stream.getvalue().splitlines()]
     assert line["trace_id"] == "trace-log-7" and line["status"] == 401 and line["route"] == "/api/v1/systems"
     assert line["level"] == "INFO" and line["logger"] == "hdx.access"
+
+
+def test_an_api_key_scoped_to_a_system_cannot_read_the_whole_trail(platform):
+    c = platform.client
+    admin = platform.user("admin")
+    assert c.post("/api/v1/systems", json={"id": "rig-sc", "name": "n"}, headers=admin["headers"]).status_code == 201
+    scoped = platform.api_key(admin, ["rig-sc"])
+    r = c.get("/api/v1/audit", headers=scoped)
+    assert r.status_code == 403 and "scoped to rig-sc" in r.json()["detail"] and "audit trail" in r.json()["detail"]
+    r = c.get("/api/v1/audit", params={"system_id": "rig-sc"}, headers=scoped)
+    assert r.status_code == 403  # not even filtered to its own system: the trail names every caller
+    assert c.get("/api/v1/systems/rig-sc", headers=scoped).status_code == 200  # its scope still works
+    assert c.get("/api/v1/audit", headers=admin["headers"]).status_code == 200  # a login is not scoped
+
+
+def test_records_kept_through_an_outage_survive_a_restart(db, tmp_path: Path, database_url: str):
+    """The app's audit writer spools under ``home``: a replica stopped while the database is down
+    leaves its records there, and the next one to start writes them."""
+    import asyncio
+
+    from storage.db import Database
+
+    settings = platform_settings(tmp_path, database_url, audit_flush_interval_s=3600)
+    down = Database("postgresql+asyncpg://postgres@127.0.0.1:1/nothing")  # nothing listens: an outage
+    with TestClient(create_app(settings)) as client:
+        client.get("/api/v1/systems", headers={"X-Request-ID": "before-restart"})
+        client.app.state.audit.db = down  # stopped during the outage: the shutdown flush fails
+    asyncio.run(down.dispose())
+    assert list((tmp_path / "spool").glob("audit-*.jsonl"))
+    with TestClient(create_app(settings)) as client:
+        p = Platform(client)
+        assert [r.trace_id for r in _records(p, trace_id="before-restart")] == ["before-restart"]

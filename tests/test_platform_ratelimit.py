@@ -86,3 +86,45 @@ async def test_redis_outage_fails_open():
     )
     decisions = [await limiter.check("user:1", "free") for _ in range(3)]
     assert all(d.allowed for d in decisions)
+
+
+def test_usage_is_counted_per_utc_day_and_endpoint_by_the_database(platform):
+    from datetime import UTC, datetime, timedelta
+
+    from storage.repositories import audit as audit_repo
+
+    user = platform.user("engineer")
+    today = datetime.now(UTC).replace(hour=0, minute=30, second=0, microsecond=0)
+
+    def call(at: datetime, route: str, api_key_id: int | None = None) -> dict:
+        return {
+            "created_at": at,
+            "user_id": user["id"],
+            "username": user["username"],
+            "api_key_id": api_key_id,
+            "method": "GET",
+            "route": route,
+            "path": route,
+            "status": 200,
+            "outcome": "ok",
+            "latency_ms": 1.0,
+            "system_id": None,
+            "trace_id": "t",
+            "client": None,
+        }
+
+    yesterday_late = today - timedelta(hours=1)  # 23:30 UTC the day before
+    seeded = [call(today, "/a")] * 3 + [call(yesterday_late, "/a"), call(yesterday_late, "/b", api_key_id=7)]
+    seeded += [call(today - timedelta(days=5), "/old")]  # outside days=2
+
+    async def seed(session):
+        await audit_repo.add_many(session, seeded)
+        await session.commit()
+
+    platform.run(seed)
+    out = platform.client.get("/api/v1/users/me/usage", params={"days": 2}, headers=user["headers"]).json()
+    assert out["calls"] == {
+        today.date().isoformat(): {"GET /a": 3},
+        yesterday_late.date().isoformat(): {"GET /a": 1, "GET /b": 1},
+    }
+    assert list(out["calls"]) == sorted(out["calls"], reverse=True)  # newest day first

@@ -125,6 +125,8 @@ def test_feedback_teaches_the_adaptive_model_everywhere_and_survives_a_restart(a
     try:
         # A healthy cycle the operator knows is not healthy: the valve lags badly.
         r = _predict(api, engineer, seed=21, use_cache=False)
+        _predict(api, engineer, seed=21)
+        assert _predict(api, engineer, seed=21).json()["cache_hit"] is True  # the answer before learning
         sensor_data = simulated_request(engineer["system"], seed=21)["sensor_data"]
         before = _adaptive_level(main, sensor_data, "valve")
         assert before != 73
@@ -146,6 +148,12 @@ def test_feedback_teaches_the_adaptive_model_everywhere_and_survives_a_restart(a
         assert revisions == {learned["state_revision"]}
         assert _adaptive_level(main, sensor_data, "valve") == 73
         assert {_adaptive_level(pair, sensor_data, "valve") for _ in range(6)} == {73}
+        # The cache key carries the learned state: the cycle is diagnosed afresh, by the new state.
+        fresh = _predict(api, engineer, seed=21).json()
+        assert fresh["cache_hit"] is False and fresh["state_revisions"] == {"adaptive": learned["state_revision"]}
+        [adaptive] = [m for m in fresh["ml_predictions"] if m["ml_model"] == "adaptive"]
+        assert adaptive["state_revision"] == learned["state_revision"]
+        assert _predict(api, engineer, seed=21).json()["cache_hit"] is True
 
         # Kill the main app's Adaptive replica; Serve starts a new one, which loads the newest state.
         [name] = _adaptive_replica_names("hdx")
@@ -162,6 +170,17 @@ def test_feedback_teaches_the_adaptive_model_everywhere_and_survives_a_restart(a
             time.sleep(1)
         assert _adaptive_replica_names("hdx") != [name]
         assert _adaptive_level(main, sensor_data, "valve") == 73
+
+        # Concurrent feedback on the pair's two replicas: each update is committed, none lost.
+        from hydraulics.features import extract_cycles
+
+        store = ModelStore(settings.model_store_uri)
+        updates_before = store.load("adaptive", MODEL_VERSIONS[0]).model.n_updates
+        X, _ = extract_cycles([sensor_data], "rig_1hz")
+        replies = [pair.learn.remote(X, {"valve": [73]}) for _ in range(6)]
+        revisions = {reply.result(timeout_s=120)["state_revision"] for reply in replies}
+        assert len(revisions) == 6 and store.latest_state("adaptive", MODEL_VERSIONS[0]) == max(revisions)
+        assert store.load("adaptive", MODEL_VERSIONS[0]).model.n_updates == updates_before + 6
     finally:
         serve.delete("hdx-adaptive-pair")
 

@@ -219,3 +219,91 @@ async def test_history_writer_groups_concurrent_requests_and_keeps_their_ids(db)
     [later] = await writer.write([dict(requests[0][0], trace_id="after")])
     assert later > max(max(i) for i in ids)
     await writer.close()
+
+
+PREDICT = {"system_id": "rig-p", "sensor_data": {"TS1": [45.0] * 60}, "use_cache": False}
+
+
+def _shared_system(platform) -> dict:
+    """rig-p of an owner, shared read-only with a viewer and an engineer, and writable with another engineer."""
+    c = platform.client
+    people = {
+        "owner": platform.user("engineer"),
+        "viewer": platform.user("viewer"),
+        "reader": platform.user("engineer"),
+        "writer": platform.user("engineer"),
+    }
+    owner = people["owner"]["headers"]
+    assert c.post("/api/v1/systems", json={"id": "rig-p", "name": "n"}, headers=owner).status_code == 201
+    for who, permission in (("viewer", "read"), ("reader", "read"), ("writer", "write")):
+        grant = {"username": people[who]["username"], "permission": permission}
+        assert c.post("/api/v1/systems/rig-p/members", json=grant, headers=owner).status_code == 201
+    return people
+
+
+def test_read_only_members_predictions_are_answered_but_not_stored(platform):
+    c, people = platform.client, _shared_system(platform)
+    for who in ("viewer", "reader"):
+        r = c.post("/api/v1/diagnostics/predict", json=PREDICT, headers=people[who]["headers"])
+        assert r.status_code == 200 and r.json()["prediction"]["severity"] == "warning"
+        assert "X-Prediction-ID" not in r.headers
+        batch = {"system_id": "rig-p", "items": [PREDICT["sensor_data"]] * 2, "use_cache": False}
+        r = c.post("/api/v1/diagnostics/predict/batch", json=batch, headers=people[who]["headers"])
+        assert r.status_code == 200 and r.json()["succeeded"] == 2 and "X-Prediction-IDs" not in r.headers
+    # Nothing stored, so nothing for the assistant to ground on; reading the (empty) history is allowed.
+    assert platform.client.portal.call(platform.app.state.latest_diagnosis, "rig-p") is None
+    r = c.get("/api/v1/systems/rig-p/predictions", headers=people["viewer"]["headers"])
+    assert r.status_code == 200 and r.json()["items"] == []
+
+    # Those who may change the system write the history; reading it needs read access, feedback write access.
+    stored = [
+        int(
+            c.post("/api/v1/diagnostics/predict", json=PREDICT, headers=people[who]["headers"]).headers[
+                "X-Prediction-ID"
+            ]
+        )
+        for who in ("owner", "writer")
+    ]
+    listed = c.get("/api/v1/systems/rig-p/predictions", headers=people["viewer"]["headers"]).json()["items"]
+    assert sorted(p["id"] for p in listed) == sorted(stored)
+    feedback = {"components": {"valve": 100}}
+    url = f"/api/v1/systems/rig-p/predictions/{stored[0]}/feedback"
+    for who in ("viewer", "reader"):
+        r = c.post(url, json=feedback, headers=people[who]["headers"])
+        assert r.status_code == 403 and "may not change system 'rig-p'" in r.json()["detail"]
+    assert c.post(url, json=feedback, headers=people["writer"]["headers"]).status_code == 201
+    stranger = platform.user("engineer")
+    assert c.get("/api/v1/systems/rig-p/predictions", headers=stranger["headers"]).status_code == 403
+
+
+def test_a_history_that_cannot_store_is_503_not_a_200_without_an_id(platform):
+    from storage.db import Database
+
+    c, people = platform.client, _shared_system(platform)
+    owner = people["owner"]["headers"]
+    history = platform.app.state.history
+    real_db, down = history.db, Database("postgresql+asyncpg://postgres@127.0.0.1:1/nothing")
+    history.db = down  # nothing listens there: every write is refused, as in an outage
+    try:
+        r = c.post("/api/v1/diagnostics/predict", json=PREDICT, headers=owner)
+        assert r.status_code == 503 and r.headers["Retry-After"] and "X-Prediction-ID" not in r.headers
+        assert "could not be stored in the prediction history" in r.json()["detail"]
+        batch = {"system_id": "rig-p", "items": [PREDICT["sensor_data"]], "use_cache": False}
+        assert c.post("/api/v1/diagnostics/predict/batch", json=batch, headers=owner).status_code == 503
+        # Ingestion: the readings are stored; the diagnosis is reported as failed, with no ids.
+        cycles = [
+            {"idempotency_key": "k1", "started_at": "2026-03-01T12:00:00Z", "sensor_data": PREDICT["sensor_data"]}
+        ]
+        r = c.post(
+            "/api/v1/ingestion/cycles", json={"system_id": "rig-p", "cycles": cycles, "diagnose": True}, headers=owner
+        )
+        assert r.status_code == 200 and r.json()["stored"] == 1
+        assert "prediction history" in r.json()["diagnosis_error"]
+        assert [item["prediction_id"] for item in r.json()["items"]] == [None]
+    finally:
+        history.db = real_db
+        platform.client.portal.call(down.dispose)
+    assert c.get("/api/v1/systems/rig-p/readings", headers=owner).json()["items"][0]["idempotency_key"] == "k1"
+    assert c.get("/api/v1/systems/rig-p/predictions", headers=owner).json()["items"] == []
+    r = c.post("/api/v1/diagnostics/predict", json=PREDICT, headers=owner)
+    assert r.status_code == 200 and r.headers["X-Prediction-ID"]  # the database is back

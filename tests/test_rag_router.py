@@ -33,6 +33,7 @@ async def client(db: Database, kv: KV, settings: Settings) -> AsyncIterator[http
     app.include_router(auth_router)
     app.include_router(router)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hdx.test") as c:
+        c.app = app  # for tests that put a pipeline handle on app.state
         yield c
 
 
@@ -105,3 +106,58 @@ async def test_sse_reports_a_broken_stream_and_still_ends_with_done():
     frames = [f async for f in sse_events(events())]
     assert frames[1].startswith("event: error\n") and frames[-1].startswith("event: done\n")
     assert json.loads(frames[-1].split("data: ", 1)[1])["metadata"]["degraded"] is True
+
+
+class _StoppedPipeline:
+    """What a RagPipeline handle does once the deployment is gone: ``query.remote`` raises Serve's own
+    unavailability error when awaited, ``stream.remote`` when its first event is awaited (the error
+    classes are Ray's; the handle around them is in-process)."""
+
+    def __init__(self, error: Exception):
+        error_ = error
+
+        class Query:
+            async def remote(self, *args):
+                raise error_
+
+        class Stream:
+            def remote(self, *args):
+                async def events():
+                    raise error_
+                    yield  # an async generator, like a DeploymentResponseGenerator
+
+                return events()
+
+        self.query, self.stream = Query(), Stream()
+
+    def options(self, **_):
+        return self
+
+
+def _stopped_errors() -> list[Exception]:
+    from ray.exceptions import ActorDiedError
+    from ray.serve._private.common import DeploymentID
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
+    return [
+        DeploymentUnavailableError(DeploymentID(name="RagPipeline", app_name="hdx")),
+        ReplicaUnavailableError("RagPipeline#abc"),
+        ActorDiedError(),
+        BackPressureError(num_queued_requests=10, max_queued_requests=10),
+    ]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_stopped_pipeline_is_503_with_retry_after(client, db, stream):
+    headers = await _auth(client, db)
+    for error in _stopped_errors():
+        client.app.state.rag = _StoppedPipeline(error)
+        r = await client.post(URL, json={"query": "valve lag", "stream": stream}, headers=headers)
+        assert r.status_code == 503, (type(error).__name__, r.text)
+        assert r.headers["Retry-After"] and type(error).__name__ in r.json()["detail"]
+
+
+async def test_a_system_id_with_a_nul_is_422(client, db):
+    headers = await _auth(client, db)
+    r = await client.post(URL, json={"query": "why?", "system_id": "rig\x00"}, headers=headers)
+    assert r.status_code == 422 and "control characters" in r.text

@@ -1,7 +1,8 @@
 """Login, token refresh and logout: ``/api/v1/auth``.
 
-A refused login or refresh is an ``auth.service.AuthError``, answered with its
-status and headers by ``api.errors``.
+A refused login, refresh or logout is an ``auth.service.AuthError``, answered
+with its status and headers by ``api.errors``: 401, 429 (throttled, per username
+and per client address) or 503 (a revocation the database did not record).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from pydantic import BaseModel, Field, ValidationError
 
 from api.deps import AuthServiceDep, PrincipalDep, SessionDep
 from api.errors import BadRequest
+from api.schemas.inputs import Username
 from auth.service import TokenPair
 
 router = APIRouter(prefix="/api/v1/auth", tags=["auth"])
 
 
 class LoginRequest(BaseModel):
-    username: str = Field(min_length=1, max_length=64)
+    username: Username
     password: str = Field(min_length=1, max_length=1024)
 
 
@@ -75,7 +77,10 @@ async def _login_body(request: Request) -> LoginRequest:
     "/token",
     response_model=TokenResponse,
     summary="Log in with username and password",
-    responses={401: {"description": "Wrong credentials"}, 429: {"description": "Too many failed logins"}},
+    responses={
+        401: {"description": "Wrong credentials"},
+        429: {"description": "Too many failed logins for this username, or logins from this address"},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -88,7 +93,8 @@ async def _login_body(request: Request) -> LoginRequest:
 )
 async def login(request: Request, session: SessionDep, auth: AuthServiceDep) -> TokenResponse:
     body = await _login_body(request)
-    return TokenResponse.of(await auth.login(session, body.username, body.password))
+    client = request.client.host if request.client else None
+    return TokenResponse.of(await auth.login(session, body.username, body.password, client=client))
 
 
 @router.post("/refresh", response_model=TokenResponse, summary="Swap a refresh token for a new token pair")
@@ -96,7 +102,12 @@ async def refresh(body: RefreshRequest, session: SessionDep, auth: AuthServiceDe
     return TokenResponse.of(await auth.refresh(session, body.refresh_token))
 
 
-@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, summary="End this session")
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="End this session",
+    responses={503: {"description": "The logout could not be recorded; nothing was revoked, try again"}},
+)
 async def logout(
     principal: PrincipalDep, session: SessionDep, auth: AuthServiceDep, body: LogoutRequest | None = None
 ) -> Response:

@@ -3,7 +3,11 @@
 Every served diagnosis (cache hits included) is stored in the prediction history
 after the answer is computed; its id is returned in ``X-Prediction-ID`` (batch:
 ``X-Prediction-IDs``, comma-separated in item order, empty for failed items) so a
-client can send feedback on it. An ensemble that cannot answer is a 503 and a
+client can send feedback on it. A history that cannot store them is a 503: no
+diagnosis goes out that feedback could not refer to. A read-only member's
+diagnoses are answered but not stored (no id header): the history is what the
+assistant grounds its answers on and what feedback trains on, so only those who
+may change the system write it. An ensemble that cannot answer is a 503 and a
 cycle that cannot be diagnosed a 422 (``api.errors``).
 """
 
@@ -33,10 +37,11 @@ async def predict(
 ) -> PredictResponse:
     """Diagnose one cycle of one system."""
     request.state.system_id = body.system_id
-    await authorize_system(request, session, principal, body.system_id)
+    may_write = await authorize_system(request, session, principal, body.system_id)
     await session.commit()  # end the read transaction: no connection held while the models work
     diagnosis = await get_diagnosis(request).diagnose_one(body.sensor_data, body.use_cache)
-    ids = await store_predictions(request, body.system_id, [(diagnosis, body.sensor_data)], source="predict")
+    served = [(diagnosis, body.sensor_data)]
+    ids = await store_predictions(request, body.system_id, served, source="predict", store=may_write)
     if ids:
         response.headers["X-Prediction-ID"] = str(ids[0])
     return PredictResponse.of(diagnosis, body.system_id, request.state.trace_id)
@@ -53,12 +58,12 @@ async def predict_batch(
             ["body", "items"], f"at most {limit} items per batch, got {len(body.items)}", type="too_long"
         )
     request.state.system_id = body.system_id
-    await authorize_system(request, session, principal, body.system_id)
+    may_write = await authorize_system(request, session, principal, body.system_id)
     await session.commit()
     results = await get_diagnosis(request).diagnose(body.items, body.use_cache)
     trace_id = request.state.trace_id
     served = [(r, raw) for r, raw in zip(results, body.items) if isinstance(r, Diagnosis)]
-    ids = await store_predictions(request, body.system_id, served, source="batch")
+    ids = await store_predictions(request, body.system_id, served, source="batch", store=may_write)
     if ids is not None:
         it = iter(ids)
         response.headers["X-Prediction-IDs"] = ",".join(

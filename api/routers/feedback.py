@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from api.deps import PrincipalDep, SessionDep, system_write_access
 from api.request_metrics import get_metrics
 from api.schemas.history import FeedbackIn, FeedbackOut
+from api.schemas.inputs import IdPath
 from api.services.diagnosis_client import get_diagnosis
 from api.services.prediction_history import load_prediction
 from diagnosis.failures import describe
@@ -33,7 +34,7 @@ log = logging.getLogger("hdx.feedback")
     responses={202: {"description": "stored, but the Adaptive model could not learn from it now"}},
 )
 async def give_feedback(
-    prediction_id: int,
+    prediction_id: IdPath,
     body: FeedbackIn,
     request: Request,
     response: Response,

@@ -9,11 +9,11 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime
 
 from api.deps import SessionDep, system_access
 from api.errors import InvalidInput, NotFound
 from api.schemas.history import PredictionOut, PredictionPage, ReadingOut, ReadingPage
+from api.schemas.inputs import IdPath, Offset, UtcDatetime
 from api.services.prediction_history import load_prediction
 from storage.repositories import predictions as predictions_repo
 from storage.repositories import readings as readings_repo
@@ -29,8 +29,8 @@ def _time_range(start: datetime | None, end: datetime | None) -> None:
 
 
 SystemRead = Annotated[System, Depends(system_access)]
-Start = Annotated[AwareDatetime | None, Query(description="inclusive, with a timezone")]
-End = Annotated[AwareDatetime | None, Query(description="exclusive, with a timezone")]
+Start = Annotated[UtcDatetime | None, Query(description="inclusive, with a timezone")]
+End = Annotated[UtcDatetime | None, Query(description="exclusive, with a timezone")]
 
 
 @router.get("/{system_id}/predictions", response_model=PredictionPage)
@@ -39,9 +39,9 @@ async def list_predictions(
     session: SessionDep,
     start: Start = None,
     end: End = None,
-    severity: Annotated[list[str] | None, Query(description="repeat for several")] = None,
+    severity: Annotated[list[str] | None, Query(max_length=len(SEVERITIES), description="repeat for several")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> PredictionPage:
     """Served diagnoses of the system, newest first."""
     _time_range(start, end)
@@ -57,7 +57,7 @@ async def list_predictions(
 
 
 @router.get("/{system_id}/predictions/{prediction_id}", response_model=PredictionOut)
-async def get_prediction(prediction_id: int, system: SystemRead, session: SessionDep) -> PredictionOut:
+async def get_prediction(prediction_id: IdPath, system: SystemRead, session: SessionDep) -> PredictionOut:
     return PredictionOut.model_validate(await load_prediction(session, system.id, prediction_id))
 
 
@@ -76,7 +76,7 @@ async def list_readings(
     start: Start = None,
     end: End = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> ReadingPage:
     """Ingested cycles with ``start <= started_at < end``, oldest first."""
     _time_range(start, end)

@@ -5,8 +5,10 @@ check every entry point uses); rejected ones are reported per item. The accepted
 ones are committed in one transaction before the answer, so a 2xx means stored.
 Idempotency keys are unique per system: a retried batch stores nothing twice.
 With ``diagnose: true`` the newly stored cycles are diagnosed afterwards and the
-predictions go to the history; a failing ensemble leaves the readings stored
-and is reported in ``diagnosis_error``.
+predictions go to the history; a failing ensemble, or a history that cannot
+store the predictions, leaves the readings stored and is reported in
+``diagnosis_error`` (no ``prediction_id`` is handed out for a prediction that was
+not stored).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from api.errors import InvalidInput
 from api.request_metrics import get_metrics
 from api.schemas.ingestion import IngestItem, IngestRequest, IngestResponse
 from api.services.diagnosis_client import get_diagnosis
-from api.services.prediction_history import store_predictions
+from api.services.prediction_history import HistoryUnavailable, store_predictions
 from diagnosis.failures import describe
 from diagnosis.report import CycleRejected, Diagnosis
 from hydraulics.channels import canonical_name
@@ -121,7 +123,10 @@ async def _diagnose(
         except Exception as exc:  # the readings are stored; diagnosis can be rerun from them later
             return describe(exc)
         served = [(r, data) for r, (_, data) in zip(results, part) if isinstance(r, Diagnosis)]
-        ids = await store_predictions(request, system_id, served, source="ingestion") or [None] * len(served)
+        try:
+            ids = await store_predictions(request, system_id, served, source="ingestion")
+        except HistoryUnavailable as exc:
+            return exc.detail
         it_ids = iter(ids)
         for r, (i, _) in zip(results, part):
             if isinstance(r, Diagnosis):

@@ -6,6 +6,11 @@ system the caller may access, and its latest diagnosis (if the ingress provides
 retrieval towards the flagged component. The RagPipeline handle is
 ``app.state.rag``; with ``stream: true`` the answer arrives as Server-Sent Events.
 The query's length limit is the app's ``settings.max_query_chars``.
+
+A pipeline that cannot take the call (stopped, its replica gone, its queue full)
+raises one of Serve's unavailability errors, which ``api.errors`` answers with
+503 and ``Retry-After``. For a stream, its first event is awaited before the
+response starts, so that failure is a 503 too rather than an error event in a 200.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from api.deps import PrincipalDep, SessionDep, load_accessible_system
 from api.errors import InvalidInput, Unavailable
+from api.schemas.inputs import SystemId
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/rag", tags=["assistant"])
@@ -29,9 +35,7 @@ class RagQueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: StrictStr = Field(description="The question, plain text (at most the service's max_query_chars).")
-    system_id: StrictStr | None = Field(
-        None, min_length=1, max_length=128, description="Ground the answer in this system's latest diagnosis."
-    )
+    system_id: SystemId | None = Field(None, description="Ground the answer in this system's latest diagnosis.")
     max_results: StrictInt = Field(5, ge=1, le=10, description="How many source documents to retrieve.")
     stream: StrictBool = Field(False, description="Answer as Server-Sent Events.")
 
@@ -108,12 +112,21 @@ async def query(body: RagQueryRequest, request: Request, principal: PrincipalDep
     rag = _pipeline(request)
     if body.stream:
         events = rag.options(stream=True).stream.remote(body.query, body.max_results, body.system_id, diagnosis)
+        first = await anext(aiter(events), None)  # raises here, before a 200 is sent, when the pipeline is down
         return StreamingResponse(
-            sse_events(events),
+            sse_events(_prepend(first, events)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     return await rag.query.remote(body.query, body.max_results, body.system_id, diagnosis)
+
+
+async def _prepend(first: dict | None, rest: AsyncIterator[dict]) -> AsyncIterator[dict]:
+    if first is None:
+        return
+    yield first
+    async for event in rest:
+        yield event
 
 
 async def sse_events(events: AsyncIterator[dict]) -> AsyncIterator[str]:

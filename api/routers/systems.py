@@ -8,8 +8,17 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from sqlalchemy import func, or_, select
 
-from api.deps import PrincipalDep, SessionDep, get_access_cache, require_role, system_access, system_write_access
+from api.deps import (
+    PrincipalDep,
+    SessionDep,
+    get_access_cache,
+    require_role,
+    system_access,
+    system_write_access,
+    unscoped_key,
+)
 from api.errors import Conflict, Forbidden, InvalidInput, NotFound
+from api.schemas.inputs import IdPath, Offset
 from api.schemas.systems import MemberIn, MemberOut, SystemCreate, SystemOut, SystemPage, SystemUpdate, channel_specs
 from auth.principal import Principal
 from auth.roles import Action, Role
@@ -48,8 +57,14 @@ def _require_owner(principal: Principal, system: System) -> None:
 
 
 @router.post("", response_model=SystemOut, status_code=status.HTTP_201_CREATED)
-async def create_system(body: SystemCreate, principal: WriterDep, session: SessionDep) -> SystemOut:
-    """Register a system; the caller owns it (admins may name another owner)."""
+async def create_system(
+    body: SystemCreate,
+    principal: WriterDep,
+    session: SessionDep,
+    _unscoped: Annotated[Principal, Depends(unscoped_key("registering a system"))],
+) -> SystemOut:
+    """Register a system; the caller owns it (admins may name another owner). Not with an API key
+    scoped to systems: the new one would be outside its scope."""
     owner_id = principal.user_id
     if body.owner_id is not None and body.owner_id != principal.user_id:
         if not principal.allows(Action.SEE_ALL_SYSTEMS):
@@ -79,7 +94,7 @@ async def list_systems(
     principal: PrincipalDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> SystemPage:
     """The systems the caller may see, by id."""
     query = _visible(principal)
@@ -177,7 +192,7 @@ async def grant_member(
 @router.delete("/{system_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def revoke_member(
     request: Request,
-    user_id: int,
+    user_id: IdPath,
     principal: PrincipalDep,
     system: Annotated[System, Depends(system_write_access)],
     session: SessionDep,

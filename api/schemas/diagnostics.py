@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api.schemas.inputs import SystemId
 from diagnosis.report import CycleRejected, Diagnosis
 
 SensorData = dict[str, list[float]]
@@ -25,7 +26,7 @@ class PredictRequest(BaseModel):
         }
     )
 
-    system_id: str = Field(min_length=1, max_length=64)
+    system_id: SystemId
     sensor_data: SensorData = Field(
         description="Channel names (TS1, VS1, …) or aliases (pressure, temperature, flow, vibration, "
         "motor_power) → the cycle's samples at the channel's native rate."
@@ -41,7 +42,7 @@ class PredictRequest(BaseModel):
 
 
 class BatchPredictRequest(BaseModel):
-    system_id: str = Field(min_length=1, max_length=64)
+    system_id: SystemId
     items: list[SensorData] = Field(min_length=1, description="one sensor_data object per cycle")
     use_cache: bool = True
 

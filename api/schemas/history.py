@@ -6,7 +6,10 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api.schemas.inputs import text
 from hydraulics.components import COMPONENTS
+
+Note = text(2000)
 
 
 class ReadingOut(BaseModel):
@@ -54,7 +57,7 @@ class FeedbackIn(BaseModel):
     )
 
     components: dict[str, int] = Field(min_length=1, description="confirmed condition levels, any subset")
-    note: str | None = Field(None, max_length=2000)
+    note: Note | None = None
 
     @field_validator("components")
     @classmethod

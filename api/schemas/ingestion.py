@@ -5,26 +5,27 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas.diagnostics import SensorData
+from api.schemas.inputs import SystemId, UtcDatetime, token
 from diagnosis.report import CycleRejected, Verdict
+
+IdempotencyKey = token(128)
 
 
 class CycleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    idempotency_key: str = Field(
-        min_length=1,
-        max_length=128,
+    idempotency_key: IdempotencyKey = Field(
         description="unique per system; a retried cycle with a stored key is not stored again",
     )
-    started_at: AwareDatetime = Field(description="cycle start, with a timezone (e.g. 2026-03-01T12:00:00Z)")
+    started_at: UtcDatetime = Field(description="cycle start, with a timezone (e.g. 2026-03-01T12:00:00Z)")
     sensor_data: SensorData
 
 
 class IngestRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    system_id: str = Field(min_length=1, max_length=64)
+    system_id: SystemId
     cycles: list[CycleIn] = Field(min_length=1)
     diagnose: bool = False
 

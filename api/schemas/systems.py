@@ -7,9 +7,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from api.schemas.inputs import DbId, Username, text, token
 from hydraulics.channels import CHANNELS, canonical_name
 
 SYSTEM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Token64 = token(64)
+Name = text(200, min_length=1)
+Text200 = text(200)
 # What a topology node may be. Anything else is almost always a typo, so it is refused.
 COMPONENT_KINDS = frozenset(
     {
@@ -36,17 +40,17 @@ COMPONENT_KINDS = frozenset(
 
 class TopologyNode(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1, max_length=64)
-    kind: str
-    label: str | None = Field(None, max_length=200)
-    channel: str | None = Field(None, description="for sensor nodes: the catalogue channel it reports")
+    id: Token64
+    kind: Token64
+    label: Text200 | None = None
+    channel: Token64 | None = Field(None, description="for sensor nodes: the catalogue channel it reports")
 
 
 class TopologyEdge(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    source: str = Field(alias="from")
-    target: str = Field(alias="to")
-    kind: str | None = Field(None, description="e.g. pressure_line, return_line, signal")
+    source: Token64 = Field(alias="from")
+    target: Token64 = Field(alias="to")
+    kind: Token64 | None = Field(None, description="e.g. pressure_line, return_line, signal")
 
 
 class Topology(BaseModel):
@@ -124,11 +128,13 @@ class SystemCreate(BaseModel):
     )
 
     id: str = Field(pattern=SYSTEM_ID_PATTERN)
-    name: str = Field(min_length=1, max_length=200)
-    type: str = Field("hydraulic_rig", min_length=1, max_length=64)
-    location: str | None = Field(None, max_length=200)
-    owner_id: int | None = Field(None, description="admins only: register the system for another user")
-    channels: list[str] = Field(default_factory=list, description="catalogue channel names or aliases")
+    name: Name
+    type: Token64 = "hydraulic_rig"
+    location: Text200 | None = None
+    owner_id: DbId | None = Field(None, description="admins only: register the system for another user")
+    channels: list[Token64] = Field(
+        default_factory=list, max_length=64, description="catalogue channel names or aliases"
+    )
     topology: Topology = Field(default_factory=Topology)
 
     @field_validator("channels")
@@ -141,10 +147,10 @@ class SystemUpdate(BaseModel):
     """Only the fields given are changed."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(None, min_length=1, max_length=200)
-    type: str | None = Field(None, min_length=1, max_length=64)
-    location: str | None = Field(None, max_length=200)
-    channels: list[str] | None = None
+    name: Name | None = None
+    type: Token64 | None = None
+    location: Text200 | None = None
+    channels: list[Token64] | None = Field(None, max_length=64)
     topology: Topology | None = None
 
     @field_validator("channels")
@@ -174,7 +180,7 @@ class SystemPage(BaseModel):
 
 class MemberIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    username: str = Field(min_length=1, max_length=64)
+    username: Username
     permission: Literal["read", "write"] = "read"
 
 

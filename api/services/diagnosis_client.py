@@ -3,15 +3,20 @@
 A cached answer is served by the ingress replica itself, with no hop to the
 ensemble; a miss goes to ``DiagnosisEnsemble.diagnose`` and every complete
 answer (all models answered) is stored. The key covers the cycle's channel
-values, the feature set and the model versions in service
-(``storage.cache.cache_key``), so an answer of one model version is never
-served under another.
+values, the feature set, the model versions in service and the learned-state
+revisions of the families that learn (``storage.cache.cache_key``), so an answer
+of one model version or learned state is never served under another.
 
 The versions in service are learned from every ensemble answer and re-read in
 the background every ``model_version_refresh_s`` (and on every ``/models`` or
 ``/ready`` call). After a rollout completes, a cached answer of the old models
 can be served for at most that long: the same as a request that reached a
-not-yet-updated replica during the rollout.
+not-yet-updated replica during the rollout. The same holds for learned state:
+a ``learn`` reply moves this ingress to the new revision at once (the feedback's
+own cycle, asked again here, is never answered from before the update); other
+ingress replicas move within the refresh interval, as the model replicas
+themselves do within their sync interval. A revision is known per model
+version and only moves forward (a rollback is a new revision too).
 
 A failing cache (Redis down) is a miss; it never fails a prediction.
 
@@ -46,6 +51,7 @@ class DiagnosisClient:
         self.settings = settings
         self.cache = make_cache(settings)
         self.versions: dict[str, str] = {}
+        self._revisions: dict[tuple[str, str], str] = {}  # (family, version) → newest state revision seen
         self._refresh_task: asyncio.Task | None = None
 
     # --- versions in service ---------------------------------------------------------
@@ -53,7 +59,18 @@ class DiagnosisClient:
         """Each model deployment's loaded bundle (or why it did not answer)."""
         info = await self.ensemble.models_info.remote()
         self.versions.update({name: i["version"] for name, i in info.items() if "version" in i})
+        for name, i in info.items():
+            self._saw_revision(name, i.get("version"), i.get("state_revision"))
         return info
+
+    def _saw_revision(self, family: str, version: str | None, revision: str | None) -> None:
+        key = (family, version)
+        if version and revision and revision > self._revisions.get(key, ""):  # r<8 digits>: sortable
+            self._revisions[key] = revision
+
+    def _known_revisions(self, versions: Mapping[str, str]) -> dict[str, str]:
+        """The newest learned state of each family's version in service (the cache key's part)."""
+        return {f: self._revisions[(f, v)] for f, v in versions.items() if (f, v) in self._revisions}
 
     async def _refresh_versions(self) -> None:
         while True:
@@ -83,13 +100,14 @@ class DiagnosisClient:
         results: list[Diagnosis | CycleRejected | None] = [None] * len(cycles)
         arrays: dict[int, dict] = {}
         versions = await self._known_versions() if use_cache else {}
+        revisions = self._known_revisions(versions)
         if versions:
             for i, raw in enumerate(cycles):
                 try:
                     arrays[i] = cycle_arrays(raw)
                 except ValueError:
                     continue  # invalid: the ensemble's feature step says why
-                hit = await self.cache.get(cache_key(arrays[i], self.settings.feature_set, versions))
+                hit = await self.cache.get(cache_key(arrays[i], self.settings.feature_set, versions, revisions))
                 if hit is not None:
                     results[i] = _cached_diagnosis(hit, time.perf_counter() - start)
         todo = [i for i, r in enumerate(results) if r is None]
@@ -100,10 +118,12 @@ class DiagnosisClient:
                 if not isinstance(answer, Diagnosis):
                     continue
                 self.versions.update(answer.model_versions)
+                for name, revision in answer.state_revisions.items():
+                    self._saw_revision(name, answer.model_versions.get(name), revision)
                 # Only complete answers are cached (a degraded one must not outlive the outage),
-                # under the versions that actually answered.
+                # under the versions and learned states that actually answered.
                 if i in arrays and not answer.models_failed:
-                    key = cache_key(arrays[i], self.settings.feature_set, answer.model_versions)
+                    key = cache_key(arrays[i], self.settings.feature_set, answer.model_versions, answer.state_revisions)
                     await self.cache.set(
                         key, answer.model_dump(mode="json", exclude=_UNCACHED_FIELDS), self.settings.cache_ttl_s
                     )
@@ -119,7 +139,10 @@ class DiagnosisClient:
     async def learn(self, cycle: Mapping, labels: dict[str, list]) -> dict:
         """Operator-confirmed levels for one cycle → the models that learn from feedback;
         what they did. Raises what the ensemble raised (``SensorDataError`` for a bad cycle)."""
-        return await self.ensemble.learn.remote(cycle, labels)
+        learned = await self.ensemble.learn.remote(cycle, labels)
+        for reply in learned.get("models", [learned]):  # one learner's reply, or several under "models"
+            self._saw_revision(reply.get("ml_model", ""), reply.get("version"), reply.get("state_revision"))
+        return learned
 
     async def cache_healthy(self) -> bool:
         return await self.cache.ping()

@@ -7,6 +7,10 @@ is computed; the history and feedback routes read a stored one with
 concurrent requests share one transaction (group commit), which keeps the history
 off the critical path, and each caller gets the ids of its own rows
 (``X-Prediction-ID``).
+
+A row that cannot be stored is ``HistoryUnavailable`` (a 503 with ``Retry-After``), not
+a diagnosis without an id: a 200 promises that feedback can refer to the diagnosis and
+that the assistant sees it as the system's latest.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.errors import NotFound
+from api.errors import UNAVAILABLE_RETRY_S, NotFound, Unavailable
 from api.request_metrics import get_metrics
 from diagnosis.report import Diagnosis
 from storage.repositories import predictions as predictions_repo
@@ -26,17 +30,30 @@ from storage.tables import PredictionRecord
 log = logging.getLogger("hdx.history")
 
 
+class HistoryUnavailable(Unavailable):
+    """The database's reason is logged, not answered: it can quote other requests' rows."""
+
+    def __init__(self, n: int, system_id: str) -> None:
+        super().__init__(
+            f"{n} diagnosis(es) of system {system_id!r} could not be stored in the prediction history; retry later",
+            headers={"Retry-After": UNAVAILABLE_RETRY_S},
+        )
+
+
 async def store_predictions(
-    request: Request, system_id: str, served: Sequence[tuple[Diagnosis, Mapping]], source: str
+    request: Request, system_id: str, served: Sequence[tuple[Diagnosis, Mapping]], source: str, *, store: bool = True
 ) -> list[int] | None:
     """Store (diagnosis, raw sensor_data) pairs of served diagnoses; return their ids.
 
-    Also counts them in the metrics. A database error is logged and answered with
-    None: the client still gets its diagnosis, only the history misses it.
+    Also counts them in the metrics. ``store=False`` (a caller who may only read the
+    system) counts them and returns None. ``HistoryUnavailable`` when the database
+    refuses them.
     """
     metrics = get_metrics()
     for diagnosis, _ in served:
         metrics.diagnosis(diagnosis)
+    if not store:
+        return None
     if not served:
         return []
     principal = getattr(request.state, "principal", None)
@@ -53,9 +70,9 @@ async def store_predictions(
     ]
     try:
         return await request.app.state.history.write(rows)
-    except Exception:
+    except Exception as exc:
         log.exception("could not store %d predictions of system %s", len(rows), system_id)
-        return None
+        raise HistoryUnavailable(len(rows), system_id) from exc
 
 
 async def load_prediction(session: AsyncSession, system_id: str, prediction_id: int) -> PredictionRecord:
