@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.audit_records import UNAUDITED_PATHS, entry
 from api.deps import enforce_rate_limit, rate_limit_headers
-from api.errors import install_error_handlers
+from api.errors import error_body, install_error_handlers
 from api.log_format import configure_logging, trace_id_var
 from api.request_metrics import get_metrics
 from auth.rate_limits import RateLimiter, load_tiers
@@ -40,10 +40,17 @@ TRACE_HEADER = "X-Request-ID"
 TRACE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-def trace_id_of(request: Request) -> str:
-    """The client's ``X-Request-ID`` when it is a safe token, a new id otherwise."""
+def trace_id_of(request: Request) -> tuple[str, str | None]:
+    """The request's trace id and, when the client's ``X-Request-ID`` is not a safe token,
+    why it was refused (the request then gets a 400 under a fresh id). Refused rather than
+    silently replaced: under Ray Serve the proxy echoes the client's header as sent, so a
+    replaced id would differ between the response header and the body."""
     sent = request.headers.get(TRACE_HEADER)
-    return sent if sent is not None and TRACE_ID.fullmatch(sent) else uuid.uuid4().hex
+    if not sent:
+        return uuid.uuid4().hex, None
+    if TRACE_ID.fullmatch(sent):
+        return sent, None
+    return uuid.uuid4().hex, f"{TRACE_HEADER} must be 1-64 characters of A-Z a-z 0-9 . _ - (got {len(sent)} characters)"
 
 
 class BodyTooLarge(Exception):
@@ -97,7 +104,7 @@ class RequestObserver:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request = Request(scope)
-        trace_id = trace_id_of(request)
+        trace_id, refused = trace_id_of(request)
         request.state.trace_id = trace_id
         token = trace_id_var.set(trace_id)
         start = time.perf_counter()
@@ -115,7 +122,10 @@ class RequestObserver:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_headers)
+            if refused:
+                await JSONResponse(error_body(request, refused), status_code=400)(scope, receive, send_with_headers)
+            else:
+                await self.app(scope, receive, send_with_headers)
         finally:
             self.observe(request, status_code, (time.perf_counter() - start) * 1000)
             trace_id_var.reset(token)

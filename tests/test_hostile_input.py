@@ -126,9 +126,10 @@ def test_bodies_refuse_nul_and_over_long_values(platform):
     assert r.status_code == 404  # valid: there is just no such prediction
 
 
-def test_an_unsafe_request_id_is_replaced_and_cannot_drop_other_requests_history(platform):
-    """The reproduction: twelve concurrent predictions, one with a 100-character X-Request-ID. Each is
-    answered with its own stored prediction; the long id is replaced by a fresh one, not stored."""
+def test_an_unsafe_request_id_is_refused_and_cannot_drop_other_requests_history(platform):
+    """The reproduction: twelve concurrent predictions, one with a 100-character X-Request-ID. That
+    one is a 400 saying what is wrong (nothing stored under it); the eleven others are answered
+    with their own stored predictions."""
     owner = _owner_with_system(platform)
     c = platform.client
     long_id = "x" * 100
@@ -143,14 +144,20 @@ def test_an_unsafe_request_id_is_replaced_and_cannot_drop_other_requests_history
 
     with ThreadPoolExecutor(12) as pool:
         answers = list(pool.map(predict, range(12)))
-    assert [r.status_code for r in answers] == [200] * 12
-    assert all(r.headers.get("X-Prediction-ID") for r in answers)
-    replaced = answers[5].headers["X-Request-ID"]
-    assert replaced != long_id and 1 <= len(replaced) <= 64 and answers[5].json()["trace_id"] == replaced
-    assert answers[0].headers["X-Request-ID"] == "req-0"
+    assert [r.status_code for r in answers] == [200] * 5 + [400] + [200] * 6
+    refused = answers[5]
+    assert (
+        "X-Request-ID must be 1-64 characters" in refused.json()["detail"]
+        and "100 characters" in refused.json()["detail"]
+    )
+    assert refused.headers["X-Request-ID"] == refused.json()["trace_id"] != long_id
+    answered = [r for i, r in enumerate(answers) if i != 5]
+    assert [r.headers["X-Request-ID"] for r in answered] == [f"req-{i}" for i in range(12) if i != 5]
     stored = platform.run(lambda s: page(s, "rig-h", limit=100))
-    assert sorted(int(r.headers["X-Prediction-ID"]) for r in answers) == sorted(p.id for p in stored)
-    # Other unsafe ids: spaces, markup, empty.
-    for sent in ("a b", "<script>", ""):
-        r = c.get("/api/v1/systems", headers={"X-Request-ID": sent})
-        assert r.headers["X-Request-ID"] != sent
+    assert sorted(int(r.headers["X-Prediction-ID"]) for r in answered) == sorted(p.id for p in stored)
+    # Other unsafe ids (spaces, markup) are refused too; an empty header counts as none.
+    for sent in ("a b", "<script>"):
+        r = c.get("/api/v1/systems", headers={**owner["headers"], "X-Request-ID": sent})
+        assert r.status_code == 400 and r.headers["X-Request-ID"] != sent
+    r = c.get("/api/v1/systems", headers={**owner["headers"], "X-Request-ID": ""})
+    assert r.status_code == 200 and r.headers["X-Request-ID"]

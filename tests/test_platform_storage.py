@@ -6,14 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import event, select
 
-from diagnosis.report import Diagnosis, Verdict
 from storage.batch_writer import BatchWriter
 from storage.repositories import feedback as feedback_repo
 from storage.repositories import predictions as predictions_repo
 from storage.repositories import readings as readings_repo
 from storage.tables import Reading
 from tests.fixtures.db import add_system, add_user
-from tests.test_platform_support import platform  # noqa: F401
+from tests.test_platform_support import diagnosis, platform  # noqa: F401
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -44,34 +43,13 @@ async def test_readings_insert_once_per_key(session):
     assert [r.idempotency_key for r in window] == ["b"]
 
 
-def answer(severity: str, score: float, cache_hit: bool = False) -> Diagnosis:
-    return Diagnosis(
-        prediction=Verdict(
-            severity=severity,
-            is_anomaly=severity != "normal",
-            anomaly_score=score,
-            components={},
-            confidence=0.9,
-            affected_components=[],
-            anomaly_type="none",
-        ),
-        ml_predictions=[],
-        model_versions={"adaptive": "v1"},
-        cache_hit=cache_hit,
-        total_processing_time_ms=3.0,
-        ensemble_score=score,
-        ensemble_coverage=1.0,
-        features_extracted=1,
-    )
-
-
 async def test_prediction_history_pages_and_filters(session):
     owner = await add_user(session, "owner")
     await add_system(session, "rig-1", owner)
     rows = [
         predictions_repo.row(
             "rig-1",
-            answer(sev, i / 10, cache_hit=i == 3),
+            diagnosis(sev, i / 10, cache_hit=i == 3),
             {"TS1": [1.0]},
             trace_id=f"t{i}",
             source="predict",
@@ -111,7 +89,7 @@ async def test_prediction_rows_go_in_as_one_insert_and_ids_match_their_rows(sess
     rows = [
         predictions_repo.row(
             "rig-1",
-            answer("normal", i / 100),
+            diagnosis("normal", i / 100),
             {"TS1": [float(i)]},
             trace_id=f"r{i}",
             source="predict",
@@ -146,7 +124,7 @@ def test_latest_diagnosis_hook_reads_the_newest_stored_prediction(platform):
         await add_system(session, "rig-h", owner)
         rows = [
             predictions_repo.row(
-                "rig-h", answer(sev, 0.1), {"TS1": [1.0]}, trace_id=sev, source="predict", user_id=owner.id
+                "rig-h", diagnosis(sev, 0.1), {"TS1": [1.0]}, trace_id=sev, source="predict", user_id=owner.id
             )
             for sev in ("normal", "critical")
         ]
@@ -169,7 +147,7 @@ async def test_history_writer_close_finishes_the_batch_being_written(db):
         await session.commit()
     writer = BatchWriter(db, predictions_repo.add_many, name="history")
     row = predictions_repo.row(
-        "rig-1", answer("normal", 0.1), {"TS1": [1.0]}, trace_id="in-flight", source="predict", user_id=owner.id
+        "rig-1", diagnosis("normal", 0.1), {"TS1": [1.0]}, trace_id="in-flight", source="predict", user_id=owner.id
     )
     pending = asyncio.create_task(writer.write([row]))
     while writer._task is None or writer._queue:  # the writer has taken the batch and is inserting it
@@ -193,7 +171,7 @@ async def test_history_writer_groups_concurrent_requests_and_keeps_their_ids(db)
         [
             predictions_repo.row(
                 "rig-1",
-                answer("normal", 0.1),
+                diagnosis("normal", 0.1),
                 {"TS1": [float(i)]},
                 trace_id=f"r{i}-{k}",
                 source="predict",

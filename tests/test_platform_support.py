@@ -70,7 +70,7 @@ class Platform:
         assert self.client.portal.call(self.app.state.audit.flush)
 
 
-def diagnosis(severity: str = "warning", score: float = 0.7) -> Diagnosis:
+def diagnosis(severity: str = "warning", score: float = 0.7, cache_hit: bool = False) -> Diagnosis:
     return Diagnosis(
         prediction=Verdict(
             severity=severity,
@@ -83,7 +83,7 @@ def diagnosis(severity: str = "warning", score: float = 0.7) -> Diagnosis:
         ),
         ml_predictions=[],
         model_versions={"adaptive": "v1"},
-        cache_hit=False,
+        cache_hit=cache_hit,
         total_processing_time_ms=3.0,
         ensemble_score=score,
         ensemble_coverage=1.0,
