@@ -1,4 +1,4 @@
-"""Data-team and deployment commands: ``hdx batch-predict`` and ``hdx k8s-manifests``.
+"""Data-team and deployment commands: ``hdx batch-predict``, ``hdx serve-config`` and ``hdx k8s-manifests``.
 
 Mounted into the ``hdx`` app by ``register(app)``; the commands call the same
 functions as ``python -m pipelines.batch_predict`` and ``configs/k8s/generate.py``.
@@ -37,6 +37,22 @@ def batch_predict(
     typer.echo(format_summary(summary))
 
 
+def serve_config(
+    out: Path = typer.Option(..., help="where to write the Serve config to run (e.g. var/serve_config.yaml)"),
+) -> None:
+    """Write serve_config.yaml as this environment should run it: unchanged with HDX_REDIS_URL
+    set, the Ingress capped to one replica without it (security state is per replica then)."""
+    import yaml
+
+    from configs.settings import get_settings
+    from deployments.builder import serve_config_for
+
+    settings = get_settings()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(serve_config_for(settings), sort_keys=False))
+    typer.echo(f"wrote {out}" + ("" if settings.redis_url else " (no HDX_REDIS_URL: one Ingress replica)"))
+
+
 def k8s_manifests(
     out_dir: Path = typer.Option(None, help="where to write (default: configs/k8s)"),
     image: str = typer.Option(None, help="container image with HDX installed"),
@@ -58,4 +74,5 @@ def k8s_manifests(
 
 def register(app: typer.Typer) -> None:
     app.command("batch-predict")(batch_predict)
+    app.command("serve-config")(serve_config)
     app.command("k8s-manifests")(k8s_manifests)

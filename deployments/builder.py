@@ -91,6 +91,9 @@ def _single_ingress(options_by_name: dict[str, dict[str, Any]]) -> dict[str, dic
     (``serve run`` applies the file's options over these; ``storage.kv.make_kv`` makes a
     second replica refuse to start there.)"""
     ingress = dict(options_by_name.get("Ingress", {}))
+    # A rollout then stops the old replica before it starts the new one (a surge replica
+    # would be a second one, which refuses to start).
+    ingress["max_surge_percent"] = 0
     if "autoscaling_config" in ingress:
         autoscaling = {**ingress["autoscaling_config"], "min_replicas": 1, "max_replicas": 1}
         if "initial_replicas" in autoscaling:
@@ -124,6 +127,19 @@ def serve_config_application(path: Path = SERVE_CONFIG, name: str = "hdx") -> di
         if app["name"] == name:
             return app
     raise KeyError(f"{path}: no application named {name!r}")
+
+
+def serve_config_for(settings: Settings, path: Path = SERVE_CONFIG) -> dict:
+    """The Serve config file as this environment should run it: as written with Redis;
+    without it the Ingress capped to one replica (``serve run`` applies the file's options
+    over the code's, so the cap must be in the file it runs)."""
+    config = yaml.safe_load(Path(path).read_text())
+    if not settings.redis_url:
+        for app in config["applications"]:
+            if "deployments" in app:
+                options = _single_ingress({d["name"]: d for d in app["deployments"]})
+                app["deployments"] = list(options.values())
+    return config
 
 
 def _file_options(path: Path) -> dict[str, dict[str, Any]]:

@@ -10,4 +10,6 @@ bash scripts/setup.sh
 export HDX_DEV_MODE=${HDX_DEV_MODE:-true}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/hdx bootstrap
-exec .venv/bin/serve run serve_config.yaml
+# serve_config.yaml as this environment runs it: without HDX_REDIS_URL, one Ingress replica.
+.venv/bin/hdx serve-config --out var/serve_config.yaml
+exec .venv/bin/serve run var/serve_config.yaml
