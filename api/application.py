@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.audit_records import UNAUDITED_PATHS, entry
 from api.deps import enforce_rate_limit, rate_limit_headers
-from api.errors import error_body, install_error_handlers
+from api.errors import error_body, error_responses, install_error_handlers
 from api.log_format import configure_logging, trace_id_var
 from api.request_metrics import get_metrics
 from auth.rate_limits import RateLimiter, load_tiers
@@ -69,24 +69,35 @@ class BodySizeLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._reject(send)
-        seen = 0
+        seen, too_large, started = 0, False, False
 
         async def limited_receive():
-            nonlocal seen
+            nonlocal seen, too_large
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
+                too_large = True
                 raise BodyTooLarge()
             return message
 
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if too_large and not started:
+                return  # the app's own answer to the cut-off body (FastAPI's is a 400); the 413 is below
+            started = True
+            await send(message)
+
         try:
-            await self.app(scope, limited_receive, send)
+            await self.app(scope, limited_receive, guarded_send)
         except BodyTooLarge:
+            pass
+        if too_large and not started:
             await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        response = JSONResponse({"detail": f"request body exceeds {self.max_bytes} bytes"}, status_code=413)
-        await response({"type": "http"}, None, send)
+        # The error body of every refusal; the trace id is the one RequestObserver (outside) set.
+        body = {"detail": f"request body exceeds {self.max_bytes} bytes", "trace_id": trace_id_var.get()}
+        await JSONResponse(body, status_code=413)({"type": "http"}, None, send)
 
 
 class RequestObserver:
@@ -175,14 +186,16 @@ def create_app(settings: Settings, echo_request_id: bool = True) -> FastAPI:
         description="Diagnosis of hydraulic components and a maintenance assistant, served on Ray Serve.",
         lifespan=lifespan,
         docs_url="/docs",
+        responses=error_responses(400),  # any route: a malformed X-Request-ID (RequestObserver)
     )
     app.state.settings = settings
     tiers = load_tiers(settings.tiers_path)  # a bad tiers file stops the start, with the reason
     configure_logging(settings.log_json)
     observe = _observer()
 
-    app.add_middleware(RequestObserver, observe=observe, echo_request_id=echo_request_id)
+    # The last added runs first: every request, a 413 too, gets its trace id, audit record and metrics.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestObserver, observe=observe, echo_request_id=echo_request_id)
     install_error_handlers(app)
 
     from api.routers import (
@@ -202,9 +215,9 @@ def create_app(settings: Settings, echo_request_id: bool = True) -> FastAPI:
     limited = [Depends(enforce_rate_limit)]
     for module in (health, auth):  # probes and login: no caller to count yet
         app.include_router(module.router)
-    for module in (diagnostics, model_info, systems, history, feedback, ingestion, audit, users):
-        app.include_router(module.router, dependencies=limited)
-    app.include_router(rag.router, dependencies=limited)
+    for module in (diagnostics, model_info, systems, history, feedback, ingestion, audit, users, rag):
+        # Every limited route needs credentials (401) and counts against the caller's limits (429).
+        app.include_router(module.router, dependencies=limited, responses=error_responses(401, 429))
     return app
 
 

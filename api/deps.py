@@ -193,12 +193,13 @@ async def system_write_access(system_id: SystemIdPath, principal: PrincipalDep, 
 
 def unscoped_key(what: str) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency for what no single system's scope covers (the audit trail, registering a system):
-    an API key scoped to systems gets 403; logins and unscoped keys pass."""
+    only logins pass. Every API key is scoped to systems (``auth.api_keys``), so every key gets 403,
+    an admin's too, whatever its scope; an older key stored with no systems is scoped to none."""
 
     async def dependency(principal: PrincipalDep) -> Principal:
-        if principal.system_scope is not None:
-            scope = ", ".join(sorted(principal.system_scope)) or "no systems"
-            raise Forbidden(f"this API key is scoped to {scope}; {what} needs an unscoped key or a login")
+        if principal.via == "api_key" or principal.system_scope is not None:
+            scope = ", ".join(sorted(principal.system_scope or ())) or "no systems"
+            raise Forbidden(f"this API key is scoped to {scope}; {what} needs a login (API keys are scoped to systems)")
         return principal
 
     return dependency

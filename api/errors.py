@@ -14,33 +14,47 @@ body ``{"detail": ..., "trace_id": ...}``:
   (queue full, deployment or replica gone or stopped, from any handle: the ensemble
   or the assistant) → 503 with ``Retry-After``: the reason in
   one line (``describe``), not the remote traceback;
+* a database outage (``storage.db.unavailable``: the server down, restarting, out of
+  connections) → 503 with ``Retry-After``; any other database error stays a 500;
 * FastAPI's ``HTTPException`` (still raised where the answer is HTTP through and
   through: the rate limit's 429 with its ``X-RateLimit-*`` headers) and
   ``RequestValidationError`` (each error cut to ``loc``, ``msg`` and ``type``).
+
+The OpenAPI document declares these answers from here too: a route (or router) names
+the statuses it can answer with ``error_responses(403, 404, ...)``, which gives each
+the body's schema (``ErrorBody``) and what it means, so generated clients handle them.
 """
 
 from __future__ import annotations
 
+import logging
+import socket
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from ray.exceptions import RayActorError
+from pydantic import BaseModel, Field
+from ray.exceptions import RayActorError, RayError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.log_format import trace_id_var
 from auth.service import AuthError
 from diagnosis.failures import NoModelAvailable, describe
 from hydraulics.validation import SensorDataError
+from storage.db import unavailable as database_unavailable
 
 BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 UNAVAILABLE_RETRY_S = "5"
 # No model answered, a deployment's queue is full, or it (or the replica picked) is gone or stopped:
 # try again later. ``RayActorError`` covers ``ActorDiedError`` and ``ActorUnavailableError``.
 UNAVAILABLE = (NoModelAvailable, BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError, RayActorError)
+# What a database outage raises: SQLAlchemy's errors, and asyncpg's bare socket errors on connect.
+DATABASE_ERRORS = (SQLAlchemyError, ConnectionError, TimeoutError, socket.gaierror)
+log = logging.getLogger("hdx.errors")
 
 
 class ApiError(Exception):
@@ -86,6 +100,50 @@ class Unavailable(ApiError):
     status_code = 503
 
 
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(description="where: body, query, path or header, then the field")
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every refusal."""
+
+    detail: str | list[ValidationIssue] = Field(description="why: a sentence, or one entry per invalid field (422)")
+    trace_id: str = Field(description="this request's id, as in the X-Request-ID response header and the logs")
+
+
+def _retry_after(what: str) -> dict[str, Any]:
+    return {"Retry-After": {"description": what, "schema": {"type": "integer"}}}
+
+
+_ERROR_RESPONSES: dict[int, dict[str, Any]] = {
+    400: {"description": "Bad request (for one, an X-Request-ID header that is not 1-64 of A-Z a-z 0-9 . _ -)"},
+    401: {
+        "description": "Missing, malformed, expired or revoked credentials",
+        "headers": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    },
+    403: {"description": "The caller's role, system permission or API key scope does not allow this"},
+    404: {"description": "No such resource, or one that was deleted"},
+    409: {"description": "Conflicts with what exists"},
+    413: {"description": "The request body is larger than the service accepts"},
+    422: {"description": "Invalid input: one entry per field at fault"},
+    429: {
+        "description": "Over the rate limit, daily quota or login throttle",
+        "headers": _retry_after("seconds until a retry can succeed"),
+    },
+    503: {
+        "description": "A part of the service this request needs is unavailable; nothing was done, try again",
+        "headers": _retry_after("seconds to wait before trying again"),
+    },
+}
+
+
+def error_responses(*status_codes: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route or router that can answer with these statuses (each with ``ErrorBody``)."""
+    return {code: {"model": ErrorBody, **_ERROR_RESPONSES[code]} for code in status_codes}
+
+
 def error_body(request: Request, detail: Any) -> dict[str, Any]:
     return {"detail": detail, "trace_id": getattr(request.state, "trace_id", trace_id_var.get())}
 
@@ -115,6 +173,16 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return _answer(request, 503, detail, {"Retry-After": UNAVAILABLE_RETRY_S})
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    # A deployment's error re-raised here (a RayTaskError is also an instance of its cause) is not
+    # the database's; nor is an error of the statement: both stay the 500 of an unhandled error.
+    if isinstance(exc, RayError) or not database_unavailable(exc):
+        raise exc
+    # The reason goes to the log only: it names the server's address.
+    log.warning("database unavailable: %s", describe(exc, limit=300))
+    return _answer(request, 503, "the database is unavailable; try again", {"Retry-After": UNAVAILABLE_RETRY_S})
+
+
 async def _http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     return _answer(request, exc.status_code, exc.detail, getattr(exc, "headers", None))
 
@@ -131,5 +199,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SensorDataError, _sensor_data_error)
     for error in UNAVAILABLE:
         app.add_exception_handler(error, _unavailable)
+    for error in DATABASE_ERRORS:
+        app.add_exception_handler(error, _database_error)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -57,7 +57,13 @@ def parse_prefix(plaintext: str) -> str:
 async def create_api_key(
     session: AsyncSession, *, owner: User, name: str, system_ids: list[str], tier: str | None = None
 ) -> tuple[ApiKey, str]:
-    """Store a new key for ``owner``; returns the row and the plaintext (never stored)."""
+    """Store a new key for ``owner``; returns the row and the plaintext (never stored).
+
+    A key reaches only the systems it is created for, so it needs at least one: there is
+    no key for every system (what no scope covers, such as the audit trail, needs a login).
+    """
+    if not system_ids:
+        raise ValueError("an API key needs at least one system to be scoped to")
     generated = generate_api_key()
     key = await repo.create_api_key(
         session,

@@ -23,6 +23,12 @@ class Principal:
     # Only for bearer tokens: the verified access-token claims (logout needs jti/exp/fam).
     token: TokenClaims | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        # None means "every system the user may reach": a login's. A key without a scope would be
+        # a key for everything, which no route may take it for.
+        if self.via == "api_key" and self.system_scope is None:
+            raise ValueError("an API key's principal needs the key's system scope (possibly empty)")
+
     def allows(self, action: Action) -> bool:
         return role_allows(self.role, action)
 

@@ -76,9 +76,11 @@ class AuthService:
     Login throttling counts *before* it decides, per username and per client
     address, with one atomic increment (Redis ``INCR`` or the in-process counter),
     so a burst of concurrent guesses cannot all pass a check that a slow password
-    verification has not yet updated. While Redis is down the shared counter
-    counts nothing, so the throttle counts in this replica instead: weaker (per
-    replica), never off.
+    verification has not yet updated. A successful login forgives the tries counted
+    up to its own, not those counted after it: the right password inside a burst of
+    guesses does not reopen the window for the rest of the burst. While Redis is
+    down the shared counter counts nothing, so the throttle counts in this replica
+    instead: weaker (per replica), never off.
     """
 
     def __init__(
@@ -104,12 +106,12 @@ class AuthService:
         (right or wrong) per window: each try costs a password hash of CPU."""
         s = self.settings
         if client:
-            attempts, retry_after = await self._count(f"auth:login_client:{client}", s.login_client_window_s)
+            attempts, retry_after, _ = await self._count(f"auth:login_client:{client}", s.login_client_window_s)
             if attempts > s.login_client_max_attempts:
                 self.login_failures.inc(tags={"reason": "throttled"})
                 raise LoginThrottled(retry_after, "login attempts from this address")
         throttle_key = f"auth:login_failures:{username.lower()}"
-        failures, retry_after = await self._count(throttle_key, s.login_failure_window_s)
+        failures, retry_after, counted_in = await self._count(throttle_key, s.login_failure_window_s)
         if failures > s.login_max_failures:  # this try included: the right password is refused too
             self.login_failures.inc(tags={"reason": "throttled"})
             raise LoginThrottled(retry_after)
@@ -123,23 +125,22 @@ class AuthService:
             self.login_failures.inc(tags={"reason": "inactive"})
             raise AuthError("this account is disabled")
 
-        await self.kv.delete(throttle_key)
-        await self._local_counts.delete(throttle_key)
+        await counted_in.decr(throttle_key, failures)
         if new_hash:
             await users_repo.set_password_hash(session, user, new_hash)
         pair = await self._issue_pair(session, user, family_id=secrets.token_urlsafe(16))
         await session.commit()
         return pair
 
-    async def _count(self, key: str, window_s: int) -> tuple[int, int]:
-        """One more try under ``key``: ``(tries in this window, seconds until it ends)``."""
+    async def _count(self, key: str, window_s: int) -> tuple[int, int, KV]:
+        """One more try under ``key``: ``(tries in this window, seconds until it ends, the store that counted)``."""
         store = self.kv
         count = await store.incr(key, ttl_s=window_s)
         if count == 0:  # FailSoftKV's "not counted": Redis is down or cut off
             store = self._local_counts
             count = await store.incr(key, ttl_s=window_s)
         remaining = await store.ttl(key) or window_s
-        return count, max(1, math.ceil(remaining))
+        return count, max(1, math.ceil(remaining)), store
 
     # --- refresh ---------------------------------------------------------------
     async def refresh(self, session: AsyncSession, refresh_token: str) -> TokenPair:

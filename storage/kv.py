@@ -21,6 +21,13 @@ if TYPE_CHECKING:
     from configs.settings import Settings
 
 DEFAULT_PREFIX = "hdx:"
+# DECRBY, and a count that is no longer positive is deleted in the same step: never left below
+# zero without an expiry, and never deleted under a concurrent increment.
+_DECR_SCRIPT = """
+local n = redis.call('DECRBY', KEYS[1], ARGV[1])
+if n <= 0 then redis.call('DEL', KEYS[1]) end
+return n
+"""
 log = logging.getLogger(__name__)
 
 
@@ -29,6 +36,7 @@ class KV(Protocol):
     async def set(self, key: str, value: str, ttl_s: float | None = None) -> None: ...
     async def delete(self, key: str) -> None: ...
     async def incr(self, key: str, ttl_s: float | None = None) -> int: ...
+    async def decr(self, key: str, amount: int = 1) -> int: ...
     async def ttl(self, key: str) -> float | None: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
@@ -63,6 +71,10 @@ class RedisKV:
                 pipe.pexpire(self._key(key), _millis(ttl_s), nx=True)
             count, *_ = await pipe.execute()
         return int(count)
+
+    async def decr(self, key: str, amount: int = 1) -> int:
+        """Take ``amount`` off a counter, keeping its window; one that reaches 0 is deleted. The count left."""
+        return max(int(await self._redis.eval(_DECR_SCRIPT, 1, self._key(key), amount)), 0)
 
     async def ttl(self, key: str) -> float | None:
         """Seconds until ``key`` expires; None when it is missing or never expires."""
@@ -119,6 +131,15 @@ class MemoryKV:
         count = int(entry[0]) + 1 if entry else 1
         deadline = entry[1] if entry and entry[1] is not None else _deadline(ttl_s)
         self._data[key] = (str(count), deadline)
+        return count
+
+    async def decr(self, key: str, amount: int = 1) -> int:
+        entry = self._data.get(key)
+        count = (int(entry[0]) if entry else 0) - amount
+        if count <= 0:
+            self._data.pop(key, None)
+            return 0
+        self._data[key] = (str(count), entry[1])
         return count
 
     async def ttl(self, key: str) -> float | None:
@@ -246,6 +267,9 @@ class FailSoftKV:
 
     async def incr(self, key: str, ttl_s: float | None = None) -> int:
         return await self._call("incr", key, ttl_s, default=0)
+
+    async def decr(self, key: str, amount: int = 1) -> int:
+        return await self._call("decr", key, amount, default=0)
 
     async def ttl(self, key: str) -> float | None:
         return await self._call("ttl", key)

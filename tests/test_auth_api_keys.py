@@ -21,6 +21,14 @@ def test_generated_keys_have_the_documented_shape_and_are_unique() -> None:
 
 
 @in_session_loop
+async def test_a_key_is_scoped_to_at_least_one_system(db: Database) -> None:
+    async with db.session() as session:
+        owner = await add_user(session, "owner", "admin")
+        with pytest.raises(ValueError, match="at least one system"):
+            await create_api_key(session, owner=owner, name="everything", system_ids=[])
+
+
+@in_session_loop
 async def test_create_verify_revoke(db: Database) -> None:
     async with db.session() as session:
         owner = await add_user(session, "gateway-owner", tier="pro")
@@ -47,7 +55,7 @@ async def test_create_verify_revoke(db: Database) -> None:
 async def test_wrong_secret_unknown_prefix_and_garbage_are_refused(db: Database) -> None:
     async with db.session() as session:
         owner = await add_user(session, "owner")
-        key, plaintext = await create_api_key(session, owner=owner, name="k", system_ids=[], tier="free")
+        key, plaintext = await create_api_key(session, owner=owner, name="k", system_ids=["rig-01"], tier="free")
         await session.commit()
         wrong_secret = plaintext[:-4] + ("AAAA" if not plaintext.endswith("AAAA") else "BBBB")
         with pytest.raises(ApiKeyError, match="API key is invalid"):
@@ -63,7 +71,7 @@ async def test_wrong_secret_unknown_prefix_and_garbage_are_refused(db: Database)
 async def test_keys_of_disabled_owners_are_refused(db: Database) -> None:
     async with db.session() as session:
         owner = await add_user(session, "leaver")
-        _, plaintext = await create_api_key(session, owner=owner, name="k", system_ids=[])
+        _, plaintext = await create_api_key(session, owner=owner, name="k", system_ids=["rig-01"])
         owner.is_active = False
         await session.commit()
         with pytest.raises(ApiKeyError, match="owner is disabled"):

@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
-import jwt
 import pytest
 from fastapi import Depends, FastAPI
 
@@ -19,7 +18,7 @@ from storage.db import Database
 from storage.kv import KV
 from storage.repositories import systems as systems_repo
 from storage.tables import System
-from tests.fixtures.db import TEST_JWT_SECRET, TEST_PASSWORD, add_system, add_user
+from tests.fixtures.db import TEST_PASSWORD, add_system, add_user
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 BASE = "/api/v1/auth"
@@ -120,36 +119,6 @@ async def test_login_errors(client: httpx.AsyncClient, db: Database, settings: S
     assert throttled.status_code == 429
     assert 0 < int(throttled.headers["Retry-After"]) <= settings.login_failure_window_s
     assert "too many failed logins" in throttled.json()["detail"]
-
-
-async def test_401_messages_say_what_is_wrong(client: httpx.AsyncClient, db: Database, settings: Settings) -> None:
-    async with db.session() as session:
-        await add_user(session, "ada")
-    tokens = await login(client, "ada")
-    good = jwt.decode(tokens["access_token"], options={"verify_signature": False})
-
-    def signed(**changes) -> str:
-        return jwt.encode({**good, **changes}, TEST_JWT_SECRET, algorithm="HS256")
-
-    cases = {
-        "missing credentials": {},
-        "malformed Authorization header": {"Authorization": "Token abc"},
-        "token is malformed": bearer("abc.def"),
-        "token has expired": bearer(signed(exp=good["iat"] - 3600, nbf=good["iat"] - 7200, iat=good["iat"] - 7200)),
-        "token signature is invalid": bearer(jwt.encode(good, "x" * 40, algorithm="HS256")),
-        "token audience is wrong": bearer(signed(aud="someone-else")),
-        "a refresh token was sent where a access token is needed": bearer(tokens["refresh_token"]),
-        "API key is malformed": {"X-API-Key": "secret"},
-    }
-    for expected, headers in cases.items():
-        response = await client.get("/whoami", headers=headers)
-        assert response.status_code == 401, expected
-        assert expected in response.json()["detail"], response.json()
-        assert response.headers["WWW-Authenticate"] == "Bearer"
-
-    await client.post(f"{BASE}/logout", headers=bearer(tokens["access_token"]))
-    revoked = await client.get("/whoami", headers=bearer(tokens["access_token"]))
-    assert revoked.status_code == 401 and "revoked" in revoked.json()["detail"]
 
 
 async def test_system_access_and_roles(client: httpx.AsyncClient, db: Database) -> None:

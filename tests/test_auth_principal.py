@@ -53,6 +53,13 @@ def test_api_keys_are_limited_to_their_scope_and_their_owner() -> None:
     assert not can_access_system(principal(STRANGER, Role.ENGINEER, {"rig-01"}), RIG, None)
 
 
+def test_an_api_key_principal_always_has_a_scope() -> None:
+    with pytest.raises(ValueError, match="scope"):
+        Principal(ADMIN, "root", Role.ADMIN, "free", via="api_key")
+    nothing = principal(ADMIN, Role.ADMIN, set())  # a key stored with no systems reaches none
+    assert not can_access_system(nothing, RIG, None)
+
+
 def test_deleted_systems_are_out_of_reach() -> None:
     deleted = System(id="rig-09", name="gone", owner_id=OWNER, deleted_at=datetime.now(UTC))
     assert not can_access_system(principal(ADMIN, Role.ADMIN), deleted, None)

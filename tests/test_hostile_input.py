@@ -161,3 +161,97 @@ def test_an_unsafe_request_id_is_refused_and_cannot_drop_other_requests_history(
         assert r.status_code == 400 and r.headers["X-Request-ID"] != sent
     r = c.get("/api/v1/systems", headers={**owner["headers"], "X-Request-ID": ""})
     assert r.status_code == 200 and r.headers["X-Request-ID"]
+
+
+def test_values_of_another_json_type_are_refused_not_coerced(platform):
+    """Found by the schema fuzzer (tests/test_fuzz_api.py): pydantic's lax mode took what the schema does
+    not allow and made something of it: ``start=0.5`` as a time in 1970, ``true`` as a sensor sample,
+    ``0`` as ``use_cache``, ``"100"`` as a condition level. Each is a 422 naming the field now."""
+    c = platform.client
+    owner, admin = _owner_with_system(platform), platform.user("admin")
+    h = owner["headers"]
+    for url, headers in (("/api/v1/audit", admin["headers"]), ("/api/v1/systems/rig-h/readings", h)):
+        for field, value in (("start", "0.5"), ("end", "1700000000"), ("start", "1e3")):
+            r = c.get(url, params={field: value}, headers=headers)
+            assert "ISO 8601 date-time with a timezone" in _problem(r, field), (url, field, value)
+    cycle = {"idempotency_key": "k", "started_at": "2026-01-01T00:00:00Z", "sensor_data": CYCLE}
+    cases = [
+        (
+            "/api/v1/ingestion/cycles",
+            {"system_id": "rig-h", "cycles": [{**cycle, "started_at": 1767225600}]},
+            "started_at",
+            "ISO 8601",
+        ),
+        (
+            "/api/v1/ingestion/cycles",
+            {"system_id": "rig-h", "cycles": [{**cycle, "sensor_data": {"TS1": [True]}}]},
+            0,
+            "valid number",
+        ),
+        (
+            "/api/v1/ingestion/cycles",
+            {"system_id": "rig-h", "cycles": [cycle], "diagnose": "yes"},
+            "diagnose",
+            "valid boolean",
+        ),
+        ("/api/v1/diagnostics/predict", {"system_id": "rig-h", "sensor_data": {"TS1": ["45.0"]}}, 0, "valid number"),
+        (
+            "/api/v1/diagnostics/predict",
+            {"system_id": "rig-h", "sensor_data": CYCLE, "use_cache": 0},
+            "use_cache",
+            "valid boolean",
+        ),
+        (
+            "/api/v1/diagnostics/predict/batch",
+            {"system_id": "rig-h", "items": [CYCLE], "use_cache": "true"},
+            "use_cache",
+            "valid boolean",
+        ),
+        ("/api/v1/systems/rig-h/predictions/1/feedback", {"components": {"valve": "100"}}, "valve", "valid integer"),
+        ("/api/v1/systems", {"id": "rig-y", "name": "n", "owner_id": "1"}, "owner_id", "valid integer"),
+    ]
+    for url, body, field, message in cases:
+        r = c.post(url, json=body, headers=h)
+        assert message in _problem(r, field), (url, body)
+    # NaN and Infinity are no JSON numbers, though Python's parser reads them.
+    for token in (b"NaN", b"Infinity", b"1e999"):
+        r = c.post(
+            "/api/v1/diagnostics/predict",
+            content=b'{"system_id": "rig-h", "sensor_data": {"TS1": [45.0, ' + token + b"]}}",
+            headers={**h, "content-type": "application/json"},
+        )
+        assert "finite number" in _problem(r, 1), token
+    # What the schema allows still passes: integers as samples, a time in any timezone.
+    r = c.post(
+        "/api/v1/ingestion/cycles",
+        json={
+            "system_id": "rig-h",
+            "cycles": [{**cycle, "started_at": "2026-01-01T02:00:00+02:00", "sensor_data": {"TS1": [45] * 60}}],
+        },
+        headers=h,
+    )
+    assert r.status_code == 200 and r.json()["items"][0]["status"] in ("stored", "rejected"), r.text
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["declared-length", "streamed"])
+def test_an_over_large_body_is_a_413_in_the_error_body_and_audited(platform, streamed):
+    """Like every refusal: ``{"detail", "trace_id"}``, the trace id in ``X-Request-ID`` and an audit record
+    (the size limit runs inside the request observer)."""
+    owner = _owner_with_system(platform)
+    limit = platform.app.state.settings.max_body_bytes
+    chunk = b'{"system_id": "rig-h", "sensor_data": {"TS1": [' + b"45.0, " * (limit // 6) + b"45.0]}}"
+    content = iter([chunk[i : i + 65536] for i in range(0, len(chunk), 65536)]) if streamed else chunk
+    r = platform.client.post(
+        "/api/v1/diagnostics/predict",
+        content=content,
+        headers={**owner["headers"], "content-type": "application/json", "X-Request-ID": f"big-{streamed}"},
+    )
+    assert r.status_code == 413, r.text
+    body = r.json()
+    assert (
+        f"exceeds {limit} bytes" in body["detail"]
+        and body["trace_id"] == r.headers["X-Request-ID"] == f"big-{streamed}"
+    )
+    platform.flush_audit()
+    [record] = platform.run(lambda s: search(s, AuditFilter(trace_id=f"big-{streamed}")))
+    assert record.status == 413

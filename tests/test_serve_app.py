@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 import time
@@ -275,63 +274,6 @@ def test_batch_answers_per_item(api, engineer):
     too_many = {"system_id": engineer["system"], "items": [good] * 65}
     r = api.http.post("/api/v1/diagnostics/predict/batch", json=too_many, headers=engineer["headers"])
     assert r.status_code == 422 and "at most 64 items" in r.text
-
-
-def test_permissions_and_api_key_scope(api, engineer):
-    other, other_pw = api.create_user("engineer")
-    foreign = api.create_system(other)
-    body = simulated_request(foreign, seed=4)
-    r = api.http.post("/api/v1/diagnostics/predict", json=body, headers=engineer["headers"])
-    assert r.status_code == 403 and foreign in r.json()["detail"]
-    r = api.http.post(
-        "/api/v1/diagnostics/predict", json=simulated_request("rig-does-not-exist"), headers=engineer["headers"]
-    )
-    assert r.status_code == 404
-
-    admin, admin_pw = api.create_user("admin")
-    r = api.http.post("/api/v1/diagnostics/predict", json=body, headers=api.auth(api.token(admin, admin_pw)))
-    assert r.status_code == 200  # admin sees every system
-
-    second = api.create_system(engineer["username"])
-    key = api.create_api_key(engineer["username"], [engineer["system"]])
-    ok = api.http.post(
-        "/api/v1/diagnostics/predict", json=simulated_request(engineer["system"], seed=5), headers={"X-API-Key": key}
-    )
-    assert ok.status_code == 200, ok.text
-    denied = api.http.post(
-        "/api/v1/diagnostics/predict", json=simulated_request(second, seed=5), headers={"X-API-Key": key}
-    )
-    assert denied.status_code == 403 and "outside this API key's scope" in denied.text
-
-
-def _b64(obj) -> str:
-    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
-
-
-def test_bad_tokens_are_refused(api, engineer):
-    url, body = "/api/v1/diagnostics/predict", simulated_request(engineer["system"])
-    assert api.http.post(url, json=body).status_code == 401
-    header, payload, sig = engineer["token"].split(".")
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    tampered = ".".join([header, _b64({**claims, "role": "admin"}), sig])
-    none_alg = ".".join([_b64({"alg": "none", "typ": "JWT"}), _b64(claims), ""])
-    wrong_aud = ".".join([header, _b64({**claims, "aud": "someone-else"}), sig])
-    for token in (tampered, none_alg, wrong_aud, "not-a-jwt"):
-        r = api.http.post(url, json=body, headers=api.auth(token))
-        assert r.status_code == 401, (token, r.text)
-        assert r.headers["WWW-Authenticate"].startswith("Bearer")
-
-
-def test_refresh_rotation_and_reuse(api, engineer):
-    r = api.http.post("/api/v1/auth/token", json={"username": engineer["username"], "password": engineer["password"]})
-    refresh = r.json()["refresh_token"]
-    rotated = api.http.post("/api/v1/auth/refresh", json={"refresh_token": refresh})
-    assert rotated.status_code == 200
-    reused = api.http.post("/api/v1/auth/refresh", json={"refresh_token": refresh})
-    assert reused.status_code == 401
-    # Reuse revoked the whole family: the rotated token is dead too.
-    again = api.http.post("/api/v1/auth/refresh", json={"refresh_token": rotated.json()["refresh_token"]})
-    assert again.status_code == 401
 
 
 def test_error_codes_with_messages(api, engineer):

@@ -55,6 +55,16 @@ async def test_incr_without_ttl_and_after_set(kv: KV) -> None:
     assert await kv.ttl("preset") is not None  # a key without expiry gets the window
 
 
+async def test_decr_keeps_the_window_and_deletes_at_zero(kv: KV) -> None:
+    for _ in range(5):
+        await kv.incr("d", ttl_s=30)
+    assert await kv.decr("d", 2) == 3
+    assert 25 < await kv.ttl("d") <= 30  # still the first increment's window
+    assert await kv.decr("d", 7) == 0
+    assert await kv.get("d") is None and await kv.ttl("d") is None  # gone, not -4 for ever
+    assert await kv.decr("never-counted") == 0 and await kv.get("never-counted") is None
+
+
 async def test_ttl_must_be_positive(kv: KV) -> None:
     with pytest.raises(ValueError, match="ttl_s must be positive"):
         await kv.set("k", "v", ttl_s=0)
@@ -154,7 +164,7 @@ async def test_breaker_opens_on_failure_or_slowness_and_probes_after_the_cool_do
 
 @pytest.mark.redis
 async def test_fail_soft_kv_cuts_a_stopped_redis_off_and_comes_back() -> None:
-    from tests.fixtures.serve_app import PrivateRedis
+    from tests.fixtures.private_servers import PrivateRedis
 
     redis_server, clock = PrivateRedis(), Clock()
     redis_server.start()
@@ -181,7 +191,7 @@ async def test_fail_soft_kv_cuts_a_stopped_redis_off_and_comes_back() -> None:
 async def test_fail_soft_kv_cuts_a_blackholed_redis_off_after_one_timeout() -> None:
     import signal
 
-    from tests.fixtures.serve_app import PrivateRedis
+    from tests.fixtures.private_servers import PrivateRedis
 
     redis_server = PrivateRedis()
     redis_server.start()

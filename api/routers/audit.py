@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from api.deps import SessionDep, require_role, unscoped_key
+from api.errors import error_responses
 from api.schemas.audit import AuditPage, AuditRecordOut
 from api.schemas.inputs import DbInt, Offset, SystemId, TraceId, Username, UtcDatetime, token
 from auth.roles import Role
@@ -18,6 +19,7 @@ router = APIRouter(
     prefix="/api/v1/audit",
     tags=["audit"],
     dependencies=[Depends(require_role(Role.ADMIN)), Depends(unscoped_key("the audit trail"))],
+    responses=error_responses(403, 422),
 )
 
 

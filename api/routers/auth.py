@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
 from api.deps import AuthServiceDep, PrincipalDep, SessionDep
-from api.errors import BadRequest
+from api.errors import BadRequest, error_responses
 from api.schemas.inputs import Username
 from auth.service import TokenPair
 
@@ -77,10 +77,7 @@ async def _login_body(request: Request) -> LoginRequest:
     "/token",
     response_model=TokenResponse,
     summary="Log in with username and password",
-    responses={
-        401: {"description": "Wrong credentials"},
-        429: {"description": "Too many failed logins for this username, or logins from this address"},
-    },
+    responses=error_responses(401, 413, 422, 429),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -97,7 +94,13 @@ async def login(request: Request, session: SessionDep, auth: AuthServiceDep) -> 
     return TokenResponse.of(await auth.login(session, body.username, body.password, client=client))
 
 
-@router.post("/refresh", response_model=TokenResponse, summary="Swap a refresh token for a new token pair")
+@router.post(
+    "/refresh",
+    response_model=TokenResponse,
+    summary="Swap a refresh token for a new token pair",
+    # 503: a reused refresh token's session revocation that the database did not record.
+    responses=error_responses(401, 413, 422, 503),
+)
 async def refresh(body: RefreshRequest, session: SessionDep, auth: AuthServiceDep) -> TokenResponse:
     return TokenResponse.of(await auth.refresh(session, body.refresh_token))
 
@@ -106,7 +109,8 @@ async def refresh(body: RefreshRequest, session: SessionDep, auth: AuthServiceDe
     "/logout",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="End this session",
-    responses={503: {"description": "The logout could not be recorded; nothing was revoked, try again"}},
+    # 400: called with an API key; 503: the logout could not be recorded, nothing was revoked.
+    responses=error_responses(400, 401, 413, 422, 503),
 )
 async def logout(
     principal: PrincipalDep, session: SessionDep, auth: AuthServiceDep, body: LogoutRequest | None = None
@@ -117,7 +121,9 @@ async def logout(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/me", response_model=PrincipalResponse, summary="Who the credentials belong to")
+@router.get(
+    "/me", response_model=PrincipalResponse, summary="Who the credentials belong to", responses=error_responses(401)
+)
 async def me(principal: PrincipalDep) -> PrincipalResponse:
     return PrincipalResponse(
         user_id=principal.user_id,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from api.deps import PrincipalDep, SessionDep, authorize_system
-from api.errors import InvalidInput
+from api.errors import InvalidInput, error_responses
 from api.schemas.diagnostics import (
     BatchItem,
     BatchPredictRequest,
@@ -28,10 +28,37 @@ from api.services.diagnosis_client import get_diagnosis
 from api.services.prediction_history import store_predictions
 from diagnosis.report import Diagnosis
 
-router = APIRouter(prefix="/api/v1/diagnostics", tags=["diagnostics"])
+router = APIRouter(
+    prefix="/api/v1/diagnostics", tags=["diagnostics"], responses=error_responses(403, 404, 413, 422, 503)
+)
+
+# Where a stored diagnosis goes next: read it back, send feedback on it (OpenAPI links, for clients
+# and for the schema fuzzer's workflows, tests/test_fuzz_api.py).
+_PREDICTION = "#/paths/~1api~1v1~1systems~1{system_id}~1predictions~1{prediction_id}"
+_STORED = {"system_id": "$request.body#/system_id", "prediction_id": "$response.header.X-Prediction-ID"}
+PREDICT_ANSWER = {
+    "headers": {
+        "X-Prediction-ID": {
+            "description": "the stored diagnosis's id, for feedback (absent for read-only members: not stored)",
+            "schema": {"type": "integer"},
+        }
+    },
+    "links": {
+        "GetPrediction": {"operationRef": f"{_PREDICTION}/get", "parameters": _STORED},
+        "GiveFeedback": {"operationRef": f"{_PREDICTION}~1feedback/post", "parameters": _STORED},
+    },
+}
+BATCH_ANSWER = {
+    "headers": {
+        "X-Prediction-IDs": {
+            "description": "the stored diagnoses' ids in item order, comma-separated, empty for failed items",
+            "schema": {"type": "string"},
+        }
+    }
+}
 
 
-@router.post("/predict", response_model=PredictResponse)
+@router.post("/predict", response_model=PredictResponse, responses={200: PREDICT_ANSWER})
 async def predict(
     body: PredictRequest, request: Request, response: Response, principal: PrincipalDep, session: SessionDep
 ) -> PredictResponse:
@@ -47,7 +74,7 @@ async def predict(
     return PredictResponse.of(diagnosis, body.system_id, request.state.trace_id)
 
 
-@router.post("/predict/batch", response_model=BatchPredictResponse)
+@router.post("/predict/batch", response_model=BatchPredictResponse, responses={200: BATCH_ANSWER})
 async def predict_batch(
     body: BatchPredictRequest, request: Request, response: Response, principal: PrincipalDep, session: SessionDep
 ) -> BatchPredictResponse:

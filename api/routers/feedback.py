@@ -14,6 +14,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response, status
 
 from api.deps import PrincipalDep, SessionDep, system_write_access
+from api.errors import error_responses
 from api.request_metrics import get_metrics
 from api.schemas.history import FeedbackIn, FeedbackOut
 from api.schemas.inputs import IdPath
@@ -31,7 +32,10 @@ log = logging.getLogger("hdx.feedback")
     "/{system_id}/predictions/{prediction_id}/feedback",
     response_model=FeedbackOut,
     status_code=status.HTTP_201_CREATED,
-    responses={202: {"description": "stored, but the Adaptive model could not learn from it now"}},
+    responses={
+        202: {"description": "stored, but the Adaptive model could not learn from it now"},
+        **error_responses(403, 404, 413, 422),
+    },
 )
 async def give_feedback(
     prediction_id: IdPath,

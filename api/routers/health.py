@@ -8,9 +8,11 @@ anonymous caller must not learn. A valid admin bearer token gets the details.
 from __future__ import annotations
 
 import asyncio
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from api.deps import get_auth_service
 from api.services.diagnosis_client import get_diagnosis
@@ -86,7 +88,18 @@ def _detailed(checks: dict) -> dict:
     return out
 
 
-@router.get("/ready")
+class Readiness(BaseModel):
+    status: Literal["ready", "degraded", "unready"]
+    failing: list[str] = Field(description="parts that are down: the service cannot answer (503)")
+    degraded: list[str] = Field(description="parts that are down while the service still answers (cache, kv)")
+    checks: dict[str, Any] = Field(description="each part's state; error details for admins only")
+
+
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Unready: ``failing`` names what is down"}},
+)
 async def ready(request: Request) -> JSONResponse:
     """Every part the API needs: database, cache, key-value store, each model deployment and its version.
 

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from api.deps import SessionDep, system_access
-from api.errors import InvalidInput, NotFound
+from api.errors import InvalidInput, NotFound, error_responses
 from api.schemas.history import PredictionOut, PredictionPage, ReadingOut, ReadingPage
 from api.schemas.inputs import IdPath, Offset, UtcDatetime
 from api.services.prediction_history import load_prediction
@@ -19,7 +19,7 @@ from storage.repositories import predictions as predictions_repo
 from storage.repositories import readings as readings_repo
 from storage.tables import System
 
-router = APIRouter(prefix="/api/v1/systems", tags=["history"])
+router = APIRouter(prefix="/api/v1/systems", tags=["history"], responses=error_responses(403, 404, 422))
 SEVERITIES = ("normal", "warning", "critical")
 
 

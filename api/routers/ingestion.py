@@ -16,7 +16,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from api.deps import PrincipalDep, SessionDep, load_accessible_system
-from api.errors import InvalidInput
+from api.errors import InvalidInput, error_responses
 from api.request_metrics import get_metrics
 from api.schemas.ingestion import IngestItem, IngestRequest, IngestResponse
 from api.services.diagnosis_client import get_diagnosis
@@ -47,7 +47,7 @@ def _check(cycle, seen: set[str]) -> CycleRejected | None:
     return None
 
 
-@router.post("/cycles", response_model=IngestResponse)
+@router.post("/cycles", response_model=IngestResponse, responses=error_responses(403, 404, 413, 422))
 async def ingest_cycles(
     body: IngestRequest, request: Request, principal: PrincipalDep, session: SessionDep
 ) -> IngestResponse:

@@ -24,7 +24,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from api.deps import PrincipalDep, SessionDep, load_accessible_system
-from api.errors import InvalidInput, Unavailable
+from api.errors import InvalidInput, Unavailable, error_responses
 from api.schemas.inputs import SystemId
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,10 @@ async def _latest_diagnosis(request: Request, system_id: str) -> dict | None:
 @router.post(
     "/query",
     response_model=RagQueryResponse,
-    responses={200: {"content": {"text/event-stream": {"description": "with stream: true"}}}},
+    responses={
+        200: {"content": {"text/event-stream": {"description": "with stream: true"}}},
+        **error_responses(403, 404, 413, 422, 503),
+    },
 )
 async def query(body: RagQueryRequest, request: Request, principal: PrincipalDep, session: SessionDep):
     limit = request.app.state.settings.max_query_chars

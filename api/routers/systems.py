@@ -17,7 +17,7 @@ from api.deps import (
     system_write_access,
     unscoped_key,
 )
-from api.errors import Conflict, Forbidden, InvalidInput, NotFound
+from api.errors import Conflict, Forbidden, InvalidInput, NotFound, error_responses
 from api.schemas.inputs import IdPath, Offset
 from api.schemas.systems import MemberIn, MemberOut, SystemCreate, SystemOut, SystemPage, SystemUpdate, channel_specs
 from auth.principal import Principal
@@ -30,6 +30,9 @@ router = APIRouter(prefix="/api/v1/systems", tags=["systems"])
 log = logging.getLogger("hdx.systems")
 
 WriterDep = Annotated[Principal, Depends(require_role(Role.ADMIN, Role.ENGINEER))]
+# A route on one system: unknown or deleted (404), not the caller's to use (403), an invalid id (422).
+ONE_SYSTEM = error_responses(403, 404, 422)
+ONE_SYSTEM_WITH_BODY = error_responses(403, 404, 413, 422)
 
 
 def _out(system: System) -> SystemOut:
@@ -56,7 +59,9 @@ def _require_owner(principal: Principal, system: System) -> None:
         raise Forbidden(f"only the owner of system {system.id!r} or an admin may do this")
 
 
-@router.post("", response_model=SystemOut, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "", response_model=SystemOut, status_code=status.HTTP_201_CREATED, responses=error_responses(403, 409, 413, 422)
+)
 async def create_system(
     body: SystemCreate,
     principal: WriterDep,
@@ -89,7 +94,7 @@ async def create_system(
     return _out(system)
 
 
-@router.get("", response_model=SystemPage)
+@router.get("", response_model=SystemPage, responses=error_responses(422))
 async def list_systems(
     principal: PrincipalDep,
     session: SessionDep,
@@ -103,12 +108,12 @@ async def list_systems(
     return SystemPage(items=[_out(s) for s in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{system_id}", response_model=SystemOut)
+@router.get("/{system_id}", response_model=SystemOut, responses=ONE_SYSTEM)
 async def get_system(system: Annotated[System, Depends(system_access)]) -> SystemOut:
     return _out(system)
 
 
-@router.patch("/{system_id}", response_model=SystemOut)
+@router.patch("/{system_id}", response_model=SystemOut, responses=ONE_SYSTEM_WITH_BODY)
 async def update_system(
     body: SystemUpdate, system: Annotated[System, Depends(system_write_access)], session: SessionDep
 ) -> SystemOut:
@@ -126,7 +131,7 @@ async def update_system(
     return _out(system)
 
 
-@router.delete("/{system_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{system_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ONE_SYSTEM)
 async def delete_system(
     request: Request,
     principal: PrincipalDep,
@@ -142,7 +147,7 @@ async def delete_system(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{system_id}/members", response_model=list[MemberOut])
+@router.get("/{system_id}/members", response_model=list[MemberOut], responses=ONE_SYSTEM)
 async def list_members(system: Annotated[System, Depends(system_access)], session: SessionDep) -> list[MemberOut]:
     rows = (
         await session.execute(
@@ -160,7 +165,12 @@ async def list_members(system: Annotated[System, Depends(system_access)], sessio
     ]
 
 
-@router.post("/{system_id}/members", response_model=MemberOut, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/{system_id}/members",
+    response_model=MemberOut,
+    status_code=status.HTTP_201_CREATED,
+    responses=error_responses(403, 404, 409, 413, 422),
+)
 async def grant_member(
     request: Request,
     body: MemberIn,
@@ -189,7 +199,7 @@ async def grant_member(
     )
 
 
-@router.delete("/{system_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{system_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ONE_SYSTEM)
 async def revoke_member(
     request: Request,
     user_id: IdPath,

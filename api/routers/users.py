@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 
 from api.deps import PrincipalDep, SessionDep
+from api.errors import error_responses
 from api.schemas.users import Limits, MeOut, UsageOut
 from auth.rate_limits import RateLimiter, subject
 from storage.repositories import usage as usage_repo
@@ -29,7 +30,7 @@ async def me(request: Request, principal: PrincipalDep) -> MeOut:
     )
 
 
-@router.get("/me/usage", response_model=UsageOut)
+@router.get("/me/usage", response_model=UsageOut, responses=error_responses(422))
 async def my_usage(
     request: Request, principal: PrincipalDep, session: SessionDep, days: Annotated[int, Query(ge=1, le=90)] = 7
 ) -> UsageOut:

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.schemas.inputs import text
+from api.schemas.inputs import JsonInt, text
 from hydraulics.components import COMPONENTS
 
 Note = text(2000)
@@ -56,7 +56,7 @@ class FeedbackIn(BaseModel):
         },
     )
 
-    components: dict[str, int] = Field(min_length=1, description="confirmed condition levels, any subset")
+    components: dict[str, JsonInt] = Field(min_length=1, description="confirmed condition levels, any subset")
     note: Note | None = None
 
     @field_validator("components")

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.schemas.diagnostics import SensorData
-from api.schemas.inputs import SystemId, UtcDatetime, token
+from api.schemas.diagnostics import SensorData, example_cycle
+from api.schemas.inputs import JsonBool, SystemId, UtcDatetime, token
 from diagnosis.report import CycleRejected, Verdict
 
 IdempotencyKey = token(128)
@@ -23,11 +23,16 @@ class CycleIn(BaseModel):
     sensor_data: SensorData
 
 
+def _example(schema: dict) -> None:
+    cycle = {"idempotency_key": "rig-01/2026-03-01T12:00:00Z", "started_at": "2026-03-01T12:00:00Z"}
+    schema["example"] = {"system_id": "rig-01", "cycles": [{**cycle, "sensor_data": example_cycle()}], "diagnose": True}
+
+
 class IngestRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_example)
     system_id: SystemId
     cycles: list[CycleIn] = Field(min_length=1)
-    diagnose: bool = False
+    diagnose: JsonBool = False
 
 
 class IngestItem(BaseModel):
