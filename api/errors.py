@@ -179,7 +179,8 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, RayError) or not database_unavailable(exc):
         raise exc
     # The reason goes to the log only: it names the server's address.
-    log.warning("database unavailable: %s", describe(exc, limit=300))
+    first_line = next(iter(str(exc).strip().splitlines()), "")  # SQLAlchemy's last line is a link
+    log.warning("database unavailable: %s: %s", type(exc).__name__, first_line[:300])
     return _answer(request, 503, "the database is unavailable; try again", {"Retry-After": UNAVAILABLE_RETRY_S})
 
 

@@ -3,10 +3,13 @@
 URLs look like ``postgresql+asyncpg://user@host/db`` or
 ``sqlite+aiosqlite:////abs/path/hdx.db``. ``migrate(url)`` brings the schema to
 the newest Alembic revision and is run when a service or the CLI starts.
+``unavailable(exc)`` tells an outage (the server down, restarting, out of
+connections) from an error of the statement itself.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,10 +19,29 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MIGRATION_LOCK_KEY = 0x4844_5800  # "HDX\0": any constant shared by all HDX processes
+# SQLSTATE classes of a server that is gone or cannot serve now: connection exception,
+# insufficient resources (too many connections), operator intervention (shutting down, starting up).
+_OUTAGE_SQLSTATES = ("08", "53", "57P")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database could not be reached or was lost (down, restarting, out
+    of connections, a network timeout), so the same request may succeed later: an outage, not an
+    error of the statement. asyncpg's refused connect arrives as a bare ``ConnectionRefusedError``."""
+    if isinstance(exc, ConnectionError | TimeoutError | socket.gaierror | PoolTimeout):
+        return True
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc, OperationalError):
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return str(sqlstate or "").startswith(_OUTAGE_SQLSTATES)
 
 
 def _is_sqlite(url: str) -> bool:

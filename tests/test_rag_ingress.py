@@ -17,7 +17,8 @@ import pytest
 
 from bench.ready import wait_ready
 from diagnosis.registry import FAMILY_NAMES as FAMILIES
-from tests.fixtures.serve_app import Api, free_port
+from tests.fixtures.private_servers import free_port
+from tests.fixtures.serve_app import Api
 
 pytestmark = pytest.mark.ray
 APP, PREFIX = "hdx-rag", "/rag-app"

@@ -200,6 +200,8 @@ def test_ollama_backend_then_degraded_when_it_goes_down(serve_app):
     )
     events = list(handle.options(stream=True).stream.remote("How do I fix valve lag?", 2))
     assert events[-1]["event"] == "done" and events[-1]["metadata"]["degraded"] is True
+    assert events[-1]["metadata"]["model"] == "extractive" and events[-1]["sources"]
+    assert "unreachable" in events[-1]["metadata"]["degraded_reason"]
     assert "[" in "".join(e["text"] for e in events[:-1])
 
 

@@ -9,24 +9,20 @@ PostgreSQL server that the test stops and starts again.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
-import tempfile
 import uuid
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from api.application import create_app
 from auth.service import AuthService
 from configs.settings import Settings
-from deployments.builder import app_from_serve_config
+from deployments.builder import SERVE_CONFIG, app_from_serve_config, serve_config_application, serve_config_for
 from storage.kv import require_sole_replica
 from tests.fixtures.db import REDIS_URL, TEST_PASSWORD, add_user
-from tests.fixtures.serve_app import PrivateRedis, free_port
+from tests.fixtures.private_servers import PrivatePostgres, PrivateRedis
 from tests.test_platform_support import platform_settings
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -67,40 +63,6 @@ def bearer(pair: dict) -> dict:
     return {"Authorization": f"Bearer {pair['access_token']}"}
 
 
-class PrivatePostgres:
-    """A PostgreSQL server of our own (initdb + pg_ctl in a temp folder), so a test can stop it."""
-
-    def __init__(self) -> None:
-        if not shutil.which("initdb"):
-            pytest.skip("initdb not installed")
-        self.port = free_port()
-        self.folder = Path(tempfile.mkdtemp(prefix="hdx-pg-"))
-        # PostgreSQL refuses to run as root; the packaged postgres user runs it then.
-        self.prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        if self.prefix:
-            shutil.chown(self.folder, "postgres")
-        self._run("initdb", "-D", str(self.folder / "data"), "-U", "postgres", "--auth=trust", "-N")
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, *args: str) -> None:
-        subprocess.run([*self.prefix, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1"
-        self._run(
-            "pg_ctl", "-D", str(self.folder / "data"), "-o", options, "-l", str(self.folder / "log"), "-w", "start"
-        )
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.folder / "data"), "-m", "fast", "-w", "stop")
-
-    def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
 @pytest.fixture
 def private_redis():
     redis = PrivateRedis()
@@ -109,36 +71,7 @@ def private_redis():
     redis.stop()
 
 
-# --- revocations ------------------------------------------------------------------------------
-async def test_logout_and_reuse_hold_on_every_replica_and_after_a_restart(db, database_url, tmp_path) -> None:
-    settings = platform_settings(tmp_path, database_url, revocation_sync_s=0.1)
-    async with AsyncExitStack() as stack:
-        a, app_a = await stack.enter_async_context(replica(settings))
-        b, _ = await stack.enter_async_context(replica(settings))
-        name = await new_user(app_a)
-        pair = await login(a, name)
-        assert (await b.get("/api/v1/auth/me", headers=bearer(pair))).status_code == 200
-        assert (await a.post("/api/v1/auth/logout", headers=bearer(pair))).status_code == 204
-        await asyncio.sleep(0.25)  # past b's revocation_sync_s
-        refused = await b.get("/api/v1/auth/me", headers=bearer(pair))
-        assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
-
-        # A refresh token used twice on b ends its whole session on a too.
-        first = await login(b, name)
-        rotated = await b.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
-        assert rotated.status_code == 200
-        reused = await b.post("/api/v1/auth/refresh", json={"refresh_token": first["refresh_token"]})
-        assert reused.status_code == 401 and "already used" in reused.json()["detail"]
-        await asyncio.sleep(0.25)
-        assert (await a.get("/api/v1/auth/me", headers=bearer(rotated.json()))).status_code == 401
-
-    # A replica started afterwards (no memory, no Redis) reads them from the database.
-    async with replica(settings) as (c, _):
-        assert (await c.get("/api/v1/auth/me", headers=bearer(pair))).status_code == 401
-        assert (await c.get("/api/v1/auth/me", headers=bearer(rotated.json()))).status_code == 401
-        assert (await c.get("/api/v1/auth/me", headers=bearer(await login(c, name)))).status_code == 200
-
-
+# --- revocations (across replicas, after a restart: tests/test_attack_matrix.py) ---------------------
 async def test_a_logout_the_database_cannot_record_is_a_503_not_a_lost_204(tmp_path) -> None:
     pg = PrivatePostgres()
     pg.start()
@@ -202,57 +135,6 @@ async def test_a_redis_outage_loses_no_logout_and_keeps_throttling(db, database_
         assert ready["checks"]["kv"]["state"] == "closed" and app_a.state.kv.healthy
 
 
-# --- login throttling -----------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def test_a_concurrent_burst_of_guesses_is_throttled(db, database_url, tmp_path, backend) -> None:
-    settings = platform_settings(
-        tmp_path,
-        database_url,
-        redis_url=REDIS_URL if backend == "redis" else None,
-        login_max_failures=5,
-        login_client_max_attempts=1000,
-        # 31 logins on one loop on 2 cores: the loop's own lag counts in a Redis call's time, and a
-        # "slow" call would hand the count to the replica's fallback counter mid-burst.
-        kv_slow_call_s=5.0,
-    )
-    client = (f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.7", 40000)  # its own counter on a shared Redis
-    async with replica(settings, client=client) as (http, app):
-        if backend == "redis" and not await app.state.kv.ping():
-            pytest.skip(f"Redis not reachable at {REDIS_URL}")
-        guesses = [{"password": f"guess-{i}"} for i in range(30)]
-        # All wrong: only the limit's worth of tries reach the password check.
-        name = await new_user(app)
-        burst = await asyncio.gather(*(http.post(TOKEN_URL, json={"username": name, **g}) for g in guesses))
-        statuses = [r.status_code for r in burst]
-        assert (statuses.count(401), statuses.count(429)) == (5, 25), statuses
-        # The window is throttled: the right password is refused too, with when to come back.
-        refused = await http.post(TOKEN_URL, json={"username": name, "password": TEST_PASSWORD})
-        assert refused.status_code == 429 and 0 < int(refused.headers["Retry-After"]) <= 300
-        assert "too many failed logins for this username" in refused.json()["detail"]
-
-        if backend == "memory":
-            # The right password sent last in a burst is one of 31 tries, of which 5 are checked.
-            # (Only in-process are the tries counted in the order sent; on Redis the right one may
-            # be among the first 5, log in and, as every successful login does, clear the count.)
-            other = await new_user(app)
-            bodies = [{"username": other, **g} for g in guesses] + [{"username": other, "password": TEST_PASSWORD}]
-            statuses = [r.status_code for r in await asyncio.gather(*(http.post(TOKEN_URL, json=b) for b in bodies))]
-            assert (statuses.count(401), statuses.count(429), statuses[-1]) == (5, 26, 429), statuses
-
-
-async def test_logins_per_client_address_are_limited(db, database_url, tmp_path) -> None:
-    settings = platform_settings(tmp_path, database_url, login_client_max_attempts=3, login_client_window_s=60)
-    async with replica(settings, client=("10.1.1.1", 40000)) as (one, app):
-        name = await new_user(app)
-        tries = [await one.post(TOKEN_URL, json={"username": f"nobody-{i}", "password": "x"}) for i in range(3)]
-        assert [r.status_code for r in tries] == [401, 401, 401]
-        refused = await one.post(TOKEN_URL, json={"username": name, "password": TEST_PASSWORD})
-        assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
-        assert "too many login attempts from this address" in refused.json()["detail"]
-        async with http_client(app, ("10.2.2.2", 40000)) as other:
-            assert (await other.post(TOKEN_URL, json={"username": name, "password": TEST_PASSWORD})).status_code == 200
-
-
 # --- readiness --------------------------------------------------------------------------------
 async def test_ready_reports_the_breaker_and_shows_details_to_admins_only(db, database_url, tmp_path, private_redis):
     settings = platform_settings(tmp_path, database_url, redis_url=private_redis.url, kv_timeout_s=0.3)
@@ -288,8 +170,30 @@ async def test_without_redis_the_builder_caps_the_ingress_to_one_replica(tmp_pat
     autoscaling = capped._deployment_config.autoscaling_config
     assert (autoscaling.min_replicas, autoscaling.max_replicas) == (1, 1)
     assert "HDX_REDIS_URL is empty: the Ingress runs one replica" in caplog.text
+    assert capped._deployment_config.max_surge_percent == 0  # a rollout would otherwise start a second
     shared = app_from_serve_config(settings=with_redis, assistant=False)._bound_deployment
     assert shared._deployment_config.autoscaling_config.max_replicas == 4  # serve_config.yaml's
+
+
+async def test_the_config_the_quick_start_runs_caps_the_ingress_without_redis(tmp_path) -> None:
+    """``serve run`` applies the file's options over the code's, so the cap must be in the file:
+    ``hdx serve-config`` writes it (scripts/quickstart.sh runs what it writes)."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    out = tmp_path / "serve_config.yaml"
+    env = {"HDX_HOME": str(tmp_path), "HDX_DEV_MODE": "true", "HDX_REDIS_URL": ""}
+    result = CliRunner().invoke(app, ["serve-config", "--out", str(out)], env=env)
+    assert result.exit_code == 0, result.output
+    written = serve_config_application(out)
+    ingress = next(d for d in written["deployments"] if d["name"] == "Ingress")
+    assert ingress["autoscaling_config"]["max_replicas"] == 1 and ingress["max_surge_percent"] == 0
+    assert written == {**serve_config_application(), "deployments": written["deployments"]}  # nothing else moved
+    others = [d for d in written["deployments"] if d["name"] != "Ingress"]
+    assert others == [d for d in serve_config_application()["deployments"] if d["name"] != "Ingress"]
+    with_redis = serve_config_for(Settings(home=tmp_path, dev_mode=True, redis_url=REDIS_URL))
+    assert with_redis == yaml.safe_load(SERVE_CONFIG.read_text())
 
 
 async def test_a_second_replica_without_redis_refuses_to_start() -> None:
