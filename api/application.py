@@ -152,7 +152,7 @@ def create_app(settings: Settings, echo_request_id: bool = True) -> FastAPI:
         await migrate(settings.database_url)
         app.state.db = Database(settings.database_url)
         app.state.kv = make_kv(settings)
-        app.state.rate_limiter = RateLimiter(app.state.kv, tiers)
+        app.state.rate_limiter = RateLimiter(app.state.kv, tiers, settings.memory_kv_max_entries)
         # Off the request path: the trail every flush interval, kept through an outage (on local
         # disk too, so a restart during one loses nothing); the history with group commit, each
         # request waiting for its own ids.
@@ -216,8 +216,9 @@ def create_app(settings: Settings, echo_request_id: bool = True) -> FastAPI:
     for module in (health, auth):  # probes and login: no caller to count yet
         app.include_router(module.router)
     for module in (diagnostics, model_info, systems, history, feedback, ingestion, audit, users, rag):
-        # Every limited route needs credentials (401) and counts against the caller's limits (429).
-        app.include_router(module.router, dependencies=limited, responses=error_responses(401, 429))
+        # Every limited route needs credentials (401), counts against the caller's limits (429)
+        # and reads the database (503 while it is unavailable).
+        app.include_router(module.router, dependencies=limited, responses=error_responses(401, 429, 503))
     return app
 
 

@@ -3,9 +3,9 @@
 The counters live in the key-value store (``storage.kv``): Redis in production,
 shared by every ingress replica; in-process otherwise. They are fixed windows
 (``incr`` with a TTL set on the first hit), keyed by the window's number so
-every replica agrees on when a window ends. When Redis is down the fail-soft
-store counts 0 and requests go through: an outage relaxes limits, it does not
-refuse service.
+every replica agrees on when a window ends. While Redis is down each replica counts
+in its own memory (``storage.kv.FallbackCounter``): the limits hold per replica, and
+an outage neither refuses service nor switches the limits off.
 
 ``RateLimiter.check`` decides; the HTTP side (the 429, the ``X-RateLimit-*``
 headers) is ``api.deps.enforce_rate_limit`` and ``api.deps.rate_limit_headers``.
@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from auth.principal import Principal
+from storage.kv import FallbackCounter
 
 DEFAULT_TIER = "free"
 DAY_S = 86_400
@@ -73,9 +74,10 @@ def subject(principal: Principal) -> str:
 class RateLimiter:
     """Counts calls per subject against its tier; one per ingress replica, sharing the store."""
 
-    def __init__(self, kv, tiers: dict[str, Tier]) -> None:
+    def __init__(self, kv, tiers: dict[str, Tier], max_local_entries: int = 100_000) -> None:
         self.kv = kv
         self.tiers = tiers
+        self._counts = FallbackCounter(kv, max_local_entries)
 
     def tier(self, name: str) -> Tier:
         return self.tiers.get(name) or self.tiers[DEFAULT_TIER]
@@ -91,11 +93,11 @@ class RateLimiter:
         tier = self.tier(tier_name)
         window = int(now // tier.window_s)
         reset_s = max(math.ceil((window + 1) * tier.window_s - now), 1)
-        used = await self.kv.incr(f"rl:{who}:{tier.window_s}:{window}", ttl_s=tier.window_s + 1)
+        used, _ = await self._counts.incr(f"rl:{who}:{tier.window_s}:{window}", ttl_s=tier.window_s + 1)
         if used > tier.per_minute:
             return Decision(False, tier.per_minute, 0, reset_s, "rate_limit", reset_s)
         day, day_left_s = self._day(now)
-        used_today = await self.kv.incr(f"quota:{who}:{day}", ttl_s=day_left_s + 60)
+        used_today, _ = await self._counts.incr(f"quota:{who}:{day}", ttl_s=day_left_s + 60)
         if used_today > tier.daily_quota:
             return Decision(False, tier.per_minute, max(tier.per_minute - used, 0), reset_s, "daily_quota", day_left_s)
         return Decision(True, tier.per_minute, max(tier.per_minute - used, 0), reset_s)

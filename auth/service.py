@@ -21,7 +21,7 @@ from auth.revocations import DATABASE_ERRORS, RETRY_AFTER_S, RevocationNotRecord
 from auth.tokens import LEEWAY_S, TokenClaims, TokenCodec, TokenError
 from configs.settings import Settings
 from storage.db import Database
-from storage.kv import KV, MemoryKV
+from storage.kv import KV, FallbackCounter
 from storage.repositories import refresh_tokens as refresh_repo
 from storage.repositories import users as users_repo
 from storage.tables import User
@@ -95,7 +95,7 @@ class AuthService:
         self.settings = settings
         self.codec = TokenCodec.from_settings(settings)
         self.revocations = Revocations(kv, db, sync_s=settings.revocation_sync_s)
-        self._local_counts = MemoryKV(settings.memory_kv_max_entries)  # while the shared store is down
+        self._counts = FallbackCounter(kv, settings.memory_kv_max_entries)  # local while Redis is down
         self.login_failures = failure_counter or make_counter(
             "hdx_login_failures", "Failed login attempts, by reason.", ("reason",)
         )
@@ -134,11 +134,7 @@ class AuthService:
 
     async def _count(self, key: str, window_s: int) -> tuple[int, int, KV]:
         """One more try under ``key``: ``(tries in this window, seconds until it ends, the store that counted)``."""
-        store = self.kv
-        count = await store.incr(key, ttl_s=window_s)
-        if count == 0:  # FailSoftKV's "not counted": Redis is down or cut off
-            store = self._local_counts
-            count = await store.incr(key, ttl_s=window_s)
+        count, store = await self._counts.incr(key, ttl_s=window_s)
         remaining = await store.ttl(key) or window_s
         return count, max(1, math.ceil(remaining)), store
 

@@ -28,6 +28,8 @@ MIGRATION_LOCK_KEY = 0x4844_5800  # "HDX\0": any constant shared by all HDX proc
 # SQLSTATE classes of a server that is gone or cannot serve now: connection exception,
 # insufficient resources (too many connections), operator intervention (shutting down, starting up).
 _OUTAGE_SQLSTATES = ("08", "53", "57P")
+CONNECT_TIMEOUT_S = 5.0  # PostgreSQL: to open a connection
+POOL_TIMEOUT_S = 10.0  # to get one from a full pool
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -73,7 +75,10 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         engine = create_async_engine(url, **kwargs)
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
         return engine
-    return create_async_engine(url, pool_pre_ping=True, **kwargs)
+    # A server that accepts connections but never answers would otherwise hold a request for
+    # asyncpg's 60 s connect timeout; past these it is an outage (503), see ``unavailable``.
+    options = {"pool_pre_ping": True, "pool_timeout": POOL_TIMEOUT_S, "connect_args": {"timeout": CONNECT_TIMEOUT_S}}
+    return create_async_engine(url, **{**options, **kwargs})
 
 
 class Database:

@@ -286,6 +286,27 @@ class FailSoftKV:
         await self.inner.close()
 
 
+class FallbackCounter:
+    """Counters that go on counting in this process's memory while the shared store is down.
+
+    ``FailSoftKV`` answers an ``incr`` it could not make with 0; a limit counted that way
+    would be off for the outage. Here such a count is made in a bounded in-process store
+    instead, so the limit holds per replica until Redis is back. The counts are not merged
+    afterwards: a per-minute window is over by then, and a day's quota counted during an
+    outage is lenient by what Redis did not see."""
+
+    def __init__(self, shared: KV, max_entries: int = 100_000) -> None:
+        self.shared = shared
+        self.local = MemoryKV(max_entries)
+
+    async def incr(self, key: str, ttl_s: float | None = None) -> tuple[int, KV]:
+        """One more under ``key``: the count, and the store that counted it."""
+        count = await self.shared.incr(key, ttl_s=ttl_s)
+        if count:
+            return count, self.shared
+        return await self.local.incr(key, ttl_s=ttl_s), self.local
+
+
 def make_kv(settings: Settings, prefix: str = DEFAULT_PREFIX) -> KV:
     """Redis (failing soft) when ``settings.redis_url`` is set, else the in-process store.
 

@@ -79,13 +79,16 @@ async def test_limits_are_shared_through_the_kv_store(kv):
     assert (await a.check("user:1", "free", now=now + 60)).allowed  # the next window
 
 
-async def test_redis_outage_fails_open():
+async def test_during_a_redis_outage_limits_are_counted_in_the_replica():
+    """Redis unreachable: calls are not refused for it, and the limit still holds, counted locally."""
     limiter = RateLimiter(
         FailSoftKV(RedisKV("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)),
-        {"free": Tier("free", per_minute=1, daily_quota=1)},
+        {"free": Tier("free", per_minute=2, daily_quota=100)},
     )
-    decisions = [await limiter.check("user:1", "free") for _ in range(3)]
-    assert all(d.allowed for d in decisions)
+    decisions = [await limiter.check("user:1", "free") for _ in range(4)]
+    assert [d.allowed for d in decisions] == [True, True, False, False]
+    assert decisions[2].reason == "rate_limit"
+    assert (await limiter.check("user:2", "free")).allowed  # per caller, as with Redis
 
 
 def test_usage_is_counted_per_utc_day_and_endpoint_by_the_database(platform):
