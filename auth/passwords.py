@@ -41,10 +41,6 @@ def verify_password(password_hash: str | None, password: str) -> tuple[bool, str
     return True, (_hasher.hash(password) if _hasher.check_needs_rehash(password_hash) else None)
 
 
-async def hash_password_async(password: str) -> str:
-    return await asyncio.get_running_loop().run_in_executor(_pool, hash_password, password)
-
-
 async def verify_password_async(password_hash: str | None, password: str) -> tuple[bool, str | None]:
     """``verify_password`` off the event loop."""
     return await asyncio.get_running_loop().run_in_executor(_pool, verify_password, password_hash, password)

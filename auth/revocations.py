@@ -21,17 +21,15 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.db import Database
+from storage.db import Database, unavailable
 from storage.kv import KV
 from storage.repositories import revocations as repo
 
 Kind = Literal["jti", "family"]
 PRUNE_EVERY_S = 60.0
 RETRY_AFTER_S = 5
-DATABASE_ERRORS = (SQLAlchemyError, OSError, asyncio.TimeoutError)
 log = logging.getLogger(__name__)
 
 
@@ -62,8 +60,10 @@ class Revocations:
         try:
             await repo.add_revocations(session, rows)
             await session.commit()
-        except DATABASE_ERRORS as error:
+        except Exception as error:
             await rollback_quietly(session)
+            if not unavailable(error):
+                raise  # an error of the statement, not an outage: retrying would not help
             log.warning("revocation not recorded: %s", error)
             raise RevocationNotRecorded(str(error)) from error
         now = datetime.now(UTC)
@@ -111,7 +111,9 @@ class Revocations:
                     await repo.prune(session, now - timedelta(seconds=1))
                     await session.commit()
                     self._pruned_at = self.clock()
-        except DATABASE_ERRORS as error:
+        except Exception as error:
+            if not unavailable(error):
+                raise
             if not self._sync_failing:
                 log.warning("cannot read revocations from the database, using the ones known: %s", error)
             self._sync_failing = True
@@ -124,5 +126,6 @@ class Revocations:
 async def rollback_quietly(session: AsyncSession) -> None:
     try:
         await session.rollback()
-    except DATABASE_ERRORS:
-        pass  # the connection is gone; the session is discarded with the request
+    except Exception as error:
+        if not unavailable(error):
+            raise  # the connection is gone; the session is discarded with the request

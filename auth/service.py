@@ -17,10 +17,10 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from auth.passwords import verify_password_async
-from auth.revocations import DATABASE_ERRORS, RETRY_AFTER_S, RevocationNotRecorded, Revocations, rollback_quietly
+from auth.revocations import RETRY_AFTER_S, RevocationNotRecorded, Revocations, rollback_quietly
 from auth.tokens import LEEWAY_S, TokenClaims, TokenCodec, TokenError
 from configs.settings import Settings
-from storage.db import Database
+from storage.db import Database, unavailable
 from storage.kv import KV, FallbackCounter
 from storage.repositories import refresh_tokens as refresh_repo
 from storage.repositories import users as users_repo
@@ -201,10 +201,12 @@ class AuthService:
                 await refresh_repo.revoke_family(session, family_id)
                 entries[("family", family_id)] = family_expiry
             await self.revocations.revoke(session, entries)
-        except DATABASE_ERRORS as error:  # staging failed before the commit was even tried
-            await rollback_quietly(session)
-            raise RevocationUnavailable(what) from error
         except RevocationNotRecorded as error:
+            raise RevocationUnavailable(what) from error
+        except Exception as error:  # staging failed before the commit was even tried
+            await rollback_quietly(session)
+            if not unavailable(error):
+                raise
             raise RevocationUnavailable(what) from error
 
     async def _issue_pair(self, session: AsyncSession, user: User, *, family_id: str) -> TokenPair:

@@ -18,9 +18,13 @@ in two ways, for two needs:
     ``flush_interval_s``. When the database refuses, recorded rows are kept and
     retried at the next flush, so an outage delays them instead of losing them
     or failing requests; beyond ``max_pending`` kept rows (a long outage) the
-    oldest are dropped, loudly. With a ``spool_dir`` the kept rows are also
-    appended to a local file, so a restart during an outage loses none either:
-    ``start`` replays what earlier runs left there.
+    oldest are dropped, loudly. With a ``spool_dir`` every recorded row still
+    queued when a write fails is also appended to a local file (and so are rows
+    recorded during the outage, at each retry), so a restart or a crash during an
+    outage loses at most the rows of one flush interval: ``start`` replays what
+    earlier runs left there. Delivery from the spool is at least once: a crash
+    after some batches were committed and before the spool was cleared writes
+    those rows again on the next start.
 
 One poisoned row must not cost the others theirs: when the database refuses a
 batch for what a row holds (a value it cannot store, a broken constraint: see
@@ -213,7 +217,9 @@ class BatchWriter:
             if job.waiter is not None and not job.waiter.done():
                 job.waiter.set_exception(error)
         if kept:
-            self._spool_kept(kept)
+            # Everything recorded and still queued, not only this batch: the process may not live
+            # to retry (a kill, a node lost), and rows are only safe once they are on disk.
+            self._spool_kept([job for job in self._queue if job.waiter is None])
             self.log.warning("%s: write failed, %d rows kept for retry: %s", self.name, self.backlog, error)
         return False
 
@@ -288,6 +294,10 @@ class BatchWriter:
         if self._task is not None and not self._task.done():
             await self._task
         try:
+            if self._spool is not None and self._spool.rows:
+                # The database failed before: keep what is queued on disk first, so a replica
+                # stopped (or killed) before the retries end loses nothing.
+                self._spool_kept([job for job in self._queue if job.waiter is None])
             for attempt in range(attempts):
                 if await self.flush():
                     return
@@ -317,10 +327,12 @@ class _Spool:
     @classmethod
     def open(cls, folder: Path, name: str, log: logging.Logger) -> _Spool | None:
         path = Path(folder) / f"{name}-{uuid.uuid4().hex}.jsonl"
+        hidden = path.with_name(f".{path.stem}.tmp")  # not matched by ``adopt`` until it is locked
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            file = open(path, "ab")  # held open (and locked) for the writer's life
+            file = open(hidden, "ab")  # held open (and locked) for the writer's life
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(hidden, path)
         except OSError as exc:
             log.error("no audit spool in %s (%s): rows kept through an outage live in memory only", folder, exc)
             return None
@@ -336,6 +348,8 @@ class _Spool:
             try:
                 with open(path, "rb") as orphan:
                     fcntl.flock(orphan, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    if os.fstat(orphan.fileno()).st_ino != os.stat(path).st_ino:
+                        continue  # adopted and removed meanwhile by another writer; a new file took the name
                     rows = [row for row in map(_decode, orphan) if row is not None]
                     if rows and not self.append(rows):
                         continue  # could not copy them: leave the file for a later start

@@ -175,16 +175,21 @@ def _deadline(ttl_s: float | None) -> float | None:
 class CircuitBreaker:
     """Cuts calls to a failing or slow dependency off for a cool-down, then probes it.
 
-    ``closed``: calls go through. A failure, or a call slower than ``slow_call_s``,
-    opens it. ``open``: calls are refused at once (``allow`` is False) for
+    ``closed``: calls go through. A failure, or ``slow_calls_to_open`` calls in a row
+    slower than ``slow_call_s`` (one slow call may be this process's busy event loop,
+    not the store), opens it. ``open``: calls are refused at once (``allow`` is False) for
     ``cooldown_s``. Then ``half_open``: one probe call goes through (others are still
     refused); its success closes the breaker, its failure opens it again. Small
     enough to read in one go; pybreaker's async support needs Tornado and
     aiobreaker is unmaintained.
     """
 
-    def __init__(self, cooldown_s: float = 5.0, slow_call_s: float = 0.3, clock=time.monotonic) -> None:
+    def __init__(
+        self, cooldown_s: float = 5.0, slow_call_s: float = 0.3, slow_calls_to_open: int = 3, clock=time.monotonic
+    ) -> None:
         self.cooldown_s, self.slow_call_s, self.clock = cooldown_s, slow_call_s, clock
+        self.slow_calls_to_open = slow_calls_to_open
+        self._slow_streak = 0
         self.state = "closed"
         self.opened_at: float | None = None
         self.last_error: str | None = None  # internal detail: for logs and admins only
@@ -205,7 +210,11 @@ class CircuitBreaker:
     def record(self, elapsed_s: float, error: str | None = None) -> None:
         self._probing = False
         if error is None and elapsed_s > self.slow_call_s:
-            error = f"slow call: {elapsed_s:.3f} s > {self.slow_call_s} s"
+            self._slow_streak += 1
+            if self._slow_streak >= self.slow_calls_to_open or self.state == "half_open":
+                error = f"{self._slow_streak} slow calls in a row, the last {elapsed_s:.3f} s > {self.slow_call_s} s"
+        elif error is None:
+            self._slow_streak = 0
         if error is None:
             if self.state != "closed":
                 log.info("shared key-value store is back")
@@ -214,6 +223,11 @@ class CircuitBreaker:
         if self.state == "closed":  # once per outage, not per failed probe
             log.warning("shared key-value store unavailable, cut off for %.1f s: %s", self.cooldown_s, error)
         self.state, self.opened_at, self.last_error = "open", self.clock(), error
+        self._slow_streak = 0
+
+    def abandon(self) -> None:
+        """The call ``allow`` let through ended without an answer (cancelled): a probe may go again."""
+        self._probing = False
 
     def info(self) -> dict:
         return {"state": self.state, "rejected_calls": self.rejected_calls, "last_error": self.last_error}
@@ -225,9 +239,9 @@ class FailSoftKV:
     A ``CircuitBreaker`` stands in front of Redis: after a failure or a slow call,
     calls are not sent for a cool-down (no socket timeout paid per request), then
     one probes again. While it is open or a call fails, reads find nothing, writes
-    are dropped and counters read 0, meaning *not counted*: rate limits relax,
-    and callers that must not (login throttling, ``auth.service``) count in their
-    own replica instead. Revocations are durable in the database
+    are dropped and counters read 0, meaning *not counted*: counters that limit
+    (rate limits, login throttling) then count in their own replica instead
+    (``FallbackCounter``). Revocations are durable in the database
     (``auth.revocations``), so they hold through an outage. ``healthy`` is False
     meanwhile, so ``/ready`` reports the service as degraded.
     """
@@ -253,6 +267,9 @@ class FailSoftKV:
         except (redis.RedisError, OSError) as exc:
             self.breaker.record(time.monotonic() - start, f"{type(exc).__name__}: {exc}")
             return default
+        except BaseException:  # cancelled: without this a half-open breaker would wait for it for ever
+            self.breaker.abandon()
+            raise
         self.breaker.record(time.monotonic() - start)
         return result
 

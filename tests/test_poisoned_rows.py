@@ -151,6 +151,31 @@ async def test_rows_kept_through_an_outage_survive_a_restart(db, tmp_path):
     assert list(tmp_path.glob("audit-*.jsonl")) == []  # all written: nothing left to replay
 
 
+async def test_a_replica_killed_during_an_outage_loses_no_flushed_row(db, tmp_path):
+    """More rows than one batch, and no ``close()`` (a kill): every row queued at a failed flush is
+    on disk, those recorded later are at the next retry, and the next start replays them all."""
+    down = Database(UNREACHABLE)
+    killed = BatchWriter(down, audit_repo.add_many, name="audit", max_rows=4, spool_dir=tmp_path)
+    killed.start()
+    for i in range(10):
+        killed.record(audit_row(f"early-{i}"))
+    assert await killed.flush() is False  # the first batch of 4 failed; all 10 are spooled
+    for i in range(3):
+        killed.record(audit_row(f"late-{i}"))
+    assert await killed.flush() is False  # the retry spools the 3 recorded since
+    [spool] = list(tmp_path.glob("audit-*.jsonl"))
+    assert len(spool.read_text().splitlines()) == 13
+    killed._spool._file.close()  # what the process's death does: the lock goes, the file stays
+    killed._task.cancel()
+    await down.dispose()
+
+    restarted = BatchWriter(db, audit_repo.add_many, name="audit", max_rows=4, spool_dir=tmp_path)
+    restarted.start()
+    assert await restarted.flush() is True
+    assert await _trail(db) == sorted([f"early-{i}" for i in range(10)] + [f"late-{i}" for i in range(3)])
+    await restarted.close()
+
+
 def test_connection_errors_are_outages():
     invalidated = DBAPIError("SELECT 1", {}, Exception("connection reset"), connection_invalidated=True)
     assert not refused_for_its_rows(invalidated)

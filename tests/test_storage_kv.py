@@ -158,8 +158,37 @@ async def test_breaker_opens_on_failure_or_slowness_and_probes_after_the_cool_do
     assert breaker.allow()
     breaker.record(0.01)
     assert breaker.state == "closed" and breaker.allow()
-    breaker.record(0.4)  # answered, but slowly: cut off like a failure
-    assert breaker.state == "open" and breaker.last_error.startswith("slow call")
+    breaker.record(0.4)  # answered, but slowly: one slow call may be this process's busy loop
+    breaker.record(0.4)
+    assert breaker.state == "closed"
+    breaker.record(0.01)  # a quick one ends the streak
+    for _ in range(3):
+        breaker.record(0.4)
+    assert breaker.state == "open" and breaker.last_error.startswith("3 slow calls in a row")
+    clock.now += 5
+    assert breaker.allow()
+    breaker.record(0.4)  # a slow probe is not good enough
+    assert breaker.state == "open"
+
+
+async def test_a_cancelled_probe_lets_the_next_call_probe() -> None:
+    """A probe cancelled mid-call (a client gone, a timeout) must not keep the breaker half-open for ever."""
+
+    class Hanging:
+        async def get(self, key):
+            await asyncio.sleep(3600)
+
+    clock = Clock()
+    store = FailSoftKV(Hanging(), CircuitBreaker(cooldown_s=5, clock=clock))
+    store.breaker.record(0.01, "ConnectionError: refused")
+    clock.now += 5
+    probe = asyncio.create_task(store.get("k"))
+    await asyncio.sleep(0)
+    assert store.breaker.state == "half_open" and not store.breaker.allow()  # the probe is out
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    assert store.breaker.allow()  # the next call may probe
 
 
 @pytest.mark.redis
