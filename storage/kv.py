@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -328,9 +327,9 @@ def make_kv(settings: Settings, prefix: str = DEFAULT_PREFIX) -> KV:
     """Redis (failing soft) when ``settings.redis_url`` is set, else the in-process store.
 
     The in-process store is only this process's: a second ingress replica would
-    count its own login failures and rate limits, so inside a Serve replica of
-    rank 1 or more it refuses to start (``deployments.builder`` also caps the
-    Ingress to one replica when there is no Redis).
+    count its own login failures and rate limits, so without Redis the builder caps
+    the Ingress to one replica and a second one refuses to start
+    (``deployments.ingress.require_sole_replica``).
     """
     if settings.redis_url:
         timeout = settings.kv_timeout_s
@@ -338,30 +337,4 @@ def make_kv(settings: Settings, prefix: str = DEFAULT_PREFIX) -> KV:
             RedisKV(settings.redis_url, prefix=prefix, socket_timeout=timeout, socket_connect_timeout=timeout),
             CircuitBreaker(cooldown_s=settings.kv_breaker_cooldown_s, slow_call_s=settings.kv_slow_call_s),
         )
-    require_sole_replica(_serve_replica_rank())
     return MemoryKV(settings.memory_kv_max_entries)
-
-
-def require_sole_replica(rank: int | None) -> None:
-    """Refuse a second replica that would keep security state of its own; ``rank`` is the
-    Serve replica's rank (None outside Serve)."""
-    if rank:
-        raise RuntimeError(
-            f"this is ingress replica rank {rank} and HDX_REDIS_URL is empty: without Redis each replica "
-            "counts login failures and rate limits on its own, so HDX runs one ingress replica only. "
-            "Set HDX_REDIS_URL, or max_replicas: 1 for the Ingress in serve_config.yaml"
-        )
-
-
-def _serve_replica_rank() -> int | None:
-    if "ray" not in sys.modules:  # not under Ray at all: no Serve replica to ask
-        return None
-    from ray import serve
-    from ray.serve.exceptions import RayServeException
-
-    try:
-        context = serve.get_replica_context()
-    except RayServeException:
-        return None
-    rank = getattr(context, "rank", None)
-    return getattr(rank, "rank", rank)

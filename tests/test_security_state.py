@@ -20,7 +20,7 @@ from api.application import create_app
 from auth.service import AuthService
 from configs.settings import Settings
 from deployments.builder import SERVE_CONFIG, app_from_serve_config, serve_config_application, serve_config_for
-from storage.kv import require_sole_replica
+from deployments.ingress import require_sole_replica
 from tests.fixtures.db import REDIS_URL, TEST_PASSWORD, add_user
 from tests.fixtures.private_servers import PrivatePostgres, PrivateRedis
 from tests.test_platform_support import platform_settings
@@ -197,7 +197,6 @@ async def test_the_config_the_quick_start_runs_caps_the_ingress_without_redis(tm
 
 
 async def test_a_second_replica_without_redis_refuses_to_start() -> None:
-    require_sole_replica(None)  # outside Serve
     require_sole_replica(0)  # the first replica
     with pytest.raises(RuntimeError, match="HDX_REDIS_URL is empty"):
         require_sole_replica(1)
