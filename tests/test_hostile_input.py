@@ -3,6 +3,7 @@ enters, so a bad one is a 4xx naming the field, never a 500, a stalled audit tra
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -213,14 +214,18 @@ def test_values_of_another_json_type_are_refused_not_coerced(platform):
     for url, body, field, message in cases:
         r = c.post(url, json=body, headers=h)
         assert message in _problem(r, field), (url, body)
-    # NaN and Infinity are no JSON numbers, though Python's parser reads them.
-    for token in (b"NaN", b"Infinity", b"1e999"):
+    # NaN and Infinity are no JSON numbers, though Python's parser reads them: they are refused with the
+    # cycle's other checks, per item, naming the channel (here at ingestion; predictions in tests/test_serve_app.py).
+    for token in ("NaN", "Infinity", "1e999"):
+        body = json.dumps({"system_id": "rig-h", "cycles": [{**cycle, "idempotency_key": f"nan-{token}"}]})
         r = c.post(
-            "/api/v1/diagnostics/predict",
-            content=b'{"system_id": "rig-h", "sensor_data": {"TS1": [45.0, ' + token + b"]}}",
+            "/api/v1/ingestion/cycles",
+            content=body.replace("[45.0, 45.0,", f"[45.0, {token},", 1),
             headers={**h, "content-type": "application/json"},
         )
-        assert "finite number" in _problem(r, 1), token
+        [item] = r.json()["items"]
+        assert r.status_code == 200 and item["status"] == "rejected", (token, r.text)
+        assert item["error"]["channel"] == "TS1" and "NaN or infinity" in item["error"]["message"], token
     # What the schema allows still passes: integers as samples, a time in any timezone.
     r = c.post(
         "/api/v1/ingestion/cycles",

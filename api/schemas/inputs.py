@@ -87,9 +87,10 @@ DbInt = Annotated[int, Field(ge=-MAX_DB_INT - 1, le=MAX_DB_INT)]
 JsonBool = Annotated[bool, Strict()]
 JsonInt = Annotated[int, Strict()]
 DbId = Annotated[JsonInt, Field(ge=1, le=MAX_DB_INT)]  # an id in a body
-# A measured value: a JSON number, finite. Not ``true`` (pydantic would read 1.0), not ``"45.1"``, and not
-# the NaN or Infinity that Python's JSON parser accepts and no JSON number is.
-Sample = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+# A measured value: a JSON number. Not ``true`` (pydantic would read 1.0), not ``"45.1"``. The NaN or
+# Infinity that Python's JSON parser accepts (no JSON number is) are refused with the rest of a cycle's
+# checks (``hydraulics.validation``), naming the channel and sample: per item in a batch, not the request.
+Sample = Annotated[float, Strict()]
 
 # Path and query parameters.
 SystemIdPath = Annotated[str, Path(max_length=ID_MAX_CHARS, examples=["rig-01"]), AfterValidator(no_control_characters)]
