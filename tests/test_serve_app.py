@@ -57,7 +57,7 @@ def test_cache_hit_then_miss_after_rollout(api, engineer, ray_cluster):
     # Roll out v2 of every model (the next test does it under load), and watch it finish as an
     # operator does: /models shows the new versions (the ingress re-reads them then, and
     # by itself every model_version_refresh_s).
-    _redeploy(versions=MODEL_VERSIONS[1])
+    _redeploy(api, engineer, versions=MODEL_VERSIONS[1])
     models = api.http.get("/api/v1/models", headers=engineer["headers"]).json()["models"]
     assert {m["version"] for m in models} == {MODEL_VERSIONS[1]}
     third = api.http.post("/api/v1/diagnostics/predict", json=body, headers=engineer["headers"]).json()
@@ -75,7 +75,7 @@ def test_rollout_under_load_drops_nothing(api, engineer):
     (max_surge_percent in serve_config.yaml). Without that, Serve stops the old replica first."""
     with _RunningReplicas() as running, _Load(api, engineer) as load:
         time.sleep(1.0)
-        _redeploy(versions=MODEL_VERSIONS[0])
+        _redeploy(api, engineer, versions=MODEL_VERSIONS[0])
         time.sleep(1.0)
     assert running.polls > 5
     assert min(running.fewest.values()) >= 1, running.fewest  # never a deployment without a running replica
@@ -161,10 +161,8 @@ class _RunningReplicas:
         self.thread = threading.Thread(target=self._run)
 
     def _run(self) -> None:
-        from ray import serve
-
         while not self.stop.is_set():
-            for name, d in serve.status().applications[self.app].deployments.items():
+            for name, d in _serve_status().applications[self.app].deployments.items():
                 states = _replica_states(d)
                 self.fewest[name] = min(self.fewest.get(name, 10**6), states.get("RUNNING", 0))
                 if states.get("STARTING") or states.get("PENDING_MIGRATION"):
@@ -188,20 +186,34 @@ def _replica_states(deployment_status) -> dict[str, int]:
     return {getattr(state, "value", state): n for state, n in deployment_status.replica_states.items()}
 
 
-def _redeploy(versions: str) -> None:
-    """``serve.run`` again with other model versions. An app deployed from Python gets a new
-    code version on every ``serve.run``, so this replaces every replica: the heavier kind of
-    rollout (a new image). ``_deploy_config`` is the lighter one."""
+# Serve's client is not thread-safe: ``serve.status()`` and ``serve.run`` both build
+# autoscaling configs, which register and unregister one cloudpickle module in a global set,
+# so two threads at once fail with "... is not registered for pickle by value". Every call
+# into Serve's client from these tests goes through this lock.
+_SERVE_CLIENT = threading.Lock()
+
+
+def _serve_status():
+    from ray import serve
+
+    with _SERVE_CLIENT:
+        return serve.status()
+
+
+def _redeploy(api, engineer, versions: str) -> None:
+    """``serve.run`` again with other model versions, until every model answers at them. An
+    app deployed from Python gets a new code version on every ``serve.run``, so this replaces
+    every replica: the heavier kind of rollout (a new image). ``_deploy_config`` is the
+    lighter one."""
     from ray import serve
 
     from deployments.builder import app_from_serve_config
     from diagnosis.registry import FAMILIES
 
-    serve.run(
-        app_from_serve_config(assistant=False, model_versions={f: versions for f in FAMILIES}),
-        name="hdx",
-        route_prefix="/",
-    )
+    with _SERVE_CLIENT:  # building the app makes configs too; submit only, the wait below polls
+        app = app_from_serve_config(assistant=False, model_versions={f: versions for f in FAMILIES})
+        serve.run_many([serve.RunTarget(app, name="hdx", route_prefix="/")], wait_for_applications_running=False)
+    _wait_models(api, engineer, versions)
 
 
 def _deploy_config(versions: str, env: dict) -> None:
@@ -234,17 +246,16 @@ def _deploy_config(versions: str, env: dict) -> None:
             ]
         }
     )
-    _get_global_client().deploy_apps(config)
+    with _SERVE_CLIENT:
+        _get_global_client().deploy_apps(config)
 
 
 def _wait_models(api, engineer, version: str, timeout_s: float = 120) -> None:
     """Until ``/models`` shows every model at ``version`` and Serve has nothing starting or stopping."""
-    from ray import serve
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         models = api.http.get("/api/v1/models", headers=engineer["headers"]).json().get("models", [])
-        app = serve.status().applications["hdx"]
+        app = _serve_status().applications["hdx"]
         settled = app.status == "RUNNING" and not any(
             _replica_states(d).keys() - {"RUNNING"} for d in app.deployments.values()
         )
