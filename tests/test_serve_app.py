@@ -250,19 +250,23 @@ def _deploy_config(versions: str, env: dict) -> None:
         _get_global_client().deploy_apps(config)
 
 
-def _wait_models(api, engineer, version: str, timeout_s: float = 120) -> None:
-    """Until ``/models`` shows every model at ``version`` and Serve has nothing starting or stopping."""
+def _wait_models(api, engineer, version: str, timeout_s: float = 180) -> None:
+    """Until ``/models`` shows every model at ``version`` and the rollout is over: the app is
+    RUNNING (what a blocking ``serve.run`` waits for), every deployment has a RUNNING replica
+    and none is still being updated or stopped. A replica STARTING meanwhile is an upscale
+    waiting for CPU on this small machine, not part of the rollout."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         models = api.http.get("/api/v1/models", headers=engineer["headers"]).json().get("models", [])
         app = _serve_status().applications["hdx"]
-        settled = app.status == "RUNNING" and not any(
-            _replica_states(d).keys() - {"RUNNING"} for d in app.deployments.values()
+        states = {name: _replica_states(d) for name, d in app.deployments.items()}
+        settled = app.status == "RUNNING" and all(
+            s.get("RUNNING") and not s.keys() & {"UPDATING", "STOPPING", "PENDING_MIGRATION"} for s in states.values()
         )
         if settled and len(models) == 4 and {m.get("version") for m in models} == {version}:
             return
         time.sleep(0.5)
-    raise AssertionError(f"models not at {version} after {timeout_s:g} s: {models}")
+    raise AssertionError(f"models not at {version} after {timeout_s:g} s: {models}; app {app.status}, {states}")
 
 
 def test_batch_answers_per_item(api, engineer):
