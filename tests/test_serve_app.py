@@ -189,7 +189,7 @@ def _replica_states(deployment_status) -> dict[str, int]:
 # Serve's client is not thread-safe: ``serve.status()`` and ``serve.run`` both build
 # autoscaling configs, which register and unregister one cloudpickle module in a global set,
 # so two threads at once fail with "... is not registered for pickle by value". Every call
-# into Serve's client from these tests goes through this lock.
+# made while a ``_RunningReplicas`` poller thread runs goes through this lock.
 _SERVE_CLIENT = threading.Lock()
 
 
@@ -232,29 +232,29 @@ def _deploy_config(versions: str, env: dict) -> None:
         for d in serve_config_application()["deployments"]
         if d["name"] in models | {"Ingress", "DiagnosisEnsemble"}
     ]
-    config = ServeDeploySchema.model_validate(
-        {
-            "applications": [
-                {
-                    "name": "hdx",
-                    "route_prefix": "/",
-                    "import_path": "deployments.builder:build_app",
-                    "args": {"assistant": False},
-                    "runtime_env": {"env_vars": env},
-                    "deployments": deployments,
-                }
-            ]
-        }
-    )
-    with _SERVE_CLIENT:
+    with _SERVE_CLIENT:  # validating the schema may build autoscaling configs too
+        config = ServeDeploySchema.model_validate(
+            {
+                "applications": [
+                    {
+                        "name": "hdx",
+                        "route_prefix": "/",
+                        "import_path": "deployments.builder:build_app",
+                        "args": {"assistant": False},
+                        "runtime_env": {"env_vars": env},
+                        "deployments": deployments,
+                    }
+                ]
+            }
+        )
         _get_global_client().deploy_apps(config)
 
 
 def _wait_models(api, engineer, version: str, timeout_s: float = 180) -> None:
     """Until ``/models`` shows every model at ``version`` and the rollout is over: the app is
     RUNNING (what a blocking ``serve.run`` waits for), every deployment has a RUNNING replica
-    and none is still being updated or stopped. A replica STARTING meanwhile is an upscale
-    waiting for CPU on this small machine, not part of the rollout."""
+    and none is still being updated or stopped. A replica STARTING beside a RUNNING one of the
+    new version is not waited for: on this small machine an upscale may wait for CPU for long."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         models = api.http.get("/api/v1/models", headers=engineer["headers"]).json().get("models", [])
