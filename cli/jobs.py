@@ -1,4 +1,5 @@
-"""Data-team and deployment commands: ``hdx batch-predict``, ``hdx serve-config`` and ``hdx k8s-manifests``.
+"""Data-team and deployment commands: ``hdx batch-predict``, ``hdx serve-config``, ``hdx ray-env`` and
+``hdx k8s-manifests``.
 
 Mounted into the ``hdx`` app by ``register(app)``; the commands call the same
 functions as ``python -m pipelines.batch_predict`` and ``configs/k8s/generate.py``.
@@ -53,6 +54,15 @@ def serve_config(
     typer.echo(f"wrote {out}" + ("" if settings.redis_url else " (no HDX_REDIS_URL: one Ingress replica)"))
 
 
+def ray_env() -> None:
+    """Print the environment every Ray process of HDX starts with (Serve's throughput-optimized
+    mode with HAProxy, control intervals for a small cluster) as shell exports:
+    ``eval "$(hdx ray-env)"`` before ``ray start`` or ``serve run``. Variables already set win."""
+    from configs.ray_env import shell_exports
+
+    typer.echo(shell_exports())
+
+
 def k8s_manifests(
     out_dir: Path = typer.Option(None, help="where to write (default: configs/k8s)"),
     image: str = typer.Option(None, help="container image with HDX installed"),
@@ -75,4 +85,5 @@ def k8s_manifests(
 def register(app: typer.Typer) -> None:
     app.command("batch-predict")(batch_predict)
     app.command("serve-config")(serve_config)
+    app.command("ray-env")(ray_env)
     app.command("k8s-manifests")(k8s_manifests)

@@ -110,7 +110,10 @@ class Settings(BaseSettings):
     request_timeout_s: float = 10.0
     model_call_timeout_s: float = 10.0
     model_version_refresh_s: float = Field(
-        1.0, gt=0.0, description="how often the ingress re-reads the model versions in service (cache keys)"
+        30.0,
+        gt=0.0,
+        description="how often the ingress re-reads the model versions in service (cache keys); every "
+        "ensemble answer also carries them",
     )
 
     # --- assistant ----------------------------------------------------------

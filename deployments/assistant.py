@@ -1,6 +1,6 @@
 """The maintenance assistant as Ray Serve deployments.
 
-    RagPipeline ──> Embedder   (@serve.batch: concurrent queries share one forward pass)
+    RagPipeline ──> Embedder   (GreedyBatcher: concurrent queries share one forward pass)
                ──> Retriever  (FAISS index; user_config {index_version} hot-swaps versions)
                ──> LLM        (extractive | ollama | vllm)
 
@@ -24,6 +24,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from configs.settings import Settings
+from diagnosis.batching import GreedyBatcher
 from diagnosis.failures import describe
 from knowledge.answer import NO_ANSWER, ExtractiveAnswerer
 from knowledge.embedding import get_embedder
@@ -32,23 +33,24 @@ from knowledge.prompt import build_prompt
 from knowledge.retrieval import IndexSearcher, diagnosis_bias
 
 logger = logging.getLogger("ray.serve")
-EMBED_BATCH = {"max_batch_size": 16, "batch_wait_timeout_s": 0.005}
+EMBED_MAX_BATCH = 16
 
 
 @serve.deployment
 class Embedder:
     def __init__(self, model_path: str | None = None):
         self._model = get_embedder(model_path)
+        self._batcher = GreedyBatcher(self._embed_batch, EMBED_MAX_BATCH)
 
     def reconfigure(self, user_config: dict | None) -> None:
-        """``max_batch_size`` and ``batch_wait_timeout_s`` of ``embed``, from ``user_config``."""
-        config = {**EMBED_BATCH, **(user_config or {})}
-        self.embed.set_max_batch_size(int(config["max_batch_size"]))
-        self.embed.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+        """``max_batch_size`` of ``embed``, from ``user_config``."""
+        self._batcher.max_batch_size = int((user_config or {}).get("max_batch_size", EMBED_MAX_BATCH))
 
-    @serve.batch(**EMBED_BATCH)  # applied again from user_config in reconfigure
-    async def embed(self, queries: list[str]) -> list[np.ndarray]:
-        """One query per call; Serve hands the method a batch of concurrent calls."""
+    async def embed(self, query: str) -> np.ndarray:
+        """One query's vector; queries that arrive during a forward pass share the next one."""
+        return await self._batcher.submit(query)
+
+    async def _embed_batch(self, queries: list[str]) -> list[np.ndarray]:
         # The forward pass runs in a thread so the replica keeps accepting (and batching) requests.
         vectors = await asyncio.to_thread(self._model.embed, list(queries))
         return list(vectors)

@@ -8,8 +8,10 @@ diagnosed is answered with a ``CycleRejected`` naming the channel at fault.
 
 Features are computed per request, before batching, so a batch holds only valid
 feature rows; concurrent requests then share one call per model family
-(``@serve.batch``): each hop costs milliseconds of serialisation and scheduling,
-paid once per batch instead of once per request. Batch size and wait come from
+(``diagnosis.batching.GreedyBatcher``): each hop costs milliseconds of
+serialisation and scheduling, paid once per batch instead of once per request. A
+request that finds the replica idle goes at once; those that arrive while a batch
+is with the models form the next one. The batch size limit comes from
 ``user_config``. The combination itself is ``diagnosis.voting.diagnose_answers``,
 the same function the batch job calls.
 
@@ -28,7 +30,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from diagnosis.batching import group_slices
+from diagnosis.batching import GreedyBatcher, group_slices
 from diagnosis.failures import NoModelAvailable, describe
 from diagnosis.registry import FAMILIES
 from diagnosis.report import CycleRejected, Diagnosis, FamilyAnswer
@@ -37,7 +39,7 @@ from hydraulics.features import extract_cycles, get_feature_set
 
 log = logging.getLogger("ray.serve")
 INLINE_FEATURE_CYCLES = 4  # under a millisecond: cheaper than a thread hop
-DEFAULT_BATCH = {"max_batch_size": 32, "batch_wait_timeout_s": 0.01}
+DEFAULT_MAX_BATCH = 32
 
 
 @serve.deployment
@@ -56,11 +58,10 @@ class DiagnosisEnsemble:
         self.weights = weights
         self.threshold = anomaly_threshold
         self.timeout_s = model_call_timeout_s
+        self._batcher = GreedyBatcher(self._score_together, DEFAULT_MAX_BATCH)
 
     def reconfigure(self, user_config: dict | None) -> None:
-        config = {**DEFAULT_BATCH, **(user_config or {})}
-        self._score_together.set_max_batch_size(int(config["max_batch_size"]))
-        self._score_together.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+        self._batcher.max_batch_size = int((user_config or {}).get("max_batch_size", DEFAULT_MAX_BATCH))
 
     async def models_info(self) -> dict[str, dict]:
         """Each model's loaded bundle, or the error that kept it from answering."""
@@ -83,7 +84,7 @@ class DiagnosisEnsemble:
         start = time.perf_counter()
         X, errors = await self._features(cycles)
         features_ms = (time.perf_counter() - start) * 1000
-        diagnoses = iter(await self._score_together(X) if len(X) else ())
+        diagnoses = iter(await self._batcher.submit(X) if len(X) else ())
         out = []
         for i in range(len(cycles)):
             if i in errors:
@@ -95,7 +96,6 @@ class DiagnosisEnsemble:
             out.append(diagnosis)
         return out
 
-    @serve.batch(**DEFAULT_BATCH)  # applied again from user_config in reconfigure
     async def _score_together(self, blocks: list[np.ndarray]) -> list[list[Diagnosis]]:
         """Concurrent requests' feature rows: one call per model family for all of them."""
         answered, failed = await self._call_models(np.vstack(blocks))

@@ -10,8 +10,9 @@ injected ``store`` (``diagnosis.store.ModelStore`` or a test's stand-in).
 * ``version``: ``latest`` or a bundle version. On a change Serve calls
   ``reconfigure``, which loads the new bundle *beside* the old one and swaps the
   reference only when it is ready: requests in flight finish on the old model.
-* ``max_batch_size`` and ``batch_wait_timeout_s`` of ``@serve.batch``: concurrent
-  requests are stacked into one matrix and scored in one call.
+* ``max_batch_size``: concurrent requests are stacked into one matrix and scored
+  in one call (``diagnosis.batching.GreedyBatcher``: a request that finds the
+  replica idle is scored at once, those arriving meanwhile form the next batch).
 
 A family that learns from feedback (the Adaptive family) also takes ``learn``:
 the replica that gets it learns on the newest saved state and commits the next
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 from ray import serve
 
+from diagnosis.batching import GreedyBatcher
 from diagnosis.failures import ModelCannotLearn
 from diagnosis.learning import learn_and_save
 from diagnosis.registry import family_spec
@@ -42,7 +44,7 @@ from diagnosis.store import ModelBundle, ModelStore, revision_number
 log = logging.getLogger("ray.serve")
 
 INLINE_ROWS = 16  # about a millisecond of scoring: cheaper inline than a thread hop
-DEFAULT_BATCH = {"max_batch_size": 64, "batch_wait_timeout_s": 0.002}
+DEFAULT_MAX_BATCH = 64
 
 
 @serve.deployment
@@ -59,11 +61,11 @@ class ModelServer:
         self.bundle: ModelBundle | None = None
         self.loaded_at = 0.0
         self.requested_version = "latest"
+        self._batcher = GreedyBatcher(self._predict_blocks, DEFAULT_MAX_BATCH)
 
     async def reconfigure(self, user_config: dict | None) -> None:
-        config = {**DEFAULT_BATCH, **(user_config or {})}
-        self.predict.set_max_batch_size(int(config["max_batch_size"]))
-        self.predict.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+        config = user_config or {}
+        self._batcher.max_batch_size = int(config.get("max_batch_size", DEFAULT_MAX_BATCH))
         version = str(config.get("version", "latest"))
         async with self._lock:
             bundle = await asyncio.to_thread(self._store.load, self.family, version)
@@ -79,9 +81,12 @@ class ModelServer:
                     await self.reconfigure({})
         return self.bundle
 
-    @serve.batch(**DEFAULT_BATCH)  # applied again from user_config in reconfigure
-    async def predict(self, feature_blocks: list[np.ndarray]) -> list[FamilyAnswer]:
-        """Each item is one request's ``(n, n_features)`` matrix; each answer its probabilities."""
+    async def predict(self, features: np.ndarray) -> FamilyAnswer:
+        """One request's ``(n, n_features)`` matrix → its probabilities, scored with the
+        requests that arrived meanwhile."""
+        return await self._batcher.submit(features)
+
+    async def _predict_blocks(self, feature_blocks: list[np.ndarray]) -> list[FamilyAnswer]:
         bundle = await self._ensure_loaded()
         if sum(len(b) for b in feature_blocks) <= INLINE_ROWS:
             return answer_blocks(bundle, feature_blocks)

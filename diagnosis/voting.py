@@ -22,6 +22,7 @@ typed ``Diagnosis`` objects: the ensemble deployment and the batch job call it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,73 +53,178 @@ def weighted_probas(
     return combined, answered / total
 
 
-def diagnose(probas: Probas, coverage: float = 1.0, threshold: float = 0.5) -> list[Verdict]:
-    """One verdict per row of the combined probabilities."""
+def round6(values: np.ndarray) -> np.ndarray:
+    """``round(float(v), 6)`` of every value, vectorised: the rounding every verdict uses.
+
+    ``np.round`` rounds ``v * 1e6`` after that product has itself been rounded, so it
+    can differ from Python's correctly rounded ``round`` when ``v * 1e6`` is within a
+    rounding error of a half; those few values are rounded by Python, so a column
+    holds exactly what the per-row objects hold.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    scaled = values * 1e6
+    out = np.rint(scaled) / 1e6
+    near_half = np.abs(np.abs(scaled - np.trunc(scaled)) - 0.5) < 1e-6
+    if near_half.any():
+        out[near_half] = [round(float(v), 6) for v in values[near_half]]
+    return out
+
+
+_COMPONENT_LIST = tuple(COMPONENTS.values())
+_SEVERITY_NAMES = np.array(sorted(SEVERITY_ORDER, key=SEVERITY_ORDER.get), dtype=object)
+
+
+@dataclass
+class VerdictColumns:
+    """The verdicts of a block of cycles, one array per field (row ``i`` is cycle ``i``).
+
+    ``diagnose_columns`` makes them; ``diagnose`` turns them into one ``Verdict`` per row,
+    and the batch job writes them as columns without building any per-row object.
+    Floats are rounded as in a ``Verdict``.
+    """
+
+    level_index: dict[str, np.ndarray]  # component -> (n,) index into its levels
+    probabilities: dict[str, np.ndarray]  # component -> (n, n_levels), rounded
+    is_anomaly: np.ndarray  # (n,) bool
+    anomaly_score: np.ndarray  # (n,)
+    severity: np.ndarray  # (n,) str (object)
+    confidence: np.ndarray  # (n,)
+    affected: np.ndarray  # (n, n_components) bool, columns in COMPONENTS order
+    anomaly_type: np.ndarray  # (n,) str (object)
+    probability_not_stable: np.ndarray | None  # (n,), None when no family predicts it
+    stable: np.ndarray | None  # (n,) bool, decided on the unrounded probability
+
+    def __len__(self) -> int:
+        return len(self.is_anomaly)
+
+    def level_values(self, name: str) -> np.ndarray:
+        return np.array(COMPONENTS[name].values)[self.level_index[name]]
+
+    def level_severities(self, name: str) -> np.ndarray:
+        return np.array([lv.severity for lv in COMPONENTS[name].levels], dtype=object)[self.level_index[name]]
+
+    def affected_components(self) -> list[list[str]]:
+        names = list(COMPONENTS)
+        return [[names[j] for j in np.flatnonzero(row)] for row in self.affected]
+
+
+def diagnose_columns(probas: Probas, coverage: float = 1.0, threshold: float = 0.5) -> VerdictColumns:
+    """The verdict of every row of the combined probabilities, as columns."""
     n = next(iter(probas.values())).shape[0]
+    stacked_nominal = np.stack([probas[c.name][:, 0] for c in _COMPONENT_LIST], axis=1)  # (n, n_components)
     nominal_p = np.ones(n)
     top_p = np.ones(n)
-    level_idx = {}
-    for name in COMPONENTS:
-        p = probas[name]
+    level_index = {}
+    for comp in _COMPONENT_LIST:
+        p = probas[comp.name]
         nominal_p *= p[:, 0]
-        level_idx[name] = p.argmax(axis=1)
+        level_index[comp.name] = p.argmax(axis=1)
         top_p = np.minimum(top_p, p.max(axis=1))
     anomaly_score = 1.0 - nominal_p
+    is_anomaly = anomaly_score >= threshold
+
+    affected = np.stack([level_index[c.name] != 0 for c in _COMPONENT_LIST], axis=1)
+    affected &= is_anomaly[:, None]
+    # An alarm always says where: when no component's most likely level is a fault,
+    # the component least likely to be nominal (the first of equals).
+    unnamed = is_anomaly & ~affected.any(axis=1)
+    affected[unnamed, stacked_nominal[unnamed].argmin(axis=1)] = True
+
+    # Worst severity among the affected; an affected component at a nominal level counts as a warning.
+    rank = np.full(n, SEVERITY_ORDER["normal"])
+    for j, comp in enumerate(_COMPONENT_LIST):
+        level_rank = np.array([max(SEVERITY_ORDER[lv.severity], SEVERITY_ORDER["warning"]) for lv in comp.levels])[
+            level_index[comp.name]
+        ]
+        rank = np.where(affected[:, j], np.maximum(rank, level_rank), rank)
+
+    n_affected = affected.sum(axis=1)
+    single_type = np.array([c.anomaly_type for c in _COMPONENT_LIST], dtype=object)[affected.argmax(axis=1)]
+    anomaly_type = np.where(n_affected == 0, "none", np.where(n_affected == 1, single_type, "multiple")).astype(object)
+
+    p_unstable = None
+    if STABLE_TARGET in probas:
+        p_unstable = probas[STABLE_TARGET][:, target_classes(STABLE_TARGET).index(1)]
+    return VerdictColumns(
+        level_index=level_index,
+        probabilities={c.name: round6(probas[c.name]) for c in _COMPONENT_LIST},
+        is_anomaly=is_anomaly,
+        anomaly_score=round6(anomaly_score),
+        severity=_SEVERITY_NAMES[rank],
+        confidence=round6(top_p * coverage),
+        affected=affected,
+        anomaly_type=anomaly_type,
+        probability_not_stable=None if p_unstable is None else round6(p_unstable),
+        stable=None if p_unstable is None else p_unstable < 0.5,
+    )
+
+
+def verdict_rows(columns: VerdictColumns) -> list[Verdict]:
+    """One ``Verdict`` per row of ``columns``."""
+    per_component = {}
+    for comp in _COMPONENT_LIST:
+        keys = [str(v) for v in comp.values]
+        levels = [comp.levels[k] for k in columns.level_index[comp.name].tolist()]
+        per_component[comp.name] = (keys, levels, columns.probabilities[comp.name].tolist())
+    if columns.stable is None:
+        steady = [None] * len(columns)
+    else:
+        steady = [
+            SteadyState(stable=stable, probability_not_stable=p)
+            for stable, p in zip(columns.stable.tolist(), columns.probability_not_stable.tolist())
+        ]
     out = []
-    for i in range(n):
+    for i, (is_anomaly, score, severity, confidence, affected, anomaly_type) in enumerate(
+        zip(
+            columns.is_anomaly.tolist(),
+            columns.anomaly_score.tolist(),
+            columns.severity.tolist(),
+            columns.confidence.tolist(),
+            columns.affected_components(),
+            columns.anomaly_type.tolist(),
+        )
+    ):
         components = {}
-        affected = []
-        for name, comp in COMPONENTS.items():
-            p = probas[name][i]
-            level = comp.levels[level_idx[name][i]]
+        for name, (keys, levels, probabilities) in per_component.items():
+            level, p = levels[i], probabilities[i]
             components[name] = ComponentState(
                 level=level.value,
                 meaning=level.meaning,
                 severity=level.severity,
-                probabilities={str(v): round(float(x), 6) for v, x in zip(comp.values, p)},
-                nominal_probability=round(float(p[0]), 6),
+                probabilities=dict(zip(keys, p)),
+                nominal_probability=p[0],
             )
-            if level_idx[name][i] != 0:
-                affected.append(name)
-        is_anomaly = bool(anomaly_score[i] >= threshold)
-        if not is_anomaly:
-            affected = []
-        elif not affected:
-            affected = [min(COMPONENTS, key=lambda c: probas[c][i, 0])]
-        severity = "normal"
-        for name in affected:
-            sev = components[name].severity if components[name].severity != "normal" else "warning"
-            if SEVERITY_ORDER[sev] > SEVERITY_ORDER[severity]:
-                severity = sev
-        if not affected:
-            anomaly_type = "none"
-        elif len(affected) == 1:
-            anomaly_type = COMPONENTS[affected[0]].anomaly_type
-        else:
-            anomaly_type = "multiple"
-        steady_state = None
-        if STABLE_TARGET in probas:
-            p_unstable = float(probas[STABLE_TARGET][i, target_classes(STABLE_TARGET).index(1)])
-            steady_state = SteadyState(stable=p_unstable < 0.5, probability_not_stable=round(p_unstable, 6))
         out.append(
             Verdict(
                 is_anomaly=is_anomaly,
-                anomaly_score=round(float(anomaly_score[i]), 6),
+                anomaly_score=score,
                 severity=severity,
-                confidence=round(float(top_p[i] * coverage), 6),
+                confidence=confidence,
                 affected_components=affected,
                 anomaly_type=anomaly_type,
                 components=components,
-                steady_state=steady_state,
+                steady_state=steady[i],
             )
         )
     return out
 
 
+def diagnose(probas: Probas, coverage: float = 1.0, threshold: float = 0.5) -> list[Verdict]:
+    """One verdict per row of the combined probabilities."""
+    return verdict_rows(diagnose_columns(probas, coverage, threshold))
+
+
+def combine_columns(
+    by_family: Mapping[str, Probas], weights: Mapping[str, float], threshold: float = 0.5
+) -> VerdictColumns:
+    """The full ensemble step, as columns: weighted voting, then every cycle's verdict."""
+    probas, coverage = weighted_probas(by_family, weights)
+    return diagnose_columns(probas, coverage, threshold)
+
+
 def combine(by_family: Mapping[str, Probas], weights: Mapping[str, float], threshold: float = 0.5) -> list[Verdict]:
     """The full ensemble step: weighted voting, then the per-cycle verdict."""
-    probas, coverage = weighted_probas(by_family, weights)
-    return diagnose(probas, coverage, threshold)
+    return verdict_rows(combine_columns(by_family, weights, threshold))
 
 
 def family_scores(probas: Probas) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +254,11 @@ def diagnose_answers(
     verdicts = combine({name: a.probas for name, a in answers.items()}, weights, threshold)
     answered_weight = sum(weights[name] for name in answers)
     coverage = round(answered_weight / sum(weights.values()), 4)
-    scores = {name: family_scores(a.probas) for name, a in answers.items()}
+    scores = {name: tuple(round6(s).tolist() for s in family_scores(a.probas)) for name, a in answers.items()}
+    ensemble_scores = 0
+    for name in answers:
+        ensemble_scores = ensemble_scores + weights[name] * np.asarray(scores[name][0])
+    ensemble_scores = round6(ensemble_scores / answered_weight).tolist()
     versions = {name: a.version for name, a in answers.items()}
     revisions = {name: a.state_revision for name, a in answers.items() if a.state_revision}
     failed = dict(failed or {})
@@ -159,21 +269,20 @@ def diagnose_answers(
                 ml_model=name,
                 version=a.version,
                 state_revision=a.state_revision,
-                prediction_score=round(float(scores[name][0][row]), 6),
-                confidence=round(float(scores[name][1][row]), 6),
+                prediction_score=scores[name][0][row],
+                confidence=scores[name][1][row],
                 processing_time_ms=round(a.processing_time_ms, 3),
                 round_trip_ms=None if a.round_trip_ms is None else round(a.round_trip_ms, 3),
                 features_used=n_features,
             )
             for name, a in answers.items()
         ]
-        ensemble_score = sum(weights[r.ml_model] * r.prediction_score for r in replies) / answered_weight
         out.append(
             Diagnosis(
                 prediction=verdict,
                 ml_predictions=replies,
                 models_failed=failed,
-                ensemble_score=round(ensemble_score, 6),
+                ensemble_score=ensemble_scores[row],
                 ensemble_coverage=coverage,
                 features_extracted=n_features,
                 model_versions=versions,

@@ -85,7 +85,7 @@ def read_cycles(source: str, channels: Sequence[str], cycles: Sequence[int] | No
     if fmt == "parquet":
         schema_names = _parquet_columns(source)
         wanted = ["cycle_id", "system_id", *channels]
-        ds = ray.data.read_parquet(source, columns=[c for c in wanted if c in schema_names], num_cpus=READ_CPUS)
+        ds = ray.data.read_parquet(source, num_cpus=READ_CPUS).select_columns([c for c in wanted if c in schema_names])
     elif fmt == "csv":
         # Channel cells are JSON arrays (see hydraulics.loaders); keep them and ids as text.
         types = {c: pa.string() for c in ("system_id", *channels)}
@@ -130,9 +130,9 @@ def _list_column(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.nda
     row in the flat values; the flat float64 values). Null samples inside a list become
     NaN, which validation then rejects by name."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if pa.types.is_fixed_size_list(arr.type):
-        arr = arr.cast(pa.list_(arr.type.value_type))
     lengths = pc.list_value_length(arr).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    # The values buffer as numpy (no copy for float64 without nulls); the samples of
+    # null cells are left out, as the starts below assume.
     flat = pc.list_flatten(arr).cast(pa.float64()).to_numpy(zero_copy_only=False)
     starts = np.zeros(len(lengths), dtype=np.int64)
     if len(lengths) > 1:

@@ -3,8 +3,10 @@
 It gives a cycle the answer the online ``DiagnosisEnsemble`` gives it: the same
 feature extraction and validation (``hydraulics.features``), every family's
 probabilities as a ``FamilyAnswer`` (``diagnosis.scoring.answer_blocks``, as the
-model replicas make them) and the same ``diagnosis.voting.diagnose_answers``
-with the configured weights and threshold. Only the conversion from Arrow
+model replicas make them) and the same combination with the configured weights
+and threshold: ``diagnosis.voting.combine_columns``, which ``diagnose_answers``
+builds the online ``Diagnosis`` objects from. The batch job keeps its columns and
+builds no per-row object. Only the conversion from Arrow
 (``pipelines.cycle_reader``) and the output columns
 (``pipelines.prediction_output``) are the batch job's own.
 
@@ -19,14 +21,14 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from diagnosis.report import Diagnosis
+from diagnosis.registry import FAMILY_NAMES
 from diagnosis.scoring import answer_blocks
 from diagnosis.store import ModelStore
-from diagnosis.voting import diagnose_answers
+from diagnosis.voting import VerdictColumns, combine_columns
 from hydraulics.features import extract, extract_cycles, get_feature_set
 from hydraulics.validation import SensorDataError
 from pipelines.cycle_reader import batch_to_cycles, fast_block
-from pipelines.prediction_output import scored_table
+from pipelines.prediction_output import combined_schema, prediction_schema, scored_table
 
 
 class EnsemblePredictor:
@@ -48,6 +50,8 @@ class EnsemblePredictor:
     ):
         store = ModelStore(store_uri)
         self.bundles = {f: store.load(f, v) for f, v in versions.items()}
+        self.versions = {f: b.version for f, b in self.bundles.items()}
+        self.schema = combined_schema(prediction_schema(FAMILY_NAMES))
         for bundle in self.bundles.values():
             bundle.model.pin_threads(threads)
         self.feature_set = get_feature_set(feature_set)
@@ -92,12 +96,13 @@ class EnsemblePredictor:
         rows = np.flatnonzero(valid)
         return X[rows], rows, errors
 
-    def diagnose(self, X: np.ndarray) -> list[Diagnosis]:
-        """One ``Diagnosis`` per feature row, by every loaded family."""
+    def verdicts(self, X: np.ndarray) -> VerdictColumns:
+        """The verdict of every feature row by every loaded family, as columns: the
+        combination ``diagnose_answers`` makes its ``Diagnosis`` objects from."""
         answers = {f: answer_blocks(b, [X])[0] for f, b in self.bundles.items()}
-        return diagnose_answers(answers, self.weights, self.threshold, self.n_features)
+        return combine_columns({f: a.probas for f, a in answers.items()}, self.weights, self.threshold)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         X, rows, errors = self.features(batch)
-        diagnoses = self.diagnose(X) if len(rows) else []
-        return scored_table(batch, rows, diagnoses, errors, self.default_system_id)
+        verdicts = self.verdicts(X) if len(rows) else None
+        return scored_table(batch, rows, verdicts, self.versions, errors, self.default_system_id, self.schema)

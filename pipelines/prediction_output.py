@@ -1,58 +1,46 @@
-"""What the batch job writes: the two output schemas, ``Diagnosis`` objects
-flattened into their columns, and the writer of both Parquet outputs.
+"""What the batch job writes: the two output schemas, the ensemble's verdicts
+(``diagnosis.voting.VerdictColumns``) as their columns, and the writer of both
+Parquet outputs.
 
 Predictions are flat columns (one set per component, then the overall verdict,
 then the bundle version of every family) rather than the nested ``Diagnosis``,
 so a reader can filter and aggregate them column by column without unnesting.
 A rejected row goes to a separate output with the channel at fault and why.
 
-The predictor emits both kinds of row in one table of ``COMBINED_SCHEMA``
+The predictor emits both kinds of row in one table of the combined schema
 (tagged by ``KIND_COLUMN``) so every batch of the actor pool has one schema;
-``OutputWriter`` splits them into the two outputs as the batches arrive.
+``OutputWriter`` splits them into the two outputs. In the job, Ray Data's write
+tasks run it (``PredictionSink``), in parallel, next to the actor pool.
+
+This module is imported by those write tasks, so it imports nothing heavy: the
+model families' names come in as values (``prediction_schema(FAMILY_NAMES)``),
+not from ``diagnosis.registry``, whose import loads every model library.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from ray.data import Datasink
 
-from diagnosis.registry import FAMILY_NAMES
-from diagnosis.report import Diagnosis
 from hydraulics.components import COMPONENT_NAMES
-from hydraulics.validation import SensorDataError
+
+if TYPE_CHECKING:
+    from diagnosis.voting import VerdictColumns
+    from hydraulics.validation import SensorDataError
 
 PREDICTIONS_DIR = "predictions"
 ERRORS_DIR = "errors"
 KIND_COLUMN = "_kind"  # internal column: which output a row goes to
+KINDS = (("prediction", PREDICTIONS_DIR), ("error", ERRORS_DIR))
 
-PREDICTION_SCHEMA = pa.schema(
-    [pa.field("system_id", pa.string()), pa.field("cycle_id", pa.int64())]
-    + [
-        f
-        for c in COMPONENT_NAMES
-        for f in (
-            pa.field(f"{c}_level", pa.int64()),
-            pa.field(f"{c}_severity", pa.string()),
-            pa.field(f"{c}_probability", pa.float64()),  # of the predicted level
-            pa.field(f"{c}_nominal_probability", pa.float64()),  # of the healthy level
-        )
-    ]
-    + [
-        pa.field("is_anomaly", pa.bool_()),
-        pa.field("anomaly_score", pa.float64()),
-        pa.field("severity", pa.string()),
-        pa.field("confidence", pa.float64()),
-        pa.field("anomaly_type", pa.string()),
-        pa.field("affected_components", pa.list_(pa.string())),
-        pa.field("probability_not_stable", pa.float64()),
-    ]
-    + [pa.field(f"model_version_{f}", pa.string()) for f in FAMILY_NAMES]
-)
 ERROR_SCHEMA = pa.schema(
     [
         pa.field("system_id", pa.string()),
@@ -61,85 +49,118 @@ ERROR_SCHEMA = pa.schema(
         pa.field("problem", pa.string()),
     ]
 )
-# One schema for both kinds of rows, so every batch of the actor pool looks alike;
-# the rows are split into the two outputs after the pool has run.
-COMBINED_SCHEMA = pa.schema(
-    list(PREDICTION_SCHEMA)
-    + [f for f in ERROR_SCHEMA if f.name not in PREDICTION_SCHEMA.names]
-    + [pa.field(KIND_COLUMN, pa.string())]
-)
 
 
-def diagnosis_columns(diagnoses: Sequence[Diagnosis]) -> dict[str, list]:
-    """The prediction columns of ``diagnoses``, one value per diagnosis."""
-    verdicts = [d.prediction for d in diagnoses]
-    cols: dict[str, list] = {}
+def prediction_schema(families: Sequence[str]) -> pa.Schema:
+    """The prediction output's columns, with a bundle version column per family
+    (``diagnosis.registry.FAMILY_NAMES``)."""
+    return pa.schema(
+        [pa.field("system_id", pa.string()), pa.field("cycle_id", pa.int64())]
+        + [
+            f
+            for c in COMPONENT_NAMES
+            for f in (
+                pa.field(f"{c}_level", pa.int64()),
+                pa.field(f"{c}_severity", pa.string()),
+                pa.field(f"{c}_probability", pa.float64()),  # of the predicted level
+                pa.field(f"{c}_nominal_probability", pa.float64()),  # of the healthy level
+            )
+        ]
+        + [
+            pa.field("is_anomaly", pa.bool_()),
+            pa.field("anomaly_score", pa.float64()),
+            pa.field("severity", pa.string()),
+            pa.field("confidence", pa.float64()),
+            pa.field("anomaly_type", pa.string()),
+            pa.field("affected_components", pa.list_(pa.string())),
+            pa.field("probability_not_stable", pa.float64()),
+        ]
+        + [pa.field(f"model_version_{f}", pa.string()) for f in families]
+    )
+
+
+def combined_schema(predictions: pa.Schema) -> pa.Schema:
+    """Both kinds of rows in one schema, so every batch of the actor pool looks alike."""
+    return pa.schema(
+        list(predictions)
+        + [f for f in ERROR_SCHEMA if f.name not in predictions.names]
+        + [pa.field(KIND_COLUMN, pa.string())]
+    )
+
+
+def verdict_arrays(verdicts: VerdictColumns, versions: Mapping[str, str]) -> dict[str, pa.Array]:
+    """The prediction columns of a block of verdicts (``diagnosis.voting.diagnose_columns``),
+    straight from its arrays: no per-row object is built."""
+    n = len(verdicts)
+    cols: dict[str, pa.Array] = {}
+    rows = np.arange(n)
     for name in COMPONENT_NAMES:
-        comps = [v.components[name] for v in verdicts]
-        cols[f"{name}_level"] = [c.level for c in comps]
-        cols[f"{name}_severity"] = [c.severity for c in comps]
-        cols[f"{name}_probability"] = [c.probabilities[str(c.level)] for c in comps]
-        cols[f"{name}_nominal_probability"] = [c.nominal_probability for c in comps]
-    cols["is_anomaly"] = [v.is_anomaly for v in verdicts]
-    cols["anomaly_score"] = [v.anomaly_score for v in verdicts]
-    cols["severity"] = [v.severity for v in verdicts]
-    cols["confidence"] = [v.confidence for v in verdicts]
-    cols["anomaly_type"] = [v.anomaly_type for v in verdicts]
-    cols["affected_components"] = [v.affected_components for v in verdicts]
-    cols["probability_not_stable"] = [
-        None if v.steady_state is None else v.steady_state.probability_not_stable for v in verdicts
-    ]
-    for f in FAMILY_NAMES:
-        cols[f"model_version_{f}"] = [d.model_versions.get(f) for d in diagnoses]
+        p = verdicts.probabilities[name]
+        cols[f"{name}_level"] = pa.array(verdicts.level_values(name), pa.int64())
+        cols[f"{name}_severity"] = pa.array(verdicts.level_severities(name), pa.string())
+        cols[f"{name}_probability"] = pa.array(p[rows, verdicts.level_index[name]])
+        cols[f"{name}_nominal_probability"] = pa.array(p[:, 0])
+    cols["is_anomaly"] = pa.array(verdicts.is_anomaly)
+    cols["anomaly_score"] = pa.array(verdicts.anomaly_score)
+    cols["severity"] = pa.array(verdicts.severity, pa.string())
+    cols["confidence"] = pa.array(verdicts.confidence)
+    cols["anomaly_type"] = pa.array(verdicts.anomaly_type, pa.string())
+    which, component = np.nonzero(verdicts.affected)  # row-major: components in COMPONENTS order
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.bincount(which, minlength=n), out=offsets[1:])
+    cols["affected_components"] = pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(np.array(COMPONENT_NAMES, dtype=object)[component], pa.string())
+    )
+    stable = verdicts.probability_not_stable
+    cols["probability_not_stable"] = pa.nulls(n, pa.float64()) if stable is None else pa.array(stable)
+    for family, version in versions.items():
+        cols[f"model_version_{family}"] = pa.repeat(version, n)
     return cols
 
 
 def scored_table(
     batch: pa.Table,
     rows: np.ndarray,
-    diagnoses: Sequence[Diagnosis],
+    verdicts: VerdictColumns | None,
+    versions: Mapping[str, str],
     errors: Mapping[int, SensorDataError],
     default_system_id: str | None,
+    schema: pa.Schema,
 ) -> pa.Table:
-    """One row of ``COMBINED_SCHEMA`` per row of ``batch``, in order: its prediction
-    (``diagnoses`` are those of the batch rows ``rows``), or its error."""
+    """One row of ``schema`` (``combined_schema``) per row of ``batch``, in order: its
+    prediction (``verdicts`` are those of the batch rows ``rows``), or its error."""
     n = batch.num_rows
-    all_valid = len(rows) == n
-    rows_list = rows.tolist()
-
-    def spread(values: list) -> list:  # values of the valid rows -> one per row
-        if all_valid:
-            return values
-        out = [None] * n
-        for i, v in zip(rows_list, values):
-            out[i] = v
-        return out
-
-    cols: dict[str, list] = {
+    cols: dict[str, pa.Array | pa.ChunkedArray] = {
         "system_id": _system_ids(batch, default_system_id),
-        "cycle_id": batch["cycle_id"].cast(pa.int64()).to_pylist(),
+        "cycle_id": batch["cycle_id"].cast(pa.int64()),
     }
-    cols.update({name: spread(values) for name, values in diagnosis_columns(diagnoses).items()})
-    cols["channel"] = [None] * n
-    cols["problem"] = [None] * n
-    kinds = ["prediction"] * n
+    if verdicts is not None and len(rows):
+        arrays = verdict_arrays(verdicts, versions)
+        if len(rows) < n:  # spread the valid rows' values over the batch; null elsewhere
+            where = np.zeros(n, dtype=np.int64)
+            where[rows] = np.arange(len(rows))
+            missing = np.ones(n, dtype=bool)
+            missing[rows] = False
+            index = pa.array(where, mask=missing)
+            arrays = {name: a.take(index) for name, a in arrays.items()}
+        cols.update(arrays)
+    channel, problem = [None] * n, [None] * n
+    kinds = np.full(n, "prediction", dtype=object)
     for i, err in errors.items():
-        cols["channel"][i] = err.channel
-        cols["problem"][i] = err.problem
-        kinds[i] = "error"
-    cols[KIND_COLUMN] = kinds
-    return pa.Table.from_pydict({f.name: cols.get(f.name, [None] * n) for f in COMBINED_SCHEMA}, schema=COMBINED_SCHEMA)
+        channel[i], problem[i], kinds[i] = err.channel, err.problem, "error"
+    cols["channel"] = pa.array(channel, pa.string())
+    cols["problem"] = pa.array(problem, pa.string())
+    cols[KIND_COLUMN] = pa.array(kinds, pa.string())
+    return pa.Table.from_arrays(
+        [cols[f.name] if f.name in cols else pa.nulls(n, f.type) for f in schema], schema=schema
+    )
 
 
-def _system_ids(batch: pa.Table, default: str | None) -> list[str | None]:
+def _system_ids(batch: pa.Table, default: str | None) -> pa.Array | pa.ChunkedArray:
     if "system_id" not in batch.column_names:
-        return [default] * batch.num_rows
-    ids = batch["system_id"].cast(pa.string()).to_pylist()
-    return [default if s is None else s for s in ids]
-
-
-def _select(batch: pa.Table, kind: str, schema: pa.Schema) -> pa.Table:
-    return batch.filter(pc.equal(batch[KIND_COLUMN], kind)).select(schema.names).cast(schema)
+        return pa.nulls(batch.num_rows, pa.string()) if default is None else pa.repeat(default, batch.num_rows)
+    ids = batch["system_id"].cast(pa.string())
+    return ids if default is None else pc.fill_null(ids, default)
 
 
 def _filesystem(uri: str):
@@ -149,37 +170,94 @@ def _filesystem(uri: str):
 
 
 class OutputWriter:
-    """Writes the two outputs as scored batches arrive: ``predictions/`` and ``errors/``
-    under ``output_dir``, one Parquet file each (a new name per run), empty if no row
-    of that kind came. Used by the job (on the driver, streaming the actor pool's
-    small result rows) and by the benchmark's single-process loop alike."""
+    """Writes scored batches to the two outputs: ``predictions/`` and ``errors/`` under
+    ``output_dir``, one Parquet file each named ``name``, opened when the first row of
+    its kind comes. ``close`` returns the rows written of each kind.
 
-    OUTPUTS = (("prediction", PREDICTIONS_DIR, PREDICTION_SCHEMA), ("error", ERRORS_DIR, ERROR_SCHEMA))
+    One writer per write task of the job (``PredictionSink``) and one for the
+    benchmark's single-process loop."""
 
-    def __init__(self, output_dir: str):
-        import pyarrow.parquet as pq
-
-        fs, base = _filesystem(output_dir)
-        name = f"part-{uuid.uuid4().hex[:12]}.parquet"
-        self.counts = {kind: 0 for kind, _, _ in self.OUTPUTS}
-        self.writers = {}
-        for kind, folder, schema in self.OUTPUTS:
-            fs.create_dir(f"{base}/{folder}", recursive=True)
-            self.writers[kind] = pq.ParquetWriter(f"{base}/{folder}/{name}", schema, filesystem=fs)
+    def __init__(self, output_dir: str, predictions: pa.Schema, name: str | None = None):
+        self.fs, self.base = _filesystem(output_dir)
+        self.name = name or f"part-{uuid.uuid4().hex[:12]}.parquet"
+        self.schemas = {"prediction": predictions, "error": ERROR_SCHEMA}
+        self.counts = {kind: 0 for kind, _ in KINDS}
+        self.writers: dict = {}
 
     def write(self, scored: pa.Table) -> None:
-        for kind, _, schema in self.OUTPUTS:
-            part = _select(scored, kind, schema)
-            if part.num_rows:
-                self.writers[kind].write_table(part)
-                self.counts[kind] += part.num_rows
+        import pyarrow.parquet as pq
 
-    def close(self) -> None:
+        for kind, folder in KINDS:
+            schema = self.schemas[kind]
+            part = scored.filter(pc.equal(scored[KIND_COLUMN], kind)).select(schema.names).cast(schema)
+            if not part.num_rows:
+                continue
+            if kind not in self.writers:
+                self.fs.create_dir(f"{self.base}/{folder}", recursive=True)
+                self.writers[kind] = pq.ParquetWriter(f"{self.base}/{folder}/{self.name}", schema, filesystem=self.fs)
+            self.writers[kind].write_table(part)
+            self.counts[kind] += part.num_rows
+
+    def close(self) -> dict[str, int]:
         for writer in self.writers.values():
             writer.close()
+        return dict(self.counts)
+
+    def finish(self) -> dict[str, int]:
+        """``close``, and leave both outputs existing: an output no row went to gets an
+        empty file, so a reader of ``errors/`` finds an empty table, not a missing path."""
+        counts = self.close()
+        ensure_outputs(self.fs, self.base, self.schemas["prediction"], self.name)
+        return counts
 
     def __enter__(self) -> OutputWriter:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def ensure_outputs(fs, base: str, predictions: pa.Schema, name: str) -> None:
+    """An empty ``name`` in each output folder that holds no Parquet file."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    for (_, folder), schema in zip(KINDS, (predictions, ERROR_SCHEMA)):
+        fs.create_dir(f"{base}/{folder}", recursive=True)
+        listing = fs.get_file_info(pafs.FileSelector(f"{base}/{folder}"))
+        if not any(i.path.endswith(".parquet") for i in listing):
+            pq.write_table(schema.empty_table(), f"{base}/{folder}/{name}", filesystem=fs)
+
+
+class PredictionSink(Datasink):
+    """Ray Data sink of the scored rows: every write task splits its rows into the two
+    outputs with its own ``OutputWriter`` (one file per output and task), so writing
+    runs in parallel, off the driver. ``counts`` and ``first_write_at`` (the wall-clock
+    time the first task finished its files) are set when the write completes."""
+
+    def __init__(self, output_dir: str, predictions: pa.Schema, rows_per_file: int):
+        self.output_dir = output_dir
+        self.predictions = predictions
+        self.rows_per_file = rows_per_file
+        self.run = uuid.uuid4().hex[:12]
+        self.counts = {kind: 0 for kind, _ in KINDS}
+        self.first_write_at: float | None = None
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self.rows_per_file
+
+    def write(self, blocks: Iterable[pa.Table], ctx) -> dict:
+        writer = OutputWriter(self.output_dir, self.predictions, f"part-{self.run}-{ctx.task_idx:06d}.parquet")
+        for block in blocks:
+            writer.write(block)
+        return {"counts": writer.close(), "written_at": time.time()}
+
+    def on_write_complete(self, write_result) -> None:
+        for result in write_result.write_returns:
+            for kind, n in result["counts"].items():
+                self.counts[kind] += n
+        times = [r["written_at"] for r in write_result.write_returns]
+        self.first_write_at = min(times) if times else None
+        fs, base = _filesystem(self.output_dir)
+        ensure_outputs(fs, base, self.predictions, f"part-{self.run}-empty.parquet")

@@ -12,4 +12,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1 TOKENIZERS_PARALLE
 .venv/bin/hdx bootstrap
 # serve_config.yaml as this environment runs it: without HDX_REDIS_URL, one Ingress replica.
 .venv/bin/hdx serve-config --out var/serve_config.yaml
+# Ray's environment (configs/ray_env.py): Serve's throughput-optimized mode with HAProxy on
+# 127.0.0.1:8000, control intervals for a small cluster. Read by every Ray process at start.
+eval "$(.venv/bin/hdx ray-env)"
 exec .venv/bin/serve run var/serve_config.yaml

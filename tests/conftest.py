@@ -7,9 +7,22 @@ live in ``tests/fixtures/`` and are registered below.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+from configs.ray_env import apply_ray_env
+
+# Ray starts as the quick start starts it (configs.ray_env: Serve's throughput-optimized
+# mode with HAProxy). Set before anything imports ray.serve, which reads it once.
+apply_ray_env()
+# That mode runs a handle's router on the caller's event loop, and this driver calls
+# handles synchronously (``handle.method.remote(...).result()``) outside any loop, so the
+# driver alone keeps Serve's router thread; the cluster's processes get "0" back through
+# the job's runtime_env (``ray_cluster``), as in the quick start.
+os.environ["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] = "1"
+ROUTER_ON_CALLER_LOOP = {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
 SHARED_UCI = Path(__file__).resolve().parents[2] / "shared" / "data" / "uci_hydraulic"
 
@@ -30,7 +43,8 @@ def ray_cluster(hdx_env):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": hdx_env["env"]})
+        env = {**hdx_env["env"], **ROUTER_ON_CALLER_LOOP}
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     yield ray
     # Serve (if any test started it) goes down with the cluster.
     ray.shutdown()

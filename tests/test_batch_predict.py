@@ -20,7 +20,7 @@ from hydraulics.loaders import load_uci, save_table
 from hydraulics.simulator import simulate_dataset
 from pipelines.batch_predict import parse_cycles, run_batch_predict
 from pipelines.cycle_reader import BatchInputError, source_format
-from pipelines.prediction_output import ERROR_SCHEMA, PREDICTION_SCHEMA
+from pipelines.prediction_output import ERROR_SCHEMA, prediction_schema
 
 pytestmark = pytest.mark.ray
 
@@ -32,6 +32,7 @@ FAST = {  # as tests/test_models.py: tiny models, trained in seconds
 }
 FEATURE_SET = "rig_1hz"
 CHANNELS = list(get_feature_set(FEATURE_SET).channels)
+PREDICTION_SCHEMA = prediction_schema(FAMILY_NAMES)
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +259,47 @@ def test_block_conversion_equals_per_row_path(settings):
     out = predictor(batch)
     assert out["_kind"].to_pylist().count("error") == len(bad_positions)
     assert predictor.bundles["xgboost"].model.estimators["cooler"].n_jobs == 1
+
+
+def test_columns_are_exactly_the_online_diagnoses(settings):
+    """The batch job's columns (``combine_columns`` -> ``verdict_arrays``) hold exactly
+    what ``diagnose_answers`` puts in each online ``Diagnosis``, for the same feature rows."""
+    from pipelines.ensemble_predictor import EnsemblePredictor
+    from pipelines.prediction_output import verdict_arrays
+
+    data = simulate_dataset(1, seed=44, channels=CHANNELS)
+    predictor = EnsemblePredictor(
+        settings.model_store_uri,
+        {f: "v-batch-test" for f in FAMILY_NAMES},
+        FEATURE_SET,
+        ensemble_weights(settings.ensemble_weights),
+        settings.anomaly_threshold,
+        None,
+        threads=1,
+    )
+    X = extract(data.channels, FEATURE_SET)
+    answers = {f: answer_blocks(b, [X])[0] for f, b in predictor.bundles.items()}
+    online = diagnose_answers(answers, predictor.weights, predictor.threshold, X.shape[1])
+    columns = pa.table(verdict_arrays(predictor.verdicts(X), predictor.versions)).to_pylist()
+    assert len(columns) == len(online)
+    for row, diagnosis in zip(columns, online):
+        verdict = diagnosis.prediction
+        expected = {
+            "is_anomaly": verdict.is_anomaly,
+            "anomaly_score": verdict.anomaly_score,
+            "severity": verdict.severity,
+            "confidence": verdict.confidence,
+            "anomaly_type": verdict.anomaly_type,
+            "affected_components": verdict.affected_components,
+            "probability_not_stable": verdict.steady_state.probability_not_stable,
+            **{f"model_version_{f}": v for f, v in diagnosis.model_versions.items()},
+        }
+        for c in COMPONENT_NAMES:
+            comp = verdict.components[c]
+            expected |= {
+                f"{c}_level": comp.level,
+                f"{c}_severity": comp.severity,
+                f"{c}_probability": comp.probabilities[str(comp.level)],
+                f"{c}_nominal_probability": comp.nominal_probability,
+            }
+        assert row == expected  # exact: the same combination and the same rounding

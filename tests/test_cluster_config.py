@@ -97,11 +97,37 @@ def test_rayservice_embeds_serve_config_yaml():
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
     gpu_limits = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert set(groups) == {"cpu", "gpu"} and gpu_limits["nvidia.com/gpu"] == "1"
-    # Throughput mode (HAProxy, gRPC between replicas) on every node, as the README's ops section says.
+    # Ray's environment of configs/ray_env.py (throughput mode with HAProxy, intervals) on every node.
+    from configs.ray_env import RAY_ENV
+
     pods = [cluster["headGroupSpec"], *groups.values()]
     for pod in pods:
         env = {e["name"]: e["value"] for e in pod["template"]["spec"]["containers"][0]["env"]}
+        assert {name: env.get(name) for name in RAY_ENV} == RAY_ENV
         assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+
+
+def test_ray_env_is_what_the_quick_start_and_cluster_yaml_start_ray_with():
+    """One list of Ray's start-up variables: `hdx ray-env` prints it (the quick start evals
+    it before `serve run`, cluster.yaml before every `ray start`), and a variable already
+    set in the environment wins over the list."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from configs.ray_env import RAY_ENV, apply_ray_env
+
+    result = CliRunner().invoke(app, ["ray-env"], env={"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "2"})
+    assert result.exit_code == 0, result.output
+    exported = dict(shlex.split(line)[1].split("=", 1) for line in result.output.splitlines())
+    assert exported == {**RAY_ENV, "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "2"}
+    env = {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    assert apply_ray_env(env)["RAY_SERVE_ENABLE_HA_PROXY"] == "0" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+    assert 'eval "$(.venv/bin/hdx ray-env)"' in (PROJECT_ROOT / "scripts" / "quickstart.sh").read_text()
+    starts = yaml.safe_load((PROJECT_ROOT / "cluster.yaml").read_text())
+    for command in (starts["head_start_ray_commands"][-1], starts["worker_start_ray_commands"][-1]):
+        assert command.index('eval "$(hdx ray-env)"') < command.index("ray start"), command
 
 
 def test_serve_config_fits_two_cpus_with_room_for_a_rollout():
@@ -149,9 +175,9 @@ def test_serve_config_has_one_entry_per_deployment_the_builder_makes():
     models = {spec.deployment for spec in FAMILIES.values()}
     assert set(entries) == {"Ingress", "DiagnosisEnsemble", "RagPipeline", "Embedder", "Retriever", "LLM"} | models
     for name in models:
-        assert set(entries[name]["user_config"]) == {"version", "max_batch_size", "batch_wait_timeout_s"}, name
+        assert set(entries[name]["user_config"]) == {"version", "max_batch_size"}, name
     for name in ("DiagnosisEnsemble", "Embedder"):
-        assert set(entries[name]["user_config"]) == {"max_batch_size", "batch_wait_timeout_s"}, name
+        assert set(entries[name]["user_config"]) == {"max_batch_size"}, name
 
 
 def test_every_deployment_but_the_llm_surges_on_a_rollout():
