@@ -22,13 +22,10 @@ processes a queue of one-item batches one after another
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from itertools import accumulate, pairwise
 from typing import Generic, TypeVar
-
-log = logging.getLogger(__name__)
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -53,7 +50,6 @@ class GreedyBatcher(Generic[Item, Result]):
         self.max_batch_size = max_batch_size
         self._queue: deque[tuple[Item, asyncio.Future]] = deque()
         self._worker: asyncio.Task | None = None
-        self.last_batch_size = 0  # for tests and logs: how many items the last batch held
 
     @property
     def max_batch_size(self) -> int:
@@ -88,7 +84,6 @@ class GreedyBatcher(Generic[Item, Result]):
                 batch = self._next_batch()
                 if not batch:
                     continue
-                self.last_batch_size = len(batch)
                 try:
                     results = await self._process([item for item, _ in batch])
                     if len(results) != len(batch):
