@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -34,6 +35,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -50,7 +52,7 @@ from hydraulics.features import get_feature_set
 from hydraulics.loaders import save_table
 from hydraulics.simulator import simulate_dataset
 from pipelines.batch_predict import resolve_versions, run_batch_predict
-from pipelines.ensemble_predictor import EnsemblePredictor
+from pipelines.ensemble_predictor import EnsemblePredictor, load_bundles
 from pipelines.prediction_output import OutputWriter, prediction_schema, scored_table
 
 DOC = PROJECT_ROOT / "docs" / "bench_batch.md"
@@ -111,8 +113,7 @@ def single_process(source: Path, out: Path, settings: Settings, batch_size: int)
 
     started = t = time.perf_counter()
     predictor = EnsemblePredictor(
-        settings.model_store_uri,
-        resolve_versions(settings),
+        load_bundles(settings.model_store_uri, resolve_versions(settings)),
         settings.feature_set,
         ensemble_weights(settings.ensemble_weights),
         settings.anomaly_threshold,
@@ -143,52 +144,120 @@ def single_process(source: Path, out: Path, settings: Settings, batch_size: int)
     return rows / (time.perf_counter() - started), dict(stages)
 
 
-def actor_start_cost(settings: Settings) -> dict[str, float]:
+def actor_start_cost(settings: Settings, scratch: Path) -> dict[str, float]:
     """What a new actor process pays before its first batch, measured in a fresh
-    Python process: importing the predictor's module, then loading the four bundles."""
+    Python process: importing the predictor's module, then taking the four bundles
+    as the job hands them over (unpickled from what the driver loaded), and, for
+    comparison, loading them from the store itself."""
+    blob = scratch / "bundles.pickle"
+    blob.write_bytes(pickle.dumps(load_bundles(settings.model_store_uri, resolve_versions(settings))))
     code = (
-        "import time; t = time.perf_counter()\n"
-        "from pipelines.ensemble_predictor import EnsemblePredictor\n"
+        "import pickle, time; t = time.perf_counter()\n"
+        "from pipelines.ensemble_predictor import EnsemblePredictor, load_bundles\n"
         "i = time.perf_counter() - t; t = time.perf_counter()\n"
-        "from configs.settings import Settings\n"
-        f"s = Settings(home={str(settings.home)!r}, model_store_uri={settings.model_store_uri!r})\n"
-        f"EnsemblePredictor(s.model_store_uri, {resolve_versions(settings)!r}, s.feature_set, {{}}, 0.5, None, 1)\n"
-        "print(i, time.perf_counter() - t)\n"
+        f"bundles = pickle.loads(open({str(blob)!r}, 'rb').read())\n"
+        f"EnsemblePredictor(bundles, {settings.feature_set!r}, {{}}, 0.5, None)\n"
+        "u = time.perf_counter() - t; t = time.perf_counter()\n"
+        f"load_bundles({settings.model_store_uri!r}, {resolve_versions(settings)!r})\n"
+        "print(i, u, time.perf_counter() - t)\n"
     )
     started = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     total = time.perf_counter() - started
-    imports, loading = (float(v) for v in out.stdout.split())
-    return {"process + interpreter": total - imports - loading, "imports": imports, "model loading": loading}
+    imports, handed, loading = (float(v) for v in out.stdout.split())
+    return {
+        "process + interpreter": total - imports - handed - loading,
+        "imports": imports,
+        "bundles from the driver (unpickling)": handed,
+        "for comparison: loading them from the store (not done by actors)": loading,
+    }
 
 
-class MemorySampler:
-    """Peak RSS of this process plus every Ray worker process under it, sampled every 0.2 s."""
+@dataclass
+class JobRun:
+    summary: dict
+    peak_total: int  # bytes, all of the job's processes together
+    peak_process: int  # bytes, the largest one
+    operators: list[str]  # table rows from Ray Data's stats
+    cpu: dict[str, tuple[int, float]]  # ProcessSampler.cpu_by_role
+
+
+def job_role(argv: list[str], is_driver: bool) -> str:
+    """What a process of the job is, by its title: the driver, Ray's daemons, or the Ray
+    Data operator a worker runs (``ray::MapWorker(...)``, ``ray::Write``, …)."""
+    if is_driver:
+        return "driver (run_batch_predict)"
+    first = argv[0] if argv else ""
+    if first.startswith("ray::"):  # "ray::Actor" idle, "ray::Actor.method" while in a method
+        return re.sub(r"\.\w+$", "", first.removeprefix("ray::").split("[", 1)[0])
+    if first.endswith(("/raylet", "/gcs_server")):
+        return first.rsplit("/", 1)[1]
+    script = next((a for a in argv[1:3] if "/site-packages/ray/" in a), None)
+    return "ray " + script.rsplit("/", 1)[1].removesuffix(".py") if script else "other"
+
+
+class ProcessSampler:
+    """Peak RSS of this process plus every Ray worker process under it, and the CPU time
+    each process of the local cluster spent, sampled every 0.2 s. A worker is named by
+    the first operator it is seen running (an idle worker that never ran one, ``IDLE``).
+
+    Finding the processes scans all of ``/proc``, which costs real CPU on a busy machine,
+    so it is done once a second; the sampler's own CPU is left out of the driver's."""
+
+    SAMPLE_S = 0.2
+    RESCAN_S = 1.0
 
     def __init__(self):
         self.peak_total = 0
         self.peak_process = 0
+        self._cpu: dict[int, list] = {}  # pid -> [role, cpu at first sight, cpu at last sight]
+        self._own_cpu = 0.0  # this sampler thread's CPU, spent in the driver's process
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         me = psutil.Process()
+        procs: list[psutil.Process] = []
+        rescanned = 0.0
         while not self._stop.is_set():
+            if time.monotonic() - rescanned >= self.RESCAN_S:
+                procs, rescanned = [me, *me.children(recursive=True)], time.monotonic()
             total = 0
-            for proc in [me, *me.children(recursive=True)]:
+            for proc in procs:
                 try:
-                    if proc is not me and "default_worker.py" not in " ".join(proc.cmdline()):
-                        continue  # raylet, GCS, dashboard: the cluster's, not the job's
+                    argv = proc.cmdline()
+                    times = proc.cpu_times()
                     rss = proc.memory_info().rss
                 except psutil.Error:
                     continue
+                role = job_role(argv, proc.pid == me.pid)
+                seen = self._cpu.setdefault(proc.pid, [role, times.user + times.system, 0.0])
+                unnamed = ("IDLE", "other", "ray default_worker")  # a worker not yet running an operator
+                if seen[0] in unnamed and role not in unnamed:
+                    seen[0] = role
+                seen[2] = times.user + times.system
+                if proc is not me and "default_worker.py" not in " ".join(argv):
+                    continue  # raylet, GCS, dashboard: the cluster's memory, not the job's
                 total += rss
                 self.peak_process = max(self.peak_process, rss)
             self.peak_total = max(self.peak_total, total)
-            self._stop.wait(0.2)
+            self._own_cpu = time.thread_time()
+            self._stop.wait(self.SAMPLE_S)
 
-    def __enter__(self) -> MemorySampler:
+    def cpu_by_role(self) -> dict[str, tuple[int, float]]:
+        """Role -> (processes, CPU seconds spent while sampled), largest first."""
+        out: dict[str, list] = defaultdict(lambda: [0, 0.0])
+        for pid, (role, first, last) in self._cpu.items():
+            if pid == os.getpid():
+                last -= self._own_cpu
+            if last > first:
+                out[role][0] += 1
+                out[role][1] += last - first
+        return dict(sorted(((r, (n, s)) for r, (n, s) in out.items()), key=lambda kv: -kv[1][1]))
+
+    def __enter__(self) -> ProcessSampler:
         self._thread.start()
+        time.sleep(0.5)  # a first reading of every process before the job starts
         return self
 
     def __exit__(self, *exc) -> None:
@@ -236,7 +305,7 @@ def main(argv=None) -> None:
         started = time.perf_counter()
         block = simulated_block(min(args.unique, max(sizes)), settings, scratch / "unique.parquet")
         print(f"simulated {block.num_rows} distinct cycles in {time.perf_counter() - started:.0f} s")
-        start_cost = actor_start_cost(settings)
+        start_cost = actor_start_cost(settings, scratch)
         print("actor start-up, in a fresh process: " + ", ".join(f"{k} {v:.2f} s" for k, v in start_cost.items()))
 
         ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
@@ -257,7 +326,7 @@ def main(argv=None) -> None:
             results = {}
             for w in workers:
                 stats: list[str] = []
-                with MemorySampler() as memory:
+                with ProcessSampler() as memory:
                     summary = run_batch_predict(
                         str(source),
                         str(scratch / f"out-{n}-{w}"),
@@ -267,7 +336,9 @@ def main(argv=None) -> None:
                         system_id="bench",
                         stats=stats,
                     )
-                results[w] = (summary, memory.peak_total, memory.peak_process, operator_lines(stats[0]))
+                results[w] = JobRun(
+                    summary, memory.peak_total, memory.peak_process, operator_lines(stats[0]), memory.cpu_by_role()
+                )
                 print(
                     f"{n} cycles, Ray Data job, {w} worker(s): {summary['cycles_per_s']:.0f} cycles/s"
                     + (f" ({summary['cycles_per_s'] / loop:.2f}x the loop)" if loop else "")
@@ -275,7 +346,8 @@ def main(argv=None) -> None:
                     f"peak RSS {memory.peak_total / 2**20:.0f} MiB "
                     f"(largest process {memory.peak_process / 2**20:.0f} MiB)"
                 )
-                print("\n".join(results[w][3]))
+                print("\n".join(results[w].operators))
+                print("CPU by process: " + ", ".join(f"{r} {c:.1f} s" for r, (_, c) in results[w].cpu.items()))
                 shutil_rmtree(scratch / f"out-{n}-{w}")
             rows.append((n, loop, stages, results, os.getloadavg()[0]))
             shutil_rmtree(source)
@@ -308,13 +380,13 @@ def tables(rows, args, start_cost) -> str:
     for n, loop, _, results, load in rows:
         if loop:
             out.append(f"| {n:,} | single-process loop | {loop:.0f} | 1.00 | | | | | {load:.1f} |")
-        for w, (summary, total, largest, _) in results.items():
-            rate = summary["cycles_per_s"]
-            scale = f"{rate / results[1][0]['cycles_per_s']:.2f}" if w == 2 and 1 in results else ""
+        for w, job in results.items():
+            rate = job.summary["cycles_per_s"]
+            scale = f"{rate / results[1].summary['cycles_per_s']:.2f}" if w == 2 and 1 in results else ""
             out.append(
                 f"| {n:,} | Ray Data job, {w} worker(s) | {rate:.0f} | {f'{rate / loop:.2f}' if loop else '–'} | "
-                f"{scale} | {summary['first_write_seconds']} s | {total / 2**20:.0f} MiB | "
-                f"{largest / 2**20:.0f} MiB | {load:.1f} |"
+                f"{scale} | {job.summary['first_write_seconds']} s | {job.peak_total / 2**20:.0f} MiB | "
+                f"{job.peak_process / 2**20:.0f} MiB | {load:.1f} |"
             )
     out.append(
         f"\nBatch size {args.batch_size}, {args.cpus}-CPU local Ray cluster on a machine with {os.cpu_count()} cores. "
@@ -326,12 +398,18 @@ def tables(rows, args, start_cost) -> str:
             out.append(f"\n### Where the loop's time goes ({n:,} cycles, {total:.1f} s)\n")
             out.append("| stage | s | share |\n|---|---|---|")
             out += [f"| {k} | {v:.2f} | {100 * v / total:.0f} % |" for k, v in stages.items()]
-        for w, (summary, *_, ops) in results.items():
+        for w, job in results.items():
             out.append(
-                f"\n### Ray Data operators ({n:,} cycles, {w} worker(s), wall {summary['wall_seconds']} s)\n\n"
+                f"\n### Ray Data operators ({n:,} cycles, {w} worker(s), wall {job.summary['wall_seconds']} s)\n\n"
                 "| operator | tasks | operator wall | tasks' wall (total) | tasks' CPU (total) |\n|---|---|---|---|---|"
             )
-            out += ops
+            out += job.operators
+            spent = sum(c for _, c in job.cpu.values())
+            out.append(
+                f"\nCPU by process ({spent:.1f} s in all, {spent / job.summary['wall_seconds']:.2f} cores):\n\n"
+                "| process (first operator it ran) | processes | CPU s |\n|---|---|---|"
+            )
+            out += [f"| {role} | {k} | {c:.2f} |" for role, (k, c) in job.cpu.items()]
     out.append(
         "\n### Actor start-up (a fresh Python process, as each actor is)\n\n| part | s |\n|---|---|\n"
         + "\n".join(f"| {k} | {v:.2f} |" for k, v in start_cost.items())

@@ -22,7 +22,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import skops.io
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
@@ -128,6 +127,8 @@ class AdaptiveFamily(FamilyModel):
             self.memory_y = {t: v[overflow:] for t, v in self.memory_y.items()}
 
     def save(self, directory):
+        import skops.io  # imported when used (see diagnosis.family_base)
+
         directory.mkdir(parents=True, exist_ok=True)
         skops.io.dump(self.scaler, directory / SCALER_FILE)
         memory = {"X": self.memory_X, **{f"y_{t}": y for t, y in self.memory_y.items()}}
@@ -138,6 +139,8 @@ class AdaptiveFamily(FamilyModel):
 
     @classmethod
     def load(cls, directory):
+        import skops.io
+
         model = super().load(directory)
         model.scaler = skops.io.load(directory / SCALER_FILE, trusted=[])
         with np.load(directory / MEMORY_FILE, allow_pickle=False) as memory:

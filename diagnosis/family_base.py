@@ -21,7 +21,6 @@ from typing import ClassVar
 
 import numpy as np
 import pandas as pd
-import skops.io
 
 from hydraulics.components import TARGETS, target_classes
 from hydraulics.features import get_feature_set
@@ -59,9 +58,13 @@ class FamilyModel:
         raise NotImplementedError
 
     def _save_estimator(self, estimator, path: Path) -> None:
+        import skops.io  # imported when used: importing it loads every scikit-learn module (seconds)
+
         skops.io.dump(estimator, path)
 
     def _load_estimator(self, path: Path):
+        import skops.io
+
         return skops.io.load(path, trusted=list(self.trusted_types))
 
     def _fit_estimator(self, estimator, X: np.ndarray, y: np.ndarray) -> None:

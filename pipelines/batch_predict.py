@@ -36,13 +36,24 @@ from diagnosis.registry import FAMILY_NAMES, ensemble_weights
 from diagnosis.store import LATEST, BundleError, ModelStore, check_feature_set
 from hydraulics.features import get_feature_set
 from pipelines.cycle_reader import BatchInputError, read_cycles
-from pipelines.ensemble_predictor import EnsemblePredictor
+from pipelines.ensemble_predictor import EnsemblePredictor, load_bundles
 from pipelines.prediction_output import ERRORS_DIR, PREDICTIONS_DIR, PredictionSink, prediction_schema
 
 SUMMARY_FILE = "summary.json"
 # Rows per output file (at least; Ray Data hands each write task this many): fewer,
 # larger files than one per batch, and still the first file soon after the pool starts.
 ROWS_PER_FILE = 5000
+# Batches per block handed to an actor. Every block costs the driver and the object
+# store the same bookkeeping whatever its size: one batch a block (200 blocks per
+# 100,000 rows) cost the driver about 5 s of CPU, five (40 blocks) about 3 s
+# (bench/bench_batch_predict.py). Blocks stay small enough to spread one 10,000-row
+# file over four actors; an input of fewer blocks than actors leaves some idle.
+BATCHES_PER_BLOCK = 5
+# Actors per write task running at once. A write costs about 5 µs a row against about
+# 150 µs of model work, and each concurrent write task is a worker process of its own
+# (they ask for no CPU, so Ray's CPU count does not bound them): starting one costs
+# about 1 s of CPU. Unbounded, a 2-actor job started five of them.
+ACTORS_PER_WRITER = 8
 
 
 def resolve_versions(settings: Settings, model_version: str = LATEST) -> dict[str, str]:
@@ -75,6 +86,10 @@ def _actor_cpus(workers: int) -> float:
     return max(0.1, min(1.0, (total - 1.0) / workers))
 
 
+def _writers(workers: int) -> int:
+    return max(1, workers // ACTORS_PER_WRITER)
+
+
 def plan(
     source: str,
     settings: Settings,
@@ -89,16 +104,17 @@ def plan(
     import ray
 
     channels = get_feature_set(settings.feature_set).channels
-    # Blocks of one batch each, so that a single large file is spread over the whole pool.
+    # Blocks of a few batches, so that a single large file is spread over the whole pool.
     # In Ray 2.60 this is a streaming split (no all-to-all barrier), run in the read tasks.
-    ds = read_cycles(source, channels, cycles).repartition(target_num_rows_per_block=batch_size)
+    ds = read_cycles(source, channels, cycles).repartition(target_num_rows_per_block=batch_size * BATCHES_PER_BLOCK)
     if "system_id" not in ds.schema().names and system_id is None:
         raise BatchInputError(f"{source} has no system_id column; pass --system-id to name the system")
+    # Loaded and verified here, once; every actor gets them from the object store.
+    bundles = ray.put(load_bundles(settings.model_store_uri, versions))
     return ds.map_batches(
         EnsemblePredictor,
         fn_constructor_kwargs={
-            "store_uri": settings.model_store_uri,
-            "versions": versions,
+            "bundles": bundles,
             "feature_set": settings.feature_set,
             "weights": weights,
             "threshold": settings.anomaly_threshold,
@@ -156,7 +172,7 @@ def run_batch_predict(
     # and the streaming split's CPU taken, a write asking for one waited for the whole
     # input to be split before the first file was written (measured: 22 s of 29 s).
     sink = PredictionSink(output_dir, prediction_schema(FAMILY_NAMES), rows_per_file)
-    scored.write_datasink(sink, ray_remote_args={"num_cpus": 0})
+    scored.write_datasink(sink, ray_remote_args={"num_cpus": 0}, concurrency=_writers(workers))
     n_pred, n_err = sink.counts["prediction"], sink.counts["error"]
     wall = time.perf_counter() - started
     if stats is not None:  # Ray Data's per-operator times, for the benchmark

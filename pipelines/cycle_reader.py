@@ -15,7 +15,9 @@ job; a bad row is a ``hydraulics.validation.SensorDataError`` for that row only.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,14 @@ from hydraulics.validation import SensorDataError
 # CPUs asked for by the read tasks: they are short and mostly I/O, so several can
 # share the CPU that the actor pool leaves free (see pipelines.batch_predict._actor_cpus).
 READ_CPUS = 0.25
+# Ray Data (2.60) reads Parquet footers on a pool of actors started for every read,
+# 32 by default (RAY_DATA_PARQUET_FOOTER_NUM_ACTORS, read when read_parquet is
+# called). Each is a new worker process, about 1.5 s of CPU to start: on 2 cores the
+# default cost several seconds per job for a few footers. One actor drives 128
+# concurrent footer reads (RAY_DATA_PARQUET_FOOTER_IO_CONCURRENCY); set the variable
+# to spread inputs of many thousands of remote files over more.
+FOOTER_READERS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+FOOTER_READERS = 1
 
 
 class BatchInputError(ValueError):
@@ -85,7 +95,9 @@ def read_cycles(source: str, channels: Sequence[str], cycles: Sequence[int] | No
     if fmt == "parquet":
         schema_names = _parquet_columns(source)
         wanted = ["cycle_id", "system_id", *channels]
-        ds = ray.data.read_parquet(source, num_cpus=READ_CPUS).select_columns([c for c in wanted if c in schema_names])
+        with _env_default(FOOTER_READERS_ENV, str(FOOTER_READERS)):
+            ds = ray.data.read_parquet(source, num_cpus=READ_CPUS)
+        ds = ds.select_columns([c for c in wanted if c in schema_names])
     elif fmt == "csv":
         # Channel cells are JSON arrays (see hydraulics.loaders); keep them and ids as text.
         types = {c: pa.string() for c in ("system_id", *channels)}
@@ -107,6 +119,19 @@ def read_cycles(source: str, channels: Sequence[str], cycles: Sequence[int] | No
         keep = pa.array(sorted({int(c) for c in cycles}), pa.int64())
         ds = ds.map_batches(_keep_cycles, fn_kwargs={"keep": keep}, batch_format="pyarrow", num_cpus=READ_CPUS)
     return ds
+
+
+@contextmanager
+def _env_default(name: str, value: str):
+    """``name=value`` in this process's environment for the block, unless already set."""
+    if name in os.environ:
+        yield
+        return
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 def _keep_cycles(batch: pa.Table, keep: pa.Array) -> pa.Table:

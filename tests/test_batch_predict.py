@@ -217,7 +217,7 @@ def test_block_conversion_equals_per_row_path(settings):
     """The vectorised Arrow -> block conversion gives the per-row (online) path's features
     and errors, for good rows mixed with every kind of bad row, and pins one thread."""
     from pipelines.cycle_reader import batch_to_cycles, fast_block
-    from pipelines.ensemble_predictor import EnsemblePredictor
+    from pipelines.ensemble_predictor import EnsemblePredictor, load_bundles
 
     data = simulate_dataset(1, seed=43, channels=CHANNELS)
     good = [
@@ -237,8 +237,7 @@ def test_block_conversion_equals_per_row_path(settings):
     assert all(b.shape == (len(rows) - len(bad_positions), 60) for b in block.values())
 
     predictor = EnsemblePredictor(
-        settings.model_store_uri,
-        {f: "v-batch-test" for f in FAMILY_NAMES},
+        load_bundles(settings.model_store_uri, {f: "v-batch-test" for f in FAMILY_NAMES}),
         FEATURE_SET,
         ensemble_weights(settings.ensemble_weights),
         settings.anomaly_threshold,
@@ -264,13 +263,12 @@ def test_block_conversion_equals_per_row_path(settings):
 def test_columns_are_exactly_the_online_diagnoses(settings):
     """The batch job's columns (``combine_columns`` -> ``verdict_arrays``) hold exactly
     what ``diagnose_answers`` puts in each online ``Diagnosis``, for the same feature rows."""
-    from pipelines.ensemble_predictor import EnsemblePredictor
+    from pipelines.ensemble_predictor import EnsemblePredictor, load_bundles
     from pipelines.prediction_output import verdict_arrays
 
     data = simulate_dataset(1, seed=44, channels=CHANNELS)
     predictor = EnsemblePredictor(
-        settings.model_store_uri,
-        {f: "v-batch-test" for f in FAMILY_NAMES},
+        load_bundles(settings.model_store_uri, {f: "v-batch-test" for f in FAMILY_NAMES}),
         FEATURE_SET,
         ensemble_weights(settings.ensemble_weights),
         settings.anomaly_threshold,
