@@ -225,13 +225,16 @@ def process_role(argv: list[str], pid: int, server_pids: tuple[int, ...] = ()) -
 
 
 def cpu_seconds(server_pids: tuple[int, ...] = ()) -> dict[int, tuple[str, float]]:
-    """CPU time (user + system) so far of every process taking part: pid → (role, seconds)."""
+    """CPU time (user + system) so far of every process taking part: pid → (role, seconds).
+    Only this script's own process tree counts (the local Ray cluster, the single-process
+    server), so another cluster on the same machine is not mistaken for this one's."""
     import psutil
 
     out: dict[int, tuple[str, float]] = {}
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    me = psutil.Process()
+    for proc in [me, *me.children(recursive=True)]:
         try:
-            role = process_role(proc.info["cmdline"] or [], proc.pid, server_pids)
+            role = process_role(proc.cmdline(), proc.pid, server_pids)
             if role is not None:
                 times = proc.cpu_times()
                 out[proc.pid] = (role, times.user + times.system)
@@ -249,11 +252,54 @@ def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, 
     return spent
 
 
-def measured(base, headers, bodies, args, server_pids) -> dict:
-    """One phase at the benchmark's rate, with the CPU each process spent per answered request."""
+def start_profilers(profile_dir: str, seconds: float, server_pids: tuple[int, ...]) -> list[subprocess.Popen]:
+    """``py-spy record`` on every replica (or the single-process server) for ``seconds``,
+    raw stacks of the threads that were running (not idle) into ``profile_dir``."""
+    os.makedirs(profile_dir, exist_ok=True)
+    py_spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    out = []
+    for pid, (role, _) in cpu_seconds(server_pids).items():
+        if role.startswith("replica ") or role == "single-process server":
+            path = os.path.join(profile_dir, f"{role.replace(' ', '_')}-{pid}.txt")
+            cmd = [py_spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "100", "-f", "raw", "-o", path]
+            out.append(subprocess.Popen([*cmd, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return out
+
+
+def profile_summary(path: str, top: int = 8) -> str:
+    """Where one process's samples went: share by the package of the innermost frame
+    (project code, Ray, gRPC, numpy, ...), then the busiest innermost functions."""
+    by_package: dict[str, int] = {}
+    by_function: dict[str, int] = {}
+    total = 0
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            leaf = stack.rsplit(";", 1)[-1]
+            where = leaf[leaf.find("(") + 1 : leaf.rfind(":")] if "(" in leaf else leaf
+            package = where.split("/", 1)[0] if "/" in where else where
+            n = int(count)
+            total += n
+            by_package[package] = by_package.get(package, 0) + n
+            by_function[leaf] = by_function.get(leaf, 0) + n
+    if not total:
+        return f"{os.path.basename(path)}: no samples"
+    shares = ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in sorted(by_package.items(), key=lambda kv: -kv[1])[:8])
+    lines = [f"{os.path.basename(path)}: {total} samples; {shares}"]
+    for leaf, n in sorted(by_function.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"    {100 * n / total:5.1f} %  {leaf}")
+    return "\n".join(lines)
+
+
+def measured(base, headers, bodies, args, server_pids, profile_dir: str | None = None) -> dict:
+    """One phase at the benchmark's rate, with the CPU each process spent per answered
+    request; with ``profile_dir``, py-spy samples every replica meanwhile."""
+    profilers = start_profilers(profile_dir, args.seconds, server_pids) if profile_dir else []
     before = cpu_seconds(server_pids)
     result = asyncio.run(drive(base, headers, bodies, args.rate, args.seconds, args.concurrency))
     used = cpu_spent(before, cpu_seconds(server_pids))
+    for profiler in profilers:
+        profiler.wait(60)
     spent = {role: cpu * 1000 / max(result["ok"], 1) for role, cpu in used.items()}
     result["cpu_ms_per_request"] = {
         role: round(ms, 2) for role, ms in sorted(spent.items(), key=lambda kv: -kv[1]) if ms >= 0.05
@@ -275,7 +321,7 @@ def idle_cpu(seconds: float, server_pids: tuple[int, ...] = ()) -> dict:
     }
 
 
-def run_phases(base: str, args, server_pids: tuple[int, ...] = ()) -> dict:
+def run_phases(base: str, args, server_pids: tuple[int, ...] = (), design: str = "") -> dict:
     headers = _token(base)
     bodies = simulated_bodies("bench-rig", 200)
     asyncio.run(drive(base, headers, bodies[:20], rate=20, seconds=2, concurrency=8))  # warm-up
@@ -284,7 +330,12 @@ def run_phases(base: str, args, server_pids: tuple[int, ...] = ()) -> dict:
         time.sleep(5)  # let the warm-up's after-effects (autoscaling metrics, batched writes) settle
         idle = idle_cpu(args.idle_seconds, server_pids)
         print("idle", json.dumps(idle), flush=True)
-    miss = measured(base, headers, bodies, args, server_pids)
+    profile_dir = os.path.join(args.profile, design) if args.profile else None
+    miss = measured(base, headers, bodies, args, server_pids, profile_dir)
+    if profile_dir:
+        print(f"py-spy, {design}, cache_miss phase:")
+        for name in sorted(os.listdir(profile_dir)):
+            print(profile_summary(os.path.join(profile_dir, name)), flush=True)
     hit_body = dict(bodies[0], use_cache=True)
     asyncio.run(drive(base, headers, [hit_body], rate=5, seconds=1, concurrency=1))  # fill the cache
     hit = measured(base, headers, [hit_body], args, server_pids)
@@ -299,6 +350,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--idle-seconds", type=float, default=60.0, help="idle CPU phase before the load; 0 skips it")
     parser.add_argument("--skip-single", action="store_true")
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="py-spy every replica during the cache-miss phase into DIR and print where each spent its "
+        "samples (py-spy's sampling costs CPU: take latency figures from a run without it)",
+    )
     parser.add_argument(
         "--data-plane",
         choices=["quickstart", "default"],
@@ -345,7 +402,7 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": 8011})
     serve.run(app_from_serve_config(assistant=False), name="hdx-bench", route_prefix="/")
     wait_ready("http://127.0.0.1:8011", 180)
-    run = run_phases("http://127.0.0.1:8011", args)
+    run = run_phases("http://127.0.0.1:8011", args, design="ray_serve")
     results["ray_serve"], idle["ray_serve"] = run["phases"], run["idle"]
     print("ray_serve", json.dumps(results["ray_serve"]), flush=True)
     serve.shutdown()
@@ -370,7 +427,7 @@ def main() -> None:
         )
         try:
             wait_ready("http://127.0.0.1:8012", 180)
-            run = run_phases("http://127.0.0.1:8012", args, server_pids=(proc.pid,))
+            run = run_phases("http://127.0.0.1:8012", args, server_pids=(proc.pid,), design="single_process")
             results["single_process"], idle["single_process"] = run["phases"], run["idle"]
             print("single_process", json.dumps(results["single_process"]), flush=True)
         finally:
