@@ -76,14 +76,17 @@ def resolve_versions(settings: Settings, model_version: str = LATEST) -> dict[st
 
 def _actor_cpus(workers: int) -> float:
     """CPUs each actor asks Ray for: one, unless a pool of ``workers`` actors would leave
-    the cluster less than one CPU; then an equal share of all but one. The operators
-    upstream of the pool (listing files, reading, cutting blocks) ask for up to one
-    CPU each, and a pool holding every CPU for its whole life starves them: the job
-    hangs. Actors are pinned to one thread either way; this is only Ray's bookkeeping."""
+    less than one CPU of what is free now (a Serve application on the same cluster holds
+    the rest); then an equal share of all but one. Ray Data's file listing asks for one
+    whole CPU (Ray 2.60 has no option for it) and the read tasks a quarter each, and a
+    pool holding every free CPU for its whole life starves them: the job hangs. (On a
+    cluster whose free CPUs are split across nodes into pieces under one, the listing
+    still cannot be placed; give a node one free CPU.) Actors are pinned to one thread
+    either way; this is only Ray's bookkeeping."""
     import ray
 
-    total = float(ray.cluster_resources().get("CPU", workers + 1))
-    return max(0.1, min(1.0, (total - 1.0) / workers))
+    free = float(ray.available_resources().get("CPU", ray.cluster_resources().get("CPU", workers + 1)))
+    return max(0.1, min(1.0, (free - 1.0) / workers))
 
 
 def _writers(workers: int) -> int:
