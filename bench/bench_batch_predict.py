@@ -144,6 +144,32 @@ def single_process(source: Path, out: Path, settings: Settings, batch_size: int)
     return rows / (time.perf_counter() - started), dict(stages)
 
 
+def two_loops(source: Path, out: Path, settings: Settings, batch_size: int) -> float:
+    """Cycles/s of two ``single_process`` loops run at once in two processes, each on half
+    of the input files: what two workers could do on this machine with no framework at all
+    (two cores share memory bandwidth and caches, and a cloud VM's cores may share more)."""
+    files = sorted(source.glob("*.parquet"))
+    halves = [files[0::2], files[1::2]]
+    procs = []
+    for i, half in enumerate(halves):
+        part = out / f"half-{i}"
+        part.mkdir(parents=True, exist_ok=True)
+        for f in half:
+            (part / f.name).symlink_to(f)
+        code = (
+            "from pathlib import Path\n"
+            "from configs.settings import Settings\n"
+            "from bench.bench_batch_predict import single_process\n"
+            f"s = Settings(home={str(settings.home)!r}, model_store_uri={settings.model_store_uri!r})\n"
+            f"print(single_process(Path({str(part)!r}), Path({str(out / f'out-{i}')!r}), s, {batch_size})[0])\n"
+        )
+        cmd = [sys.executable, "-c", code]
+        procs.append(subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True))
+    rates = [float(p.communicate()[0].split()[-1]) for p in procs]
+    rows = [pq.ParquetDataset([str(f) for f in half]).read(columns=["cycle_id"]).num_rows for half in halves]
+    return sum(rows) / max(r / rate for r, rate in zip(rows, rates))
+
+
 def actor_start_cost(settings: Settings, scratch: Path) -> dict[str, float]:
     """What a new actor process pays before its first batch, measured in a fresh
     Python process: importing the predictor's module, then taking the four bundles
@@ -319,10 +345,12 @@ def main(argv=None) -> None:
         for n in sizes:
             source = scratch / f"cycles-{n}"
             make_input(n, block, source)
-            loop, stages = None, {}
+            loop, ceiling, stages = None, None, {}
             if not args.no_loop_above or n <= args.no_loop_above:
                 loop, stages = single_process(source, scratch / f"loop-out-{n}", settings, args.batch_size)
                 print(f"{n} cycles, single-process loop: {loop:.0f} cycles/s")
+                ceiling = two_loops(source, scratch / f"two-loops-{n}", settings, args.batch_size)
+                print(f"{n} cycles, two loops at once: {ceiling:.0f} cycles/s ({ceiling / loop:.2f}x one loop)")
             results = {}
             for w in workers:
                 stats: list[str] = []
@@ -349,7 +377,7 @@ def main(argv=None) -> None:
                 print("\n".join(results[w].operators))
                 print("CPU by process: " + ", ".join(f"{r} {c:.1f} s" for r, (_, c) in results[w].cpu.items()))
                 shutil_rmtree(scratch / f"out-{n}-{w}")
-            rows.append((n, loop, stages, results, os.getloadavg()[0]))
+            rows.append((n, loop, ceiling, stages, results, os.getloadavg()[0]))
             shutil_rmtree(source)
         ray.shutdown()
 
@@ -377,9 +405,12 @@ def tables(rows, args, start_cost) -> str:
         "| largest process | 1-min load |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for n, loop, _, results, load in rows:
+    for n, loop, ceiling, _, results, load in rows:
         if loop:
             out.append(f"| {n:,} | single-process loop | {loop:.0f} | 1.00 | | | | | {load:.1f} |")
+        if ceiling:
+            run = "two loops at once, half the files each"
+            out.append(f"| {n:,} | {run} | {ceiling:.0f} | {ceiling / loop:.2f} | | | | | |")
         for w, job in results.items():
             rate = job.summary["cycles_per_s"]
             scale = f"{rate / results[1].summary['cycles_per_s']:.2f}" if w == 2 and 1 in results else ""
@@ -392,7 +423,7 @@ def tables(rows, args, start_cost) -> str:
         f"\nBatch size {args.batch_size}, {args.cpus}-CPU local Ray cluster on a machine with {os.cpu_count()} cores. "
         '"First file written": from the call of `run_batch_predict` to the first write task\'s end.'
     )
-    for n, _, stages, results, _ in rows:
+    for n, _, _, stages, results, _ in rows:
         if stages:
             total = sum(stages.values())
             out.append(f"\n### Where the loop's time goes ({n:,} cycles, {total:.1f} s)\n")
