@@ -44,15 +44,15 @@ SUMMARY_FILE = "summary.json"
 # larger files than one per batch, and still the first file soon after the pool starts.
 ROWS_PER_FILE = 5000
 # Batches per block handed to an actor. Every block costs the driver and the object
-# store the same bookkeeping whatever its size: one batch a block (200 blocks per
-# 100,000 rows) cost the driver about 5 s of CPU, five (40 blocks) about 3 s
-# (bench/bench_batch_predict.py). Blocks stay small enough to spread one 10,000-row
-# file over four actors; an input of fewer blocks than actors leaves some idle.
+# store the same bookkeeping whatever its size, so blocks of one batch (200 per 100,000
+# rows) made the driver one of the job's largest consumers of CPU; five (40 blocks) keep
+# that down and still spread one 10,000-row file over four actors. An input of fewer
+# blocks than actors leaves some idle. Figures: docs/bench_batch.md.
 BATCHES_PER_BLOCK = 5
 # Actors per write task running at once. A write costs about 5 µs a row against about
-# 150 µs of model work, and each concurrent write task is a worker process of its own
+# 190 µs in an actor, and each concurrent write task runs in a worker process of its own
 # (they ask for no CPU, so Ray's CPU count does not bound them): starting one costs
-# about 1 s of CPU. Unbounded, a 2-actor job started five of them.
+# about 1–2 s of CPU. Unbounded, a 2-actor job of 100,000 rows started five of them.
 ACTORS_PER_WRITER = 8
 
 

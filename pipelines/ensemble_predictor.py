@@ -13,9 +13,9 @@ builds no per-row object. Only the conversion from Arrow
 The job's driver loads the bundles from the model store once (``load_bundles``:
 the verified, pickle-free formats of ``diagnosis.store``) and hands them to every
 actor through Ray's object store: an actor then unpickles objects its own driver
-made (0.2 s for the four families) instead of importing ``skops`` and rebuilding
-the random forest from its ``.skops`` file (about 2.8 s of imports and 1.9 s of
-loading per actor, measured). Each actor pins its copy to ``threads`` threads
+made (0.36 s for the four families) instead of importing ``skops`` and loading the
+``.skops`` files itself (3.3 s, measured in a fresh process by
+``bench/bench_batch_predict.py``). Each actor pins its copy to ``threads`` threads
 through ``FamilyModel.pin_threads``: a model otherwise predicts on every core, which
 oversubscribes the CPUs an actor pool was given, and makes the benchmark's
 "single process" loop quietly use the whole machine.
