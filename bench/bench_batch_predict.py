@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from bench.bench_serve import process_role
 from configs.settings import PROJECT_ROOT, Settings, get_settings
 from diagnosis.registry import FAMILY_NAMES, ensemble_weights
 from diagnosis.scoring import answer_blocks
@@ -144,11 +145,14 @@ def single_process(source: Path, out: Path, settings: Settings, batch_size: int)
     return rows / (time.perf_counter() - started), dict(stages)
 
 
-def two_loops(source: Path, out: Path, settings: Settings, batch_size: int) -> float:
+def two_loops(source: Path, out: Path, settings: Settings, batch_size: int) -> float | None:
     """Cycles/s of two ``single_process`` loops run at once in two processes, each on half
     of the input files: what two workers could do on this machine with no framework at all
-    (two cores share memory bandwidth and caches, and a cloud VM's cores may share more)."""
+    (two cores share memory bandwidth and caches, and a cloud VM's cores may share more).
+    None for an input of one file (``FILE_CYCLES`` cycles or fewer): nothing to split."""
     files = sorted(source.glob("*.parquet"))
+    if len(files) < 2:
+        return None
     halves = [files[0::2], files[1::2]]
     procs = []
     for i, half in enumerate(halves):
@@ -166,7 +170,7 @@ def two_loops(source: Path, out: Path, settings: Settings, batch_size: int) -> f
         cmd = [sys.executable, "-c", code]
         procs.append(subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True))
     rates = [float(p.communicate()[0].split()[-1]) for p in procs]
-    rows = [pq.ParquetDataset([str(f) for f in half]).read(columns=["cycle_id"]).num_rows for half in halves]
+    rows = [sum(pq.read_metadata(f).num_rows for f in half) for half in halves]
     return sum(rows) / max(r / rate for r, rate in zip(rows, rates))
 
 
@@ -209,17 +213,13 @@ class JobRun:
 
 
 def job_role(argv: list[str], is_driver: bool) -> str:
-    """What a process of the job is, by its title: the driver, Ray's daemons, or the Ray
-    Data operator a worker runs (``ray::MapWorker(...)``, ``ray::Write``, …)."""
+    """What a process of the job is: the driver, else ``bench.bench_serve.process_role``'s
+    name for it (Ray's daemons, or the Ray Data operator a worker runs, ``MapWorker(...)``,
+    ``Write``, …) without the ``ray::`` prefix and the operator's arguments."""
     if is_driver:
         return "driver (run_batch_predict)"
-    first = argv[0] if argv else ""
-    if first.startswith("ray::"):  # "ray::Actor" idle, "ray::Actor.method" while in a method
-        return re.sub(r"\.\w+$", "", first.removeprefix("ray::").split("[", 1)[0])
-    if first.endswith(("/raylet", "/gcs_server")):
-        return first.rsplit("/", 1)[1]
-    script = next((a for a in argv[1:3] if "/site-packages/ray/" in a), None)
-    return "ray " + script.rsplit("/", 1)[1].removesuffix(".py") if script else "other"
+    role = process_role(argv, pid=0)
+    return role.removeprefix("ray::").split("[", 1)[0] if role else "other"
 
 
 class ProcessSampler:
@@ -232,6 +232,7 @@ class ProcessSampler:
 
     SAMPLE_S = 0.2
     RESCAN_S = 1.0
+    UNNAMED = ("IDLE", "other", "ray default_worker")  # a worker not yet running an operator
 
     def __init__(self):
         self.peak_total = 0
@@ -258,8 +259,7 @@ class ProcessSampler:
                     continue
                 role = job_role(argv, proc.pid == me.pid)
                 seen = self._cpu.setdefault(proc.pid, [role, times.user + times.system, 0.0])
-                unnamed = ("IDLE", "other", "ray default_worker")  # a worker not yet running an operator
-                if seen[0] in unnamed and role not in unnamed:
+                if seen[0] in self.UNNAMED and role not in self.UNNAMED:
                     seen[0] = role
                 seen[2] = times.user + times.system
                 if proc is not me and "default_worker.py" not in " ".join(argv):
@@ -350,7 +350,8 @@ def main(argv=None) -> None:
                 loop, stages = single_process(source, scratch / f"loop-out-{n}", settings, args.batch_size)
                 print(f"{n} cycles, single-process loop: {loop:.0f} cycles/s")
                 ceiling = two_loops(source, scratch / f"two-loops-{n}", settings, args.batch_size)
-                print(f"{n} cycles, two loops at once: {ceiling:.0f} cycles/s ({ceiling / loop:.2f}x one loop)")
+                if ceiling:
+                    print(f"{n} cycles, two loops at once: {ceiling:.0f} cycles/s ({ceiling / loop:.2f}x one loop)")
             results = {}
             for w in workers:
                 stats: list[str] = []
