@@ -17,7 +17,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.errors import Forbidden, NotFound
+from api.errors import Forbidden, InvalidInput, NotFound
 from api.request_metrics import get_metrics
 from api.schemas.inputs import SystemIdPath
 from auth.access_cache import AccessCache, CachedUser
@@ -27,6 +27,8 @@ from auth.rate_limits import Decision, RateLimiter, subject
 from auth.roles import Role
 from auth.service import AuthError, AuthService
 from auth.tokens import TokenError
+from diagnosis.profiles import DiagnosisTarget
+from hydraulics.components import COMPONENTS
 from storage.repositories import systems as systems_repo
 from storage.repositories import users as users_repo
 from storage.tables import System
@@ -161,6 +163,15 @@ async def _system_verdict(
     return system, may_write
 
 
+def diagnosis_target(system: System) -> DiagnosisTarget:
+    """The system's profile (422 when none fits its channels) and the components its topology has."""
+    if system.channels and not system.profile:
+        raise InvalidInput(["system", "profile"], f"system {system.id!r} cannot be diagnosed: {system.profile_reason}")
+    kinds = {n.get("kind") for n in (system.topology or {}).get("nodes", [])}
+    components = sorted(kinds & set(COMPONENTS)) if kinds else None
+    return DiagnosisTarget(profile=system.profile, components=components)
+
+
 async def load_accessible_system(
     session: AsyncSession, principal: Principal, system_id: str, *, write: bool = False
 ) -> System:
@@ -169,17 +180,20 @@ async def load_accessible_system(
     return system
 
 
-async def authorize_system(request: Request, session: AsyncSession, principal: Principal, system_id: str) -> bool:
-    """``load_accessible_system``'s verdict for routes that need only the verdict (the
-    diagnosis routes): whether the caller may also change the system (a read-only member's
-    diagnoses are answered, not stored). A granted access is remembered in the access cache."""
+async def authorize_system(
+    request: Request, session: AsyncSession, principal: Principal, system_id: str
+) -> tuple[bool, DiagnosisTarget]:
+    """``load_accessible_system``'s verdict for the diagnosis routes: whether the caller may
+    also change the system (a read-only member's diagnoses are answered, not stored), and
+    what to diagnose it with (its profile and components). Both are remembered in the
+    access cache (a changed system is seen within its TTL)."""
     cache = get_access_cache(request)
     key = (principal.user_id, principal.role, principal.api_key_id, principal.system_scope, system_id)
-    may_write = cache.get("grant", key)
-    if may_write is None:
-        _, may_write = await _system_verdict(session, principal, system_id, write=False)
-        cache.put("grant", key, may_write)
-    return may_write
+    verdict = cache.get("grant", key)
+    if verdict is None:
+        system, may_write = await _system_verdict(session, principal, system_id, write=False)
+        verdict = cache.put("grant", key, (may_write, diagnosis_target(system)))
+    return verdict
 
 
 async def system_access(system_id: SystemIdPath, principal: PrincipalDep, session: SessionDep) -> System:

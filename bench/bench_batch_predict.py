@@ -45,11 +45,11 @@ import pyarrow.parquet as pq
 
 from bench.bench_serve import process_role
 from configs.settings import PROJECT_ROOT, Settings, get_settings
+from diagnosis.profiles import builtin_profile
 from diagnosis.registry import FAMILY_NAMES, ensemble_weights
 from diagnosis.scoring import answer_blocks
 from diagnosis.store import BundleError
 from diagnosis.voting import combine_columns
-from hydraulics.features import get_feature_set
 from hydraulics.loaders import save_table
 from hydraulics.simulator import simulate_dataset
 from pipelines.batch_predict import resolve_versions, run_batch_predict
@@ -82,7 +82,7 @@ def bundles(settings: Settings, scratch: Path) -> tuple[Settings, str]:
 
 def simulated_block(n_cycles: int, settings: Settings, path: Path) -> pa.Table:
     if not path.exists():
-        channels = list(get_feature_set(settings.feature_set).channels)
+        channels = list(builtin_profile(settings.default_profile).channels)
         data = simulate_dataset(math.ceil(n_cycles / 144), seed=7, channels=channels)
         save_table(data.subset(range(n_cycles)), str(path))
     return pq.read_table(path)
@@ -114,8 +114,7 @@ def single_process(source: Path, out: Path, settings: Settings, batch_size: int)
 
     started = t = time.perf_counter()
     predictor = EnsemblePredictor(
-        load_bundles(settings.model_store_uri, resolve_versions(settings)),
-        settings.feature_set,
+        load_bundles(settings.model_store_uri, settings.default_profile, resolve_versions(settings)),
         ensemble_weights(settings.ensemble_weights),
         settings.anomaly_threshold,
         "bench",
@@ -180,15 +179,17 @@ def actor_start_cost(settings: Settings, scratch: Path) -> dict[str, float]:
     as the job hands them over (unpickled from what the driver loaded), and, for
     comparison, loading them from the store itself."""
     blob = scratch / "bundles.pickle"
-    blob.write_bytes(pickle.dumps(load_bundles(settings.model_store_uri, resolve_versions(settings))))
+    blob.write_bytes(
+        pickle.dumps(load_bundles(settings.model_store_uri, settings.default_profile, resolve_versions(settings)))
+    )
     code = (
         "import pickle, time; t = time.perf_counter()\n"
         "from pipelines.ensemble_predictor import EnsemblePredictor, load_bundles\n"
         "i = time.perf_counter() - t; t = time.perf_counter()\n"
         f"bundles = pickle.loads(open({str(blob)!r}, 'rb').read())\n"
-        f"EnsemblePredictor(bundles, {settings.feature_set!r}, {{}}, 0.5, None)\n"
+        "EnsemblePredictor(bundles, {}, 0.5, None)\n"
         "u = time.perf_counter() - t; t = time.perf_counter()\n"
-        f"load_bundles({settings.model_store_uri!r}, {resolve_versions(settings)!r})\n"
+        f"load_bundles({settings.model_store_uri!r}, {settings.default_profile!r}, {resolve_versions(settings)!r})\n"
         "print(i, u, time.perf_counter() - t)\n"
     )
     started = time.perf_counter()

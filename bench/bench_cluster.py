@@ -502,13 +502,13 @@ def deploy(root: Path, env: Mapping[str, str], min_replicas: int, spread: list[s
 
 def batch_job(root: Path, env: Mapping[str, str], model_store: str, cycles: int, timeout_s: float) -> dict:
     """Simulated cycles as Parquet, ``ray job submit`` of batch prediction with two actors."""
-    from hydraulics.features import get_feature_set
+    from diagnosis.profiles import builtin_profile
     from hydraulics.loaders import save_table
     from hydraulics.simulator import simulate_dataset
 
     source, output = root / "job" / "cycles.parquet", root / "job" / "out"
     source.parent.mkdir(parents=True)
-    channels = list(get_feature_set(get_settings().feature_set).channels)
+    channels = list(builtin_profile(get_settings().default_profile).channels)
     save_table(simulate_dataset(math.ceil(cycles / 144), seed=7, channels=channels).subset(range(cycles)), str(source))
     job_id = f"hdxc-batch-{secrets.token_hex(3)}"
     submit = [

@@ -171,10 +171,9 @@ def run_local(args) -> dict:
         port = 18_000 + os.getpid() % 1000
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         from deployments.builder import app_from_serve_config
-        from diagnosis.registry import FAMILY_NAMES
 
         serve.run(
-            app_from_serve_config(assistant=False, model_versions={f: "test-v1" for f in FAMILY_NAMES}),
+            app_from_serve_config(assistant=False, profile_versions={"uci-1hz": "test-v1"}),
             name="hdx-bench",
             route_prefix="/",
         )

@@ -54,38 +54,67 @@ class LocalEnsemble:
     model call per request (no batching: what the single-service design does)."""
 
     def __init__(self, settings):
-        from diagnosis.registry import FAMILIES, ensemble_weights
+        from diagnosis.registry import ensemble_weights
         from diagnosis.store import ModelStore
-        from hydraulics.features import get_feature_set
 
-        store = ModelStore(settings.model_store_uri)
-        self.bundles = {family: store.load(family) for family in FAMILIES}
-        self.feature_set = get_feature_set(settings.feature_set)
+        self.store = ModelStore(settings.model_store_uri)
+        self.default_profile = settings.default_profile
         self.weights = ensemble_weights(settings.ensemble_weights)
         self.threshold = settings.anomaly_threshold
+        self.loaded: dict[str, tuple] = {}  # profile → (version, reference, bundles)
         self.diagnose = SimpleNamespace(remote=self._diagnose)
         self.models_info = SimpleNamespace(remote=self._models_info)
+        self.served_profiles = SimpleNamespace(remote=self._served_profiles)
+        self.trained = self.store.trained_profiles()  # what a rejected cycle's channels would fit
+        self.profile(self.default_profile)
 
-    async def _diagnose(self, cycles):
+    def profile(self, name: str | None) -> tuple:
+        """The profile's newest version: its reference and every family's bundle."""
+        from diagnosis.registry import FAMILIES
+
+        name = name or self.default_profile
+        if name not in self.loaded:
+            store = self.store.for_profile(name)
+            version = store.resolve_profile_version()
+            bundles = {family: store.load(family, version) for family in FAMILIES}
+            self.loaded[name] = (version, store.load_reference(version), bundles)
+        return self.loaded[name]
+
+    async def _diagnose(self, cycles, profile=None, components=None):
+        from diagnosis.profiles import annotate, prepare_cycles
         from diagnosis.report import CycleRejected
         from diagnosis.scoring import answer_blocks
         from diagnosis.voting import diagnose_answers
-        from hydraulics.features import extract_cycles
 
         start = time.perf_counter()
-        X, errors = extract_cycles(cycles, self.feature_set)
-        answers = {family: answer_blocks(bundle, [X])[0] for family, bundle in self.bundles.items()} if len(X) else {}
-        diagnoses = iter(diagnose_answers(answers, self.weights, self.threshold, X.shape[1]) if answers else ())
-        out = [CycleRejected.from_error(errors[i]) if i in errors else next(diagnoses) for i in range(len(cycles))]
-        for d in out:
-            if not isinstance(d, CycleRejected):
+        profile = profile or self.default_profile
+        _, reference, bundles = self.profile(profile)
+        prepared = prepare_cycles(reference, cycles, self.trained)
+        out = {i: CycleRejected.from_error(e) for i, e in prepared.errors.items()}
+        if prepared.rows is not None:
+            X = prepared.rows.features
+            answers = {family: answer_blocks(bundle, [X])[0] for family, bundle in bundles.items()}
+            wanted = [c for c in reference.profile.components if components is None or c in components]
+            diagnoses = diagnose_answers(answers, self.weights, self.threshold, X.shape[1], components=wanted)
+            for row, (i, d) in enumerate(zip(prepared.valid, diagnoses)):
+                annotate(d, profile, prepared.rows, row, prepared.notes.get(i))
                 d.total_processing_time_ms = round((time.perf_counter() - start) * 1000, 3)
-        return out
+                out[i] = d
+        return [out[i] for i in range(len(cycles))]
 
     async def _models_info(self):
+        from diagnosis.profiles import model_id
         from diagnosis.scoring import bundle_info
 
-        return {family: bundle_info(bundle) for family, bundle in self.bundles.items()}
+        families: dict[str, dict] = {}
+        for profile, (version, _, bundles) in self.loaded.items():
+            for family, bundle in bundles.items():
+                entry = families.setdefault(family, {"ml_model": family, "replica": "local", "models": []})
+                entry["models"].append({**bundle_info(bundle), "model_id": model_id(profile, version)})
+        return families
+
+    async def _served_profiles(self):
+        return {profile: version for profile, (version, _, _) in self.loaded.items()}
 
 
 def single_process_app():

@@ -14,16 +14,30 @@ import secrets
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.schemas.systems import channel_specs
 from auth.passwords import hash_password
 from cli.users import run_db
 from configs.settings import get_settings
+from diagnosis.profiles import choose_profile
 from diagnosis.registry import FAMILY_NAMES
 from diagnosis.store import ModelStore
 from storage.repositories import systems as systems_repo
 from storage.repositories import users as users_repo
 
 DEV_ADMIN = "admin"
-DEMO_SYSTEM = "rig-01"
+DEMO_SYSTEM = "rig-01"  # declares no channels: the default profile (uci-1hz)
+# A unit that sends the simple alias form (pressure, temperature, flow, vibration): the basic profile.
+BASIC_SYSTEM = "press-07"
+BASIC_CHANNELS = ["PS1", "TS1", "FS1", "VS1"]
+BASIC_TOPOLOGY = {  # no accumulator: its diagnoses cover the pump, the valve and the cooler only
+    "nodes": [
+        {"id": "pump", "kind": "pump"},
+        {"id": "valve", "kind": "valve"},
+        {"id": "cooler", "kind": "cooler"},
+        {"id": "tank", "kind": "tank"},
+    ],
+    "edges": [{"from": "pump", "to": "valve"}, {"from": "valve", "to": "cooler"}, {"from": "cooler", "to": "tank"}],
+}
 
 
 def register(app: typer.Typer) -> None:
@@ -33,19 +47,24 @@ def register(app: typer.Typer) -> None:
 def bootstrap(
     source: str = typer.Option("simulator", help="training data when no model exists: simulator or uci"),
 ) -> None:
-    """Train (if needed), build the index (if needed), create the dev admin and a demo system."""
+    """Train the shipped profiles (those missing), build the index (if needed), create the dev
+    admin and two demo systems."""
     settings = get_settings()
     settings.effective_jwt_secret()  # fail here, not in every replica, when the secret is unusable
     store = ModelStore(settings.model_store_uri)
-    missing = [f for f in FAMILY_NAMES if store.problem(f)]
-    if missing:
+    for profile in settings.bootstrap_profiles:
+        scoped = store.for_profile(profile)
+        version = scoped.reference_versions()[-1:] or [None]
+        missing = FAMILY_NAMES if version[0] is None else [f for f in FAMILY_NAMES if scoped.problem(f, version[0])]
+        if not missing:
+            typer.echo(f"profile {profile}: version {version[0]} present in {store.uri}")
+            continue
         from pipelines.train import format_report, run_training
 
-        typer.echo(f"no model bundles for {missing} in {store.uri}: training on the {source} data …")
-        report = run_training(source, settings)
+        data = source if profile == "uci-1hz" else "simulator"  # the UCI folder has only the 1 Hz channels
+        typer.echo(f"profile {profile}: no servable version in {store.uri}, training on the {data} data …")
+        report = run_training(data, settings, profile=profile)
         typer.echo(format_report(report))
-    else:
-        typer.echo(f"model bundles present in {store.uri}")
 
     from pipelines.build_index import ensure_index
 
@@ -70,7 +89,11 @@ def bootstrap(
         "| python3 -c 'import sys,json; print(json.load(sys.stdin)[\"access_token\"])')\n"
         f"  .venv/bin/hdx simulate --valve 73 --system-id {DEMO_SYSTEM} > /tmp/cycle.json\n"
         f'  curl -s -X POST {base}/diagnostics/predict -H "Authorization: Bearer $TOKEN" '
-        f"-H 'content-type: application/json' -d @/tmp/cycle.json"
+        f"-H 'content-type: application/json' -d @/tmp/cycle.json\n"
+        f"  # {BASIC_SYSTEM} sends the alias form and is diagnosed with the basic profile:\n"
+        f"  .venv/bin/hdx simulate --pump 2 --profile basic --aliases --system-id {BASIC_SYSTEM} > /tmp/basic.json\n"
+        f'  curl -s -X POST {base}/diagnostics/predict -H "Authorization: Bearer $TOKEN" '
+        f"-H 'content-type: application/json' -d @/tmp/basic.json"
     )
 
 
@@ -89,6 +112,19 @@ def _ensure_admin_and_system() -> tuple[str | None, bool]:
         demo = await systems_repo.get_system(session, DEMO_SYSTEM, include_deleted=True)
         if demo is None:
             await systems_repo.create_system(session, system_id=DEMO_SYSTEM, name="Demo test rig", owner_id=admin.id)
+        if await systems_repo.get_system(session, BASIC_SYSTEM, include_deleted=True) is None:
+            trained = ModelStore(get_settings().model_store_uri).trained_profiles()
+            choice = choose_profile(BASIC_CHANNELS, trained)
+            await systems_repo.create_system(
+                session,
+                system_id=BASIC_SYSTEM,
+                name="Demo press (pressure, temperature, flow, vibration)",
+                owner_id=admin.id,
+                channels=channel_specs(BASIC_CHANNELS),
+                topology=BASIC_TOPOLOGY,
+                profile=choice.profile,
+                profile_reason=choice.reason,
+            )
         return password, demo is not None and demo.deleted_at is not None
 
     return run_db(work)

@@ -50,7 +50,17 @@ class Settings(BaseSettings):
     )
 
     # --- features and models ----------------------------------------------
-    feature_set: str = "rig_1hz"
+    default_profile: str = Field(
+        "uci-1hz",
+        description="equipment profile of systems that declare no channels, and of `hdx train` without --profile",
+    )
+    bootstrap_profiles: list[str] = Field(
+        default_factory=lambda: ["uci-1hz", "basic", "full-rig"],
+        description="the profiles `hdx bootstrap` trains when the store lacks them",
+    )
+    max_models_per_replica: int = Field(
+        4, ge=1, description="profile versions a model replica keeps loaded (least recently used out first)"
+    )
     ensemble_weights: dict[str, float] = Field(
         default_factory=dict,
         description="vote weight by model family, overriding the family's default in diagnosis.registry",

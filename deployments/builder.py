@@ -39,8 +39,9 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     assistant: bool = True  # the maintenance assistant (embedding, retrieval, LLM)
-    # Model bundle versions by family, for builds without serve_config.yaml's user_config.
-    model_versions: dict[str, str] = {}
+    # Versions by equipment profile (the DiagnosisEnsemble's user_config.profiles), e.g.
+    # {"uci-1hz": "20261203-101500-ab12cd"}; a profile not named serves its newest version.
+    profile_versions: dict[str, str] = {}
     # Options by deployment name, as in serve_config.yaml (app_from_serve_config fills it).
     deployment_options: dict[str, dict[str, Any]] = {}
 
@@ -55,28 +56,27 @@ def build_configured_app(args: dict | None = None, settings: Settings | None = N
     store (default ``ModelStore(settings.model_store_uri)``) injected, for tests and
     benchmarks that hand the model servers a failing or fixture store."""
     opts = AppArgs(**(args or {}))
-    unknown = sorted(set(opts.model_versions) - set(FAMILIES))
-    if unknown:
-        raise ValueError(f"model_versions for unknown families {unknown}; known: {list(FAMILIES)}")
     s = settings or get_settings()
     s.effective_jwt_secret()  # refuse to build an app that would refuse to start
     options = opts.deployment_options if s.redis_url else _single_ingress(opts.deployment_options)
     configured = _configure(options)
     store = model_store or ModelStore(s.model_store_uri)
     models = {
-        family: configured(
-            ModelServer, spec.deployment, user_config={"version": opts.model_versions.get(family, "latest")}
-        ).bind(
+        family: configured(ModelServer, spec.deployment).bind(
             family=family,
             store=store,
             sync_interval_s=s.adaptive_sync_interval_s,
             keep_revisions=s.adaptive_keep_revisions,
+            max_models=s.max_models_per_replica,
         )
         for family, spec in FAMILIES.items()
     }
-    ensemble = configured(DiagnosisEnsemble, "DiagnosisEnsemble").bind(
+    ensemble = configured(
+        DiagnosisEnsemble, "DiagnosisEnsemble", user_config={"profiles": dict(opts.profile_versions)}
+    ).bind(
         models=models,
-        feature_set=s.feature_set,
+        store=store,
+        default_profile=s.default_profile,
         weights=ensemble_weights(s.ensemble_weights),
         anomaly_threshold=s.anomaly_threshold,
         model_call_timeout_s=s.model_call_timeout_s,
@@ -150,14 +150,15 @@ def app_from_serve_config(
     path: Path = SERVE_CONFIG, settings: Settings | None = None, model_store=None, **args
 ) -> Application:
     """The application as ``serve run <path>`` builds it, for ``serve.run`` from Python:
-    the file's args (overridden by ``args``) and its deployment options. A model's
-    ``user_config`` keeps the file's batching and takes the version from ``model_versions``
-    when given."""
+    the file's args (overridden by ``args``) and its deployment options. The ensemble's
+    ``user_config`` keeps the file's batching and takes its ``profiles`` from
+    ``profile_versions`` when given."""
     merged = {**serve_config_application(path).get("args", {}), **args}
     options = _file_options(path)
-    for family, version in merged.get("model_versions", {}).items():
-        entry = options.setdefault(FAMILIES[family].deployment, {})
-        entry["user_config"] = {**entry.get("user_config", {}), "version": version}
+    if merged.get("profile_versions"):
+        entry = options.setdefault("DiagnosisEnsemble", {})
+        config = entry.get("user_config", {})
+        entry["user_config"] = {**config, "profiles": {**config.get("profiles", {}), **merged["profile_versions"]}}
     return build_configured_app({**merged, "deployment_options": options}, settings, model_store)
 
 

@@ -38,8 +38,8 @@ class AdaptiveFamily(FamilyModel):
     # partial_fit continues from the saved Adam moments, so the optimiser is part of the state.
     trusted_types = ("sklearn.neural_network._stochastic_optimizers.AdamOptimizer",)
 
-    def __init__(self, seed: int = 0, threads: int = 1, params: dict | None = None, feature_set: str = "rig_1hz"):
-        super().__init__(seed, threads, params, feature_set)
+    def __init__(self, seed=0, threads=1, params=None, feature_set="rig_1hz", targets=TARGETS):
+        super().__init__(seed, threads, params, feature_set, targets)
         p = {
             "hidden": 96,
             "alpha": 1e-3,
@@ -71,7 +71,7 @@ class AdaptiveFamily(FamilyModel):
         super().fit(Z, labels)
         keep = self._rng.permutation(len(X))[: self.params["memory_size"]]
         self.memory_X = Z[keep]
-        self.memory_y = {t: encode_labels(t, labels[t].to_numpy())[keep] for t in TARGETS}
+        self.memory_y = {t: encode_labels(t, labels[t].to_numpy())[keep] for t in self.targets}
         return self
 
     def predict_proba(self, X: np.ndarray) -> dict[str, np.ndarray]:
@@ -91,9 +91,9 @@ class AdaptiveFamily(FamilyModel):
         Returns the number of targets updated."""
         Z = self.scaler.transform(np.atleast_2d(X))
         # What the model believed before, kept for targets the operator left out.
-        remembered = {t: self.estimators[t].predict(Z[:, self.columns[t]]) for t in TARGETS}
+        remembered = {t: self.estimators[t].predict(Z[:, self.columns[t]]) for t in self.targets}
         made = 0
-        for target in TARGETS:
+        for target in self.targets:
             if target not in labels.columns or not labels[target].notna().any():
                 continue
             known = labels[target].notna().to_numpy()
@@ -119,7 +119,7 @@ class AdaptiveFamily(FamilyModel):
 
     def _remember(self, Z: np.ndarray, y: dict[str, np.ndarray]) -> None:
         self.memory_X = np.vstack([self.memory_X, Z])
-        for t in TARGETS:
+        for t in self.targets:
             self.memory_y[t] = np.concatenate([self.memory_y[t], y[t]])
         overflow = len(self.memory_X) - self.params["memory_size"]
         if overflow > 0:  # forget the oldest rows first: training data before feedback
@@ -145,7 +145,7 @@ class AdaptiveFamily(FamilyModel):
         model.scaler = skops.io.load(directory / SCALER_FILE, trusted=[])
         with np.load(directory / MEMORY_FILE, allow_pickle=False) as memory:
             model.memory_X = memory["X"]
-            model.memory_y = {t: memory[f"y_{t}"] for t in TARGETS if f"y_{t}" in memory}
+            model.memory_y = {t: memory[f"y_{t}"] for t in model.targets if f"y_{t}" in memory}
         state = json.loads((directory / STATE_FILE).read_text())
         model.n_updates = state["n_updates"]
         model.params = state["params"]

@@ -11,7 +11,6 @@ import functools
 import numpy as np
 
 from diagnosis.family_base import FamilyModel
-from hydraulics.components import TARGETS
 
 
 class CatBoostFamily(FamilyModel):
@@ -117,7 +116,7 @@ class RandomForestFamily(FamilyModel):
         """Requests of a few rows descend all trees of all targets together
         (``diagnosis.forest``, about 15× faster for one row); larger blocks are
         faster tree by tree."""
-        if len(X) > PACKED_MAX_ROWS or len(self.estimators) != len(TARGETS) or not np.isfinite(X).all():
+        if len(X) > PACKED_MAX_ROWS or len(self.estimators) != len(self.targets) or not np.isfinite(X).all():
             return super().predict_proba(X)
         packed = self.__dict__.get("_packed")
         if packed is None:

@@ -16,6 +16,7 @@ would run code in every replica that loads a bundle.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from hydraulics.components import TARGETS, target_classes
-from hydraulics.features import get_feature_set
+from hydraulics.features import FeatureSet, feature_set_from
 
 
 def encode_labels(target: str, values: np.ndarray) -> np.ndarray:
@@ -44,14 +45,24 @@ class FamilyModel:
     # Types beyond scikit-learn's own estimators that skops may build when loading this family.
     trusted_types: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, seed: int = 0, threads: int = 1, params: dict | None = None, feature_set: str = "rig_1hz"):
+    def __init__(
+        self,
+        seed: int = 0,
+        threads: int = 1,
+        params: dict | None = None,
+        feature_set: str | Mapping | FeatureSet = "rig_1hz",
+        targets: Sequence[str] = TARGETS,
+    ):
         self.seed = seed
         self.threads = threads
         self.params = dict(params or {})
-        self.feature_set = feature_set
+        self.feature_set: FeatureSet = feature_set_from(feature_set)
+        unknown = [t for t in targets if t not in TARGETS]
+        if unknown:
+            raise ValueError(f"unknown targets {unknown}; expected a subset of {list(TARGETS)}")
+        self.targets = tuple(t for t in TARGETS if t in targets)  # a profile's components and the stable flag
         self.estimators: dict[str, object] = {}
-        fs = get_feature_set(feature_set)
-        self.columns = {t: fs.target_columns(t) for t in TARGETS}
+        self.columns = {t: self.feature_set.target_columns(t) for t in self.targets}
 
     # --- subclass hooks ---------------------------------------------------------
     def _new_estimator(self, target: str, n_classes: int):
@@ -86,7 +97,7 @@ class FamilyModel:
             self._pin_estimator_threads(est, threads)
 
     def fit(self, X: np.ndarray, labels: pd.DataFrame) -> FamilyModel:
-        for target in TARGETS:
+        for target in self.targets:
             classes = target_classes(target)
             y = encode_labels(target, labels[target].to_numpy())
             est = self._new_estimator(target, len(classes))
@@ -118,15 +129,22 @@ class FamilyModel:
             self._save_estimator(est, directory / name)
             files.append(name)
         (directory / "family.json").write_text(
-            json.dumps({"family": self.family, "params": self.params, "feature_set": self.feature_set})
+            json.dumps(
+                {
+                    "family": self.family,
+                    "params": self.params,
+                    "feature_set": self.feature_set.spec(),
+                    "targets": list(self.targets),
+                }
+            )
         )
         return files
 
     @classmethod
     def load(cls, directory: Path) -> FamilyModel:
         meta = json.loads((directory / "family.json").read_text())
-        model = cls(params=meta.get("params"), feature_set=meta["feature_set"])
-        for target in TARGETS:
+        model = cls(params=meta.get("params"), feature_set=meta["feature_set"], targets=meta.get("targets", TARGETS))
+        for target in model.targets:
             path = directory / f"{target}{cls.file_suffix}"
             if path.exists():
                 model.estimators[target] = model._load_estimator(path)

@@ -27,8 +27,23 @@ class SteadyState(BaseModel):
     probability_not_stable: float
 
 
+class OutOfDistribution(BaseModel):
+    """How unlike the profile's training data the cycle is (``diagnosis.novelty``): 1.0 is
+    the threshold; ``top_features`` are the features furthest from what training saw."""
+
+    score: float
+    flagged: bool
+    top_features: list[str] = []
+
+
 class Verdict(BaseModel):
-    """What the ensemble concludes about a cycle (``diagnosis.voting`` says how)."""
+    """What the ensemble concludes about a cycle (``diagnosis.voting`` says how).
+
+    A cycle flagged ``out_of_distribution`` is one the models cannot vouch for: its
+    ``severity`` is ``"unknown"``, its ``confidence`` 0 and its ``anomaly_type``
+    ``"out_of_distribution"``; the components' levels and probabilities are still
+    what the models said, for whoever wants to look, but they are not a diagnosis.
+    """
 
     is_anomaly: bool
     anomaly_score: float
@@ -38,6 +53,14 @@ class Verdict(BaseModel):
     anomaly_type: str
     components: dict[str, ComponentState]
     steady_state: SteadyState | None = None
+    out_of_distribution: OutOfDistribution | None = None
+
+
+class Alignment(BaseModel):
+    """How the cycle was aligned to the profile's reference cycle before features were computed."""
+
+    shift_s: int  # seconds the cycle was moved back (positive: it started late)
+    quality: float  # correlation with the reference after the shift, -1…1
 
 
 class ModelReply(BaseModel):
@@ -54,6 +77,11 @@ class ModelReply(BaseModel):
 
 
 class Diagnosis(BaseModel):
+    profile: str | None = None  # the equipment profile whose models answered
+    components_diagnosed: list[str] = []
+    channels_ignored: list[str] = []  # sent, but not read by the profile
+    warnings: list[str] = []  # e.g. readings clipped within a channel's noise margin
+    alignment: Alignment | None = None
     prediction: Verdict
     ml_predictions: list[ModelReply]
     models_failed: dict[str, str] = {}  # family → why it did not answer
@@ -75,10 +103,18 @@ class CycleRejected(BaseModel):
     channel: str | None
     problem: str
     message: str
+    missing_channels: list[str] = []  # channels the profile needs that were not sent
+    fitting_profiles: list[str] = []  # trained profiles the sent channels would fit
 
     @classmethod
     def from_error(cls, error) -> CycleRejected:
-        return cls(channel=error.channel, problem=error.problem, message=str(error))
+        return cls(
+            channel=error.channel,
+            problem=error.problem,
+            message=str(error),
+            missing_channels=list(getattr(error, "missing", [])),
+            fitting_profiles=list(getattr(error, "fitting", [])),
+        )
 
 
 @dataclass
@@ -93,3 +129,16 @@ class FamilyAnswer:
     batch_rows: int = 0
     state_revision: str | None = None
     extra: dict = field(default_factory=dict)
+
+    def sliced(self, rows: slice) -> FamilyAnswer:
+        """The same answer for some of its rows (one request's part of a batch)."""
+        return FamilyAnswer(
+            self.family,
+            self.version,
+            {t: p[rows] for t, p in self.probas.items()},
+            self.processing_time_ms,
+            self.round_trip_ms,
+            self.batch_rows,
+            self.state_revision,
+            self.extra,
+        )

@@ -1,7 +1,14 @@
 """Versioned model bundles in a store addressed by URI.
 
 Layout under the store URI (a local directory by default, or anything fsspec
-opens, e.g. ``s3://bucket/hdx/models``)::
+opens, e.g. ``s3://bucket/hdx/models``): one folder per equipment profile
+(``diagnosis.profiles``), and in it the profile's bundles::
+
+    <profile>/profile.json                          the profile (channels, components, alignment)
+    <profile>/reference/<version>/                  that training run's reference cycle and novelty model
+    <profile>/reports/<version>.json                that training run's evaluation report
+
+and under ``<profile>/`` (``ModelStore.for_profile``)::
 
     <family>/<version>/manifest.json      what the bundle is, how it scored, sha256 of each file
     <family>/<version>/<target>.<ext>     one model file per target (.cbm, .ubj, .skops)
@@ -26,6 +33,7 @@ link), and so do object stores whose fsspec driver honours mode ``"xb"``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -42,10 +50,12 @@ import fsspec
 import numpy as np
 
 from diagnosis.family_base import FamilyModel
+from diagnosis.profiles import Profile, ProfileError, ProfileReference
 from diagnosis.registry import family_class
 from hydraulics.components import TARGETS, target_classes
-from hydraulics.features import get_feature_set
+from hydraulics.features import feature_set_from
 
+_NOT_FAMILIES = {"reports", "reference", "profile.json"}
 LATEST = "latest"
 BASE_STATE = "base"  # the trained bundle itself, before any learned state
 BUNDLE_FORMAT = 2  # 1 (no "format" field): pickled files and no hashes
@@ -141,27 +151,122 @@ def library_versions() -> dict[str, str]:
 
 
 class ModelStore:
-    def __init__(self, uri: str):
+    """The store at ``uri``; bundle methods act on one profile's folder (``for_profile``)."""
+
+    def __init__(self, uri: str, profile: str | None = None):
         self.uri = uri.rstrip("/")
+        self.profile_name = profile
         self.fs, self.root = fsspec.core.url_to_fs(self.uri)
         self._local = self.fs.protocol in ("file", "local") or "file" in self.fs.protocol
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
 
+    # --- profiles --------------------------------------------------------------------
+    def for_profile(self, name: str) -> ModelStore:
+        """The same store (a copy of this object, subclasses included), its bundle methods
+        acting on profile ``name``'s folder."""
+        if not name or "/" in name or name.startswith("."):
+            raise ProfileError(f"{name!r} is not a profile name")
+        return self._at(f"{self.top().uri}/{name}", name)
+
+    def top(self) -> ModelStore:
+        """The store itself, above every profile."""
+        return self if self.profile_name is None else self._at(self.uri.rsplit("/", 1)[0], None)
+
+    def _at(self, uri: str, profile: str | None) -> ModelStore:
+        scoped = copy.copy(self)
+        scoped.uri, scoped.profile_name = uri, profile
+        scoped.fs, scoped.root = fsspec.core.url_to_fs(uri)
+        return scoped
+
+    def save_profile(self, profile: Profile) -> None:
+        top = self.top()
+        top.fs.makedirs(top._path(profile.name), exist_ok=True)
+        top._write_text(top._path(profile.name, "profile.json"), json.dumps(profile.to_dict(), indent=2))
+
+    def profiles(self) -> list[Profile]:
+        """Every profile with a definition in the store (trained or not), by name."""
+        top = self.top()
+        if not top.fs.exists(top.root):
+            return []
+        out = []
+        for path in sorted(top.fs.ls(top.root, detail=False)):
+            name = path.rsplit("/", 1)[-1]
+            if top.fs.exists(f"{path}/profile.json"):
+                out.append(top.profile(name))
+        return out
+
+    def profile(self, name: str) -> Profile:
+        top = self.top()
+        path = top._path(name, "profile.json")
+        if not top.fs.exists(path):
+            raise ProfileError(f"no profile {name!r} in store {top.uri}; train it with `hdx train --profile {name}`")
+        with top.fs.open(path) as f:
+            return Profile.from_dict(json.loads(f.read()))
+
+    def trained_profiles(self) -> list[Profile]:
+        """The profiles with a complete training run (a reference: written last)."""
+        return [p for p in self.profiles() if self.for_profile(p.name).reference_versions()]
+
+    def save_reference(self, version: str, reference: ProfileReference) -> None:
+        """The run's reference cycle and novelty model; written after the run's bundles, so
+        its ``LATEST`` names a version whose every family is stored."""
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / "reference"
+            reference.save(local)
+            files = file_digests(local)
+            (local / "manifest.json").write_text(json.dumps({"version": version, "files": files}, indent=2))
+            self._publish(local, self._path("reference", version))
+        self._write_text(self._path("reference", "LATEST"), version)
+
+    def reference_versions(self) -> list[str]:
+        base = self._path("reference")
+        if not self.fs.exists(base):
+            return []
+        names = [p.rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False)]
+        return sorted(n for n in names if n != "LATEST" and ".tmp-" not in n)
+
+    def resolve_profile_version(self, version: str = LATEST) -> str:
+        """A profile version (a training run) by name, or the newest complete one."""
+        return self.resolve("reference", version)
+
+    def load_reference(self, version: str = LATEST) -> ProfileReference:
+        version = self.resolve_profile_version(version)
+        path = self._path("reference", version)
+        manifest_path = f"{path}/manifest.json"
+        if not self.fs.exists(manifest_path):
+            raise BundleError(f"profile {self.profile_name}: no reference for version {version!r} in {self.uri}")
+        with self.fs.open(manifest_path) as f:
+            files = json.loads(f.read())["files"]
+        what = f"profile {self.profile_name} reference {version}"
+        if self._local:
+            verify_files(Path(path), files, what)
+            return ProfileReference.load(Path(path))
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in files:
+                if Path(name).name != name:
+                    raise BundleError(f"{what}: file name {name!r} in its manifest is not a plain file name")
+                self.fs.get(f"{path}/{name}", str(Path(tmp) / name))
+            verify_files(Path(tmp), files, what)
+            return ProfileReference.load(Path(tmp))
+
     # --- writing ------------------------------------------------------------------
     def save(
         self,
         model: FamilyModel,
         version: str,
-        feature_set: str,
+        feature_set,
         training: dict,
         metrics: dict,
         extra: dict | None = None,
     ) -> dict:
-        if model.feature_set != feature_set:
-            raise ValueError(f"{model.family} model was fitted on feature set {model.feature_set}, not {feature_set}")
-        fs_sig = get_feature_set(feature_set).signature()
+        expected = feature_set_from(feature_set)
+        if model.feature_set.spec() != expected.spec():
+            raise ValueError(
+                f"{model.family} model was fitted on feature set {model.feature_set.spec()}, not {expected.spec()}"
+            )
+        fs_sig = expected.signature()
         manifest = {
             "family": model.family,
             "version": version,
@@ -169,7 +274,9 @@ class ModelStore:
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "feature_set": fs_sig,
             "required_channels": fs_sig["channels"],
-            "classes": {t: list(target_classes(t)) for t in TARGETS},
+            "profile": self.profile_name,
+            "targets": list(model.targets),
+            "classes": {t: list(target_classes(t)) for t in TARGETS if t in model.targets},
             "training": training,
             "metrics": metrics,
             "params": model.params,
@@ -278,7 +385,7 @@ class ModelStore:
         return sorted(
             p.rsplit("/", 1)[-1]
             for p in self.fs.ls(self.root, detail=False)
-            if self.fs.isdir(p) and p.rsplit("/", 1)[-1] != "reports"
+            if self.fs.isdir(p) and p.rsplit("/", 1)[-1] not in _NOT_FAMILIES
         )
 
     def versions(self, family: str) -> list[str]:
@@ -390,7 +497,7 @@ def check_format(manifest: dict) -> None:
 def check_feature_set(manifest: dict) -> None:
     recorded = manifest["feature_set"]
     try:
-        current = get_feature_set(recorded["name"]).signature()
+        current = feature_set_from(recorded).signature()
     except KeyError as exc:
         raise BundleError(f"{manifest['family']} {manifest['version']}: {exc.args[0]}") from None
     if recorded["version"] != current["version"] or recorded["feature_names"] != current["feature_names"]:

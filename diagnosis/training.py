@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,9 +22,10 @@ def fit_family(
     seed: int = 0,
     threads: int = 1,
     params: dict | None = None,
-    feature_set: str = "rig_1hz",
+    feature_set="rig_1hz",
+    targets: Sequence[str] = TARGETS,
 ) -> tuple[FamilyModel, float]:
-    model = family_class(family)(seed=seed, threads=threads, params=params, feature_set=feature_set)
+    model = family_class(family)(seed=seed, threads=threads, params=params, feature_set=feature_set, targets=targets)
     start = time.perf_counter()
     model.fit(X, labels)
     return model, time.perf_counter() - start

@@ -21,7 +21,7 @@ typed ``Diagnosis`` objects: the ensemble deployment and the batch job call it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,13 +83,14 @@ class VerdictColumns:
     Floats are rounded as in a ``Verdict``.
     """
 
+    components: tuple[str, ...]  # the components diagnosed, in COMPONENTS order (the columns of ``affected``)
     level_index: dict[str, np.ndarray]  # component -> (n,) index into its levels
     probabilities: dict[str, np.ndarray]  # component -> (n, n_levels), rounded
     is_anomaly: np.ndarray  # (n,) bool
     anomaly_score: np.ndarray  # (n,)
     severity: np.ndarray  # (n,) str (object)
     confidence: np.ndarray  # (n,)
-    affected: np.ndarray  # (n, n_components) bool, columns in COMPONENTS order
+    affected: np.ndarray  # (n, len(components)) bool
     anomaly_type: np.ndarray  # (n,) str (object)
     probability_not_stable: np.ndarray | None  # (n,), None when no family predicts it
     stable: np.ndarray | None  # (n,) bool, decided on the unrounded probability
@@ -104,18 +105,31 @@ class VerdictColumns:
         return np.array([lv.severity for lv in COMPONENTS[name].levels], dtype=object)[self.level_index[name]]
 
     def affected_components(self) -> list[list[str]]:
-        names = list(COMPONENTS)
+        names = list(self.components)
         return [[names[j] for j in np.flatnonzero(row)] for row in self.affected]
 
 
-def diagnose_columns(probas: Probas, coverage: float = 1.0, threshold: float = 0.5) -> VerdictColumns:
-    """The verdict of every row of the combined probabilities, as columns."""
+def _diagnosed(probas: Probas, components: Sequence[str] | None) -> tuple:
+    """The components to judge: those predicted (and asked for), in COMPONENTS order."""
+    wanted = COMPONENTS if components is None else set(components)
+    chosen = tuple(c for c in _COMPONENT_LIST if c.name in probas and c.name in wanted)
+    if not chosen:
+        raise ValueError(f"nothing to diagnose: asked for {sorted(wanted)}, the models predict {sorted(probas)}")
+    return chosen
+
+
+def diagnose_columns(
+    probas: Probas, coverage: float = 1.0, threshold: float = 0.5, components: Sequence[str] | None = None
+) -> VerdictColumns:
+    """The verdict of every row of the combined probabilities, as columns, over ``components``
+    (default: every component the probabilities cover)."""
+    diagnosed = _diagnosed(probas, components)
     n = next(iter(probas.values())).shape[0]
-    stacked_nominal = np.stack([probas[c.name][:, 0] for c in _COMPONENT_LIST], axis=1)  # (n, n_components)
+    stacked_nominal = np.stack([probas[c.name][:, 0] for c in diagnosed], axis=1)  # (n, n_components)
     nominal_p = np.ones(n)
     top_p = np.ones(n)
     level_index = {}
-    for comp in _COMPONENT_LIST:
+    for comp in diagnosed:
         p = probas[comp.name]
         nominal_p *= p[:, 0]
         level_index[comp.name] = p.argmax(axis=1)
@@ -123,7 +137,7 @@ def diagnose_columns(probas: Probas, coverage: float = 1.0, threshold: float = 0
     anomaly_score = 1.0 - nominal_p
     is_anomaly = anomaly_score >= threshold
 
-    affected = np.stack([level_index[c.name] != 0 for c in _COMPONENT_LIST], axis=1)
+    affected = np.stack([level_index[c.name] != 0 for c in diagnosed], axis=1)
     affected &= is_anomaly[:, None]
     # An alarm always says where: when no component's most likely level is a fault,
     # the component least likely to be nominal (the first of equals).
@@ -132,22 +146,23 @@ def diagnose_columns(probas: Probas, coverage: float = 1.0, threshold: float = 0
 
     # Worst severity among the affected; an affected component at a nominal level counts as a warning.
     rank = np.full(n, SEVERITY_ORDER["normal"])
-    for j, comp in enumerate(_COMPONENT_LIST):
+    for j, comp in enumerate(diagnosed):
         level_rank = np.array([max(SEVERITY_ORDER[lv.severity], SEVERITY_ORDER["warning"]) for lv in comp.levels])[
             level_index[comp.name]
         ]
         rank = np.where(affected[:, j], np.maximum(rank, level_rank), rank)
 
     n_affected = affected.sum(axis=1)
-    single_type = np.array([c.anomaly_type for c in _COMPONENT_LIST], dtype=object)[affected.argmax(axis=1)]
+    single_type = np.array([c.anomaly_type for c in diagnosed], dtype=object)[affected.argmax(axis=1)]
     anomaly_type = np.where(n_affected == 0, "none", np.where(n_affected == 1, single_type, "multiple")).astype(object)
 
     p_unstable = None
     if STABLE_TARGET in probas:
         p_unstable = probas[STABLE_TARGET][:, target_classes(STABLE_TARGET).index(1)]
     return VerdictColumns(
+        components=tuple(c.name for c in diagnosed),
         level_index=level_index,
-        probabilities={c.name: round6(probas[c.name]) for c in _COMPONENT_LIST},
+        probabilities={c.name: round6(probas[c.name]) for c in diagnosed},
         is_anomaly=is_anomaly,
         anomaly_score=round6(anomaly_score),
         severity=_SEVERITY_NAMES[rank],
@@ -162,7 +177,7 @@ def diagnose_columns(probas: Probas, coverage: float = 1.0, threshold: float = 0
 def verdict_rows(columns: VerdictColumns) -> list[Verdict]:
     """One ``Verdict`` per row of ``columns``."""
     per_component = {}
-    for comp in _COMPONENT_LIST:
+    for comp in (COMPONENTS[name] for name in columns.components):
         keys = [str(v) for v in comp.values]
         levels = [comp.levels[k] for k in columns.level_index[comp.name].tolist()]
         per_component[comp.name] = (keys, levels, columns.probabilities[comp.name].tolist())
@@ -209,30 +224,40 @@ def verdict_rows(columns: VerdictColumns) -> list[Verdict]:
     return out
 
 
-def diagnose(probas: Probas, coverage: float = 1.0, threshold: float = 0.5) -> list[Verdict]:
+def diagnose(
+    probas: Probas, coverage: float = 1.0, threshold: float = 0.5, components: Sequence[str] | None = None
+) -> list[Verdict]:
     """One verdict per row of the combined probabilities."""
-    return verdict_rows(diagnose_columns(probas, coverage, threshold))
+    return verdict_rows(diagnose_columns(probas, coverage, threshold, components))
 
 
 def combine_columns(
-    by_family: Mapping[str, Probas], weights: Mapping[str, float], threshold: float = 0.5
+    by_family: Mapping[str, Probas],
+    weights: Mapping[str, float],
+    threshold: float = 0.5,
+    components: Sequence[str] | None = None,
 ) -> VerdictColumns:
     """The full ensemble step, as columns: weighted voting, then every cycle's verdict."""
     probas, coverage = weighted_probas(by_family, weights)
-    return diagnose_columns(probas, coverage, threshold)
+    return diagnose_columns(probas, coverage, threshold, components)
 
 
-def combine(by_family: Mapping[str, Probas], weights: Mapping[str, float], threshold: float = 0.5) -> list[Verdict]:
+def combine(
+    by_family: Mapping[str, Probas],
+    weights: Mapping[str, float],
+    threshold: float = 0.5,
+    components: Sequence[str] | None = None,
+) -> list[Verdict]:
     """The full ensemble step: weighted voting, then the per-cycle verdict."""
-    return verdict_rows(combine_columns(by_family, weights, threshold))
+    return verdict_rows(combine_columns(by_family, weights, threshold, components))
 
 
-def family_scores(probas: Probas) -> tuple[np.ndarray, np.ndarray]:
-    """One family's own ``prediction_score`` (1 − P(every component nominal)) and
+def family_scores(probas: Probas, components: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One family's own ``prediction_score`` (1 − P(every diagnosed component nominal)) and
     ``confidence`` (its weakest component's top probability), per row."""
     nominal = np.ones(len(next(iter(probas.values()))))
     confidence = np.ones_like(nominal)
-    for name in COMPONENTS:
+    for name in (c.name for c in _diagnosed(probas, components)):
         nominal *= probas[name][:, 0]
         confidence = np.minimum(confidence, probas[name].max(axis=1))
     return 1.0 - nominal, confidence
@@ -245,16 +270,20 @@ def diagnose_answers(
     n_features: int,
     failed: Mapping[str, str] | None = None,
     feature_extraction_ms: float | None = None,
+    components: Sequence[str] | None = None,
 ) -> list[Diagnosis]:
-    """One ``Diagnosis`` per row of the answering families' probabilities.
+    """One ``Diagnosis`` per row of the answering families' probabilities, over ``components``
+    (default: all the models predict).
 
     ``failed`` names the families that did not answer and why; they count against
     ``ensemble_coverage`` and, through it, the confidence.
     """
-    verdicts = combine({name: a.probas for name, a in answers.items()}, weights, threshold)
+    verdicts = combine({name: a.probas for name, a in answers.items()}, weights, threshold, components)
     answered_weight = sum(weights[name] for name in answers)
     coverage = round(answered_weight / sum(weights.values()), 4)
-    scores = {name: tuple(round6(s).tolist() for s in family_scores(a.probas)) for name, a in answers.items()}
+    scores = {
+        name: tuple(round6(s).tolist() for s in family_scores(a.probas, components)) for name, a in answers.items()
+    }
     ensemble_scores = 0
     for name in answers:
         ensemble_scores = ensemble_scores + weights[name] * np.asarray(scores[name][0])

@@ -15,6 +15,11 @@ level and warm-up slope.
 
 Bump ``FeatureSet.version`` whenever a computation changes: model bundles
 record it, and loading a bundle built with another version fails loudly.
+
+A feature set is data: its channels and which of them are described by their
+full working-cycle profile. The named ones below are what the shipped equipment
+profiles use; ``feature_set_from`` rebuilds any other from its ``spec()`` (a
+profile trained on a user's own channel list records it that way).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hydraulics.channels import CHANNELS, CYCLE_SECONDS, UCI_1HZ_CHANNELS
-from hydraulics.validation import SensorDataError, check_block, cycle_arrays
+from hydraulics.validation import SensorDataError, check_block, clip_noise, cycle_arrays
 
 # Seconds into the working cycle at which the rig switches load.
 LOAD_STEPS_S: tuple[int, ...] = (9, 19, 29, 39, 49)
@@ -219,14 +224,13 @@ class FeatureSet:
             keep = [i for i, n in enumerate(names) if n not in profile]
         return np.asarray(keep, dtype=np.int64)
 
+    def spec(self) -> dict:
+        """What ``feature_set_from`` needs to rebuild this feature set."""
+        return {"name": self.name, "channels": list(self.channels), "profile_channels": list(self.profile_channels)}
+
     def signature(self) -> dict:
         """What a model bundle records to prove it matches this code."""
-        return {
-            "name": self.name,
-            "version": self.version,
-            "channels": list(self.channels),
-            "feature_names": self.feature_names(),
-        }
+        return {**self.spec(), "version": self.version, "feature_names": self.feature_names()}
 
 
 FEATURE_SETS: dict[str, FeatureSet] = {
@@ -234,6 +238,12 @@ FEATURE_SETS: dict[str, FeatureSet] = {
     for fs in [
         FeatureSet("rig_1hz", UCI_1HZ_CHANNELS, description="the eight 1 Hz channels (UCI public subset)"),
         FeatureSet("rig_full", tuple(CHANNELS), description="all 17 channels at their native rates"),
+        FeatureSet(
+            "basic",
+            ("PS1", "TS1", "FS1", "VS1"),
+            profile_channels=("PS1",),
+            description="one pressure, one temperature, one flow and one vibration channel (the API aliases)",
+        ),
         FeatureSet(
             "compact",
             ("PS1", "EPS1", "FS1", "TS1", "VS1"),
@@ -249,6 +259,30 @@ def get_feature_set(name: str) -> FeatureSet:
         return FEATURE_SETS[name]
     except KeyError:
         raise KeyError(f"unknown feature set {name!r}; known: {sorted(FEATURE_SETS)}") from None
+
+
+_BUILT: dict[tuple, FeatureSet] = {}
+
+
+def feature_set_from(spec: str | Mapping | FeatureSet) -> FeatureSet:
+    """A named feature set, or one rebuilt from its ``spec()`` (any channels of the catalogue;
+    the same spec gives the same object, so its feature names are computed once)."""
+    if isinstance(spec, FeatureSet):
+        return spec
+    if isinstance(spec, str):
+        return get_feature_set(spec)
+    channels = tuple(spec["channels"])
+    unknown = [c for c in channels if c not in CHANNELS]
+    if not channels or unknown:
+        raise KeyError(f"feature set {spec.get('name')!r}: unknown channels {unknown}" if unknown else "no channels")
+    profile_channels = tuple(c for c in spec.get("profile_channels", ()) if c in channels)
+    named = FEATURE_SETS.get(spec.get("name", ""))
+    if named is not None and named.channels == channels and named.profile_channels == profile_channels:
+        return named
+    key = (spec.get("name", "custom"), channels, profile_channels)
+    if key not in _BUILT:
+        _BUILT[key] = FeatureSet(key[0], channels, profile_channels=profile_channels)
+    return _BUILT[key]
 
 
 def _compute(fs: FeatureSet, block: Block) -> tuple[list[str], np.ndarray]:
@@ -269,13 +303,15 @@ def _trim_to_cycle(block: Block) -> dict[str, np.ndarray]:
     return {ch: v[:, : CHANNELS[ch].rate_hz * CYCLE_SECONDS] for ch, v in block.items()}
 
 
-def extract(block: Block, feature_set: str | FeatureSet, cycle_ids: Sequence[int] | None = None) -> np.ndarray:
+def extract(
+    block: Block, feature_set: str | Mapping | FeatureSet, cycle_ids: Sequence[int] | None = None
+) -> np.ndarray:
     """Features for a block of cycles of equal duration: ``(n_cycles, n_features)``.
 
     Raises ``SensorDataError`` naming the channel (and cycle) for bad input.
     Channels the feature set does not use are ignored, but still validated.
     """
-    fs = feature_set if isinstance(feature_set, FeatureSet) else get_feature_set(feature_set)
+    fs = feature_set_from(feature_set)
     for ch in fs.channels:
         if ch not in block:
             raise SensorDataError(ch, f"missing: required by feature set {fs.name}")
@@ -285,18 +321,19 @@ def extract(block: Block, feature_set: str | FeatureSet, cycle_ids: Sequence[int
         raise SensorDataError(
             some, f"too short: cycle covers {seconds:g} s, feature set {fs.name} needs at least {fs.min_seconds} s"
         )
-    return _compute(fs, _trim_to_cycle({ch: block[ch] for ch in fs.channels}))[1]
+    clipped, _ = clip_noise({ch: block[ch] for ch in fs.channels})
+    return _compute(fs, _trim_to_cycle(clipped))[1]
 
 
 def extract_cycles(
-    cycles: Sequence[Mapping[str, Sequence[float] | np.ndarray]], feature_set: str | FeatureSet
+    cycles: Sequence[Mapping[str, Sequence[float] | np.ndarray]], feature_set: str | Mapping | FeatureSet
 ) -> tuple[np.ndarray, dict[int, SensorDataError]]:
     """Features for request-shaped cycles (channel/alias → samples), possibly of different lengths.
 
     Returns the feature matrix of the valid cycles, in input order, and the
     errors of the invalid ones by position, so one bad cycle never fails a batch.
     """
-    fs = feature_set if isinstance(feature_set, FeatureSet) else get_feature_set(feature_set)
+    fs = feature_set_from(feature_set)
     errors: dict[int, SensorDataError] = {}
     groups: dict[tuple, list[tuple[int, dict[str, np.ndarray]]]] = {}
     for i, raw in enumerate(cycles):

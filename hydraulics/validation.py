@@ -2,7 +2,9 @@
 
 Every entry point (API requests, table files, batch jobs) funnels through
 ``cycle_arrays`` / ``check_block`` so a bad value is rejected with the same
-message everywhere: which channel, which cycle, what is wrong.
+message everywhere: which channel, which cycle, what is wrong. A reading a
+hair outside its channel's plausible range (within ``Channel.noise_margin``) is
+sensor noise, not a fault: ``clip_noise`` clips it to the range and says so.
 """
 
 from __future__ import annotations
@@ -30,10 +32,14 @@ class SensorDataError(ValueError):
         return {"channel": self.channel, "cycle": self.cycle, "problem": self.problem, "message": str(self)}
 
 
-def cycle_arrays(sensor_data: Mapping[str, Sequence[float] | np.ndarray]) -> dict[str, np.ndarray]:
+def cycle_arrays(
+    sensor_data: Mapping[str, Sequence[float] | np.ndarray], warnings: list[str] | None = None
+) -> dict[str, np.ndarray]:
     """One cycle as sent by a client (channel names or aliases → samples), as
     float arrays under catalogue names. Checks names, emptiness, types, finiteness,
-    ranges and that all channels cover the same whole number of seconds."""
+    ranges and that all channels cover the same whole number of seconds. Readings
+    within a channel's noise margin outside its range come back clipped, each
+    channel's clipping described in ``warnings`` when given."""
     if not sensor_data:
         raise SensorDataError(None, "no channels given")
     out: dict[str, np.ndarray] = {}
@@ -52,7 +58,36 @@ def cycle_arrays(sensor_data: Mapping[str, Sequence[float] | np.ndarray]) -> dic
             raise SensorDataError(name, f"expected a flat list of samples, got shape {arr.shape}")
         out[name] = arr
     check_block({k: v[None, :] for k, v in out.items()})
-    return out
+    clipped, notes = clip_noise({k: v[None, :] for k, v in out.items()})
+    if warnings is not None:
+        warnings.extend(notes)
+    return {k: v[0] for k, v in clipped.items()}
+
+
+def clip_noise(channels: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Readings outside a channel's plausible range (``check_block`` has refused those beyond
+    its noise margin) clipped to the range; one note per clipped channel. Channels that
+    need no clipping are returned as they are (no copy)."""
+    out: dict[str, np.ndarray] = {}
+    notes: list[str] = []
+    for name, block in channels.items():
+        spec = CHANNELS[name]
+        lo, hi = spec.plausible_range
+        below, above = block < lo, block > hi
+        if not (below.any() or above.any()):
+            out[name] = block
+            continue
+        parts = []
+        if below.any():
+            parts.append(f"{int(below.sum())} below {lo:g} (lowest {block.min():g})")
+        if above.any():
+            parts.append(f"{int(above.sum())} above {hi:g} (highest {block.max():g})")
+        notes.append(
+            f"channel {name}: {' and '.join(parts)} {spec.unit} clipped to the plausible range "
+            f"[{lo:g}, {hi:g}] (within the sensor-noise margin of {spec.noise_margin:g} {spec.unit})"
+        )
+        out[name] = np.clip(block, lo, hi)
+    return out, notes
 
 
 def check_block(channels: Mapping[str, np.ndarray], cycle_ids: Sequence[int] | None = None) -> float:
@@ -83,14 +118,15 @@ def check_block(channels: Mapping[str, np.ndarray], cycle_ids: Sequence[int] | N
             sample = int(np.flatnonzero(~finite[row])[0])
             raise fail(f"contains NaN or infinity (first at sample {sample})", bad_rows)
         lo, hi = spec.plausible_range
-        outside = (block < lo) | (block > hi)
+        margin = spec.noise_margin
+        outside = (block < lo - margin) | (block > hi + margin)
         if outside.any():
             bad_rows = outside.any(axis=1)
             row = int(np.flatnonzero(bad_rows)[0])
             sample = int(np.flatnonzero(outside[row])[0])
             raise fail(
                 f"value {block[row, sample]:g} at sample {sample} is outside the plausible range "
-                f"[{lo:g}, {hi:g}] {spec.unit}",
+                f"[{lo:g}, {hi:g}] {spec.unit} (more than the sensor-noise margin of {margin:g} {spec.unit})",
                 bad_rows,
             )
         seconds = n_samples / spec.rate_hz

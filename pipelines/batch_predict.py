@@ -33,8 +33,7 @@ import typer
 
 from configs.settings import Settings, get_settings
 from diagnosis.registry import FAMILY_NAMES, ensemble_weights
-from diagnosis.store import LATEST, BundleError, ModelStore, check_feature_set
-from hydraulics.features import get_feature_set
+from diagnosis.store import LATEST, ModelStore, check_feature_set
 from pipelines.cycle_reader import BatchInputError, read_cycles
 from pipelines.ensemble_predictor import EnsemblePredictor, load_bundles
 from pipelines.prediction_output import ERRORS_DIR, PREDICTIONS_DIR, PredictionSink, prediction_schema
@@ -56,20 +55,16 @@ BATCHES_PER_BLOCK = 5
 ACTORS_PER_WRITER = 8
 
 
-def resolve_versions(settings: Settings, model_version: str = LATEST) -> dict[str, str]:
-    """Pin every family to one concrete bundle before the job starts: all actors then
-    use the same models even if someone trains a new LATEST mid-job, and a missing or
+def resolve_versions(settings: Settings, model_version: str = LATEST, profile: str | None = None) -> dict[str, str]:
+    """Pin every family to the profile's version before the job starts: all actors then
+    use the same models even if someone trains a new version mid-job, and a missing or
     mismatched bundle fails here with its reason instead of inside every actor."""
-    store = ModelStore(settings.model_store_uri)
+    store = ModelStore(settings.model_store_uri).for_profile(profile or settings.default_profile)
+    version = store.resolve_profile_version(model_version)
     versions = {}
     for family in FAMILY_NAMES:
-        manifest = store.manifest(family, model_version)
+        manifest = store.manifest(family, version)
         check_feature_set(manifest)
-        if manifest["feature_set"]["name"] != settings.feature_set:
-            raise BundleError(
-                f"{family} bundle {manifest['version']} uses feature set {manifest['feature_set']['name']}, "
-                f"but HDX_FEATURE_SET is {settings.feature_set}"
-            )
         versions[family] = manifest["version"]
     return versions
 
@@ -102,23 +97,24 @@ def plan(
     workers: int,
     system_id: str | None = None,
     cycles: Sequence[int] | None = None,
+    profile: str | None = None,
 ):
     """The Ray Dataset of scored rows (``prediction_output.combined_schema``), not yet run."""
     import ray
 
-    channels = get_feature_set(settings.feature_set).channels
+    profile = profile or settings.default_profile
+    channels = ModelStore(settings.model_store_uri).profile(profile).channels
     # Blocks of a few batches, so that a single large file is spread over the whole pool.
     # In Ray 2.60 this is a streaming split (no all-to-all barrier), run in the read tasks.
     ds = read_cycles(source, channels, cycles).repartition(target_num_rows_per_block=batch_size * BATCHES_PER_BLOCK)
     if "system_id" not in ds.schema().names and system_id is None:
         raise BatchInputError(f"{source} has no system_id column; pass --system-id to name the system")
     # Loaded and verified here, once; every actor gets them from the object store.
-    bundles = ray.put(load_bundles(settings.model_store_uri, versions))
+    bundles = ray.put(load_bundles(settings.model_store_uri, profile, versions))
     return ds.map_batches(
         EnsemblePredictor,
         fn_constructor_kwargs={
             "bundles": bundles,
-            "feature_set": settings.feature_set,
             "weights": weights,
             "threshold": settings.anomaly_threshold,
             "default_system_id": system_id,
@@ -144,6 +140,7 @@ def run_batch_predict(
     cycles: Sequence[int] | None = None,
     rows_per_file: int | None = None,
     stats: list[str] | None = None,
+    profile: str | None = None,
 ) -> dict:
     """Diagnose every cycle in ``source``; write predictions and rejected rows under ``output_dir``.
 
@@ -162,13 +159,14 @@ def run_batch_predict(
     source, output_dir = str(source), str(output_dir).rstrip("/")
     started = time.perf_counter()
     started_at = time.time()
-    versions = resolve_versions(settings, model_version)
+    profile = profile or settings.default_profile
+    versions = resolve_versions(settings, model_version, profile)
     weights = ensemble_weights(settings.ensemble_weights)  # a bad override fails here, not in every actor
     if not ray.is_initialized():
         ray.init()  # joins the cluster named by RAY_ADDRESS (ray job submit), else starts a local one
     ray.data.DataContext.get_current().enable_progress_bars = True
 
-    scored = plan(source, settings, versions, weights, batch_size, workers, system_id, cycles)
+    scored = plan(source, settings, versions, weights, batch_size, workers, system_id, cycles, profile)
     # Write tasks next to the pool (not the driver): each splits its rows into the two
     # outputs, so nothing downstream of the actors runs one batch at a time. They ask
     # for no CPU: they are light (Parquet of ~340 B a row), and with the pool's share
@@ -193,7 +191,7 @@ def run_batch_predict(
         "wall_seconds": round(wall, 3),
         "cycles_per_s": round((n_pred + n_err) / wall, 1) if wall > 0 else None,
         "model_versions": versions,
-        "feature_set": settings.feature_set,
+        "profile": profile,
         "batch_size": batch_size,
         "workers": workers,
         "rows_per_file": rows_per_file,
@@ -236,7 +234,8 @@ def parse_cycles(spec: str | None) -> list[int] | None:
 def main(
     source: str = typer.Option(..., help="cycles: a .parquet/.csv file or URI, or a UCI folder"),
     output: str = typer.Option(..., help="output directory or URI (predictions/, errors/, summary.json)"),
-    model_version: str = typer.Option(LATEST, help="bundle version of all four families, or 'latest'"),
+    model_version: str = typer.Option(LATEST, help="the profile's version (a training run), or 'latest'"),
+    profile: str = typer.Option("", help="equipment profile of the cycles (default: settings' default_profile)"),
     system_id: str = typer.Option(None, help="system id for inputs without a system_id column"),
     batch_size: int = typer.Option(0, help="cycles per model call (default: settings.batch_predict_batch_size)"),
     workers: int = typer.Option(0, help="max actors in the pool (default: settings.batch_predict_workers)"),
@@ -245,7 +244,15 @@ def main(
 ) -> None:
     settings = Settings(model_store_uri=store_uri) if store_uri else get_settings()
     summary = run_batch_predict(
-        source, output, model_version, settings, batch_size or None, workers or None, system_id, parse_cycles(cycles)
+        source,
+        output,
+        model_version,
+        settings,
+        batch_size or None,
+        workers or None,
+        system_id,
+        parse_cycles(cycles),
+        profile=profile or None,
     )
     print(format_summary(summary))
 

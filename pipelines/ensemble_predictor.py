@@ -1,7 +1,8 @@
 """The batch job's predictor: one Ray Data actor that diagnoses batch after batch.
 
 It gives a cycle the answer the online ``DiagnosisEnsemble`` gives it: the same
-feature extraction and validation (``hydraulics.features``), every family's
+validation, alignment to the profile's reference cycle and feature extraction
+(``diagnosis.profiles.ProfileReference.prepare``), every family's
 probabilities as a ``FamilyAnswer`` (``diagnosis.scoring.answer_blocks``, as the
 model replicas make them) and the same combination with the configured weights
 and threshold: ``diagnosis.voting.combine_columns``, which ``diagnose_answers``
@@ -28,49 +29,53 @@ from collections.abc import Mapping
 import numpy as np
 import pyarrow as pa
 
+from diagnosis.profiles import ProfileReference, prepare_cycles
 from diagnosis.registry import FAMILY_NAMES
 from diagnosis.scoring import answer_blocks
 from diagnosis.store import ModelBundle, ModelStore
 from diagnosis.voting import VerdictColumns, combine_columns
-from hydraulics.features import extract, extract_cycles, get_feature_set
 from hydraulics.validation import SensorDataError
 from pipelines.cycle_reader import batch_to_cycles, fast_block
 from pipelines.prediction_output import combined_schema, prediction_schema, scored_table
 
 
-def load_bundles(store_uri: str, versions: Mapping[str, str]) -> dict[str, ModelBundle]:
-    """Every family's bundle at its pinned version, read and verified from the store."""
-    store = ModelStore(store_uri)
-    return {family: store.load(family, version) for family, version in versions.items()}
+def load_bundles(
+    store_uri: str, profile: str, versions: Mapping[str, str]
+) -> tuple[dict[str, ModelBundle], ProfileReference]:
+    """The profile's bundle of every family at its pinned version, and that version's
+    reference (alignment and novelty), read and verified from the store."""
+    store = ModelStore(store_uri).for_profile(profile)
+    bundles = {family: store.load(family, version) for family, version in versions.items()}
+    return bundles, store.load_reference(next(iter(versions.values())))
 
 
 class EnsemblePredictor:
     """Actor-pool UDF: takes the four bundles once, then diagnoses batch after batch.
 
-    ``bundles`` is what ``load_bundles`` returns, or a Ray object reference to it (the
-    batch job's actors). ``threads`` pins every model library to that many threads
+    ``bundles`` is what ``load_bundles`` returns (bundles and reference), or a Ray object
+    reference to it (the batch job's actors). ``threads`` pins every model library to that many threads
     (one per actor: the pool's parallelism is the number of actors).
     """
 
     def __init__(
         self,
         bundles,
-        feature_set: str,
         weights: dict[str, float],
         threshold: float,
         default_system_id: str | None,
         threads: int = 1,
     ):
-        if not isinstance(bundles, Mapping):
+        if not isinstance(bundles, tuple):
             import ray
 
             bundles = ray.get(bundles)
+        bundles, self.reference = bundles
         self.bundles: dict[str, ModelBundle] = dict(bundles)
         self.versions = {f: b.version for f, b in self.bundles.items()}
         self.schema = combined_schema(prediction_schema(FAMILY_NAMES))
         for bundle in self.bundles.values():
             bundle.model.pin_threads(threads)
-        self.feature_set = get_feature_set(feature_set)
+        self.feature_set = self.reference.profile.feature_set
         self.n_features = len(self.feature_set.feature_names())
         self.weights = weights
         self.threshold = threshold
@@ -91,7 +96,7 @@ class EnsemblePredictor:
         fast, block = fast_block(batch, self.feature_set)
         if fast.any():
             try:
-                X[fast] = extract(block, self.feature_set)
+                X[fast] = self.reference.prepare(block).features
                 valid |= fast
             except SensorDataError:  # e.g. too short: every row on the per-row path names it
                 fast[:] = False
@@ -103,12 +108,13 @@ class EnsemblePredictor:
                 errors[int(slow[k])] = err
             todo = [k for k in range(len(cycles)) if k not in bad]
             if todo:
-                Xs, feature_errors = extract_cycles([cycles[k] for k in todo], self.feature_set)
-                for j, err in feature_errors.items():
+                prepared = prepare_cycles(self.reference, [cycles[k] for k in todo])
+                for j, err in prepared.errors.items():
                     errors[int(slow[todo[j]])] = err
-                ok = slow[[todo[j] for j in range(len(todo)) if j not in feature_errors]]
-                X[ok] = Xs
-                valid[ok] = True
+                if prepared.rows is not None:
+                    ok = slow[[todo[j] for j in prepared.valid]]
+                    X[ok] = prepared.rows.features
+                    valid[ok] = True
         rows = np.flatnonzero(valid)
         return X[rows], rows, errors
 

@@ -95,6 +95,12 @@ def verdict_arrays(verdicts: VerdictColumns, versions: Mapping[str, str]) -> dic
     cols: dict[str, pa.Array] = {}
     rows = np.arange(n)
     for name in COMPONENT_NAMES:
+        if name not in verdicts.components:  # a profile without this component: no verdict on it
+            cols[f"{name}_level"] = pa.nulls(n, pa.int64())
+            cols[f"{name}_severity"] = pa.nulls(n, pa.string())
+            cols[f"{name}_probability"] = pa.nulls(n, pa.float64())
+            cols[f"{name}_nominal_probability"] = pa.nulls(n, pa.float64())
+            continue
         p = verdicts.probabilities[name]
         cols[f"{name}_level"] = pa.array(verdicts.level_values(name), pa.int64())
         cols[f"{name}_severity"] = pa.array(verdicts.level_severities(name), pa.string())
@@ -105,11 +111,11 @@ def verdict_arrays(verdicts: VerdictColumns, versions: Mapping[str, str]) -> dic
     cols["severity"] = pa.array(verdicts.severity, pa.string())
     cols["confidence"] = pa.array(verdicts.confidence)
     cols["anomaly_type"] = pa.array(verdicts.anomaly_type, pa.string())
-    which, component = np.nonzero(verdicts.affected)  # row-major: components in COMPONENTS order
+    which, component = np.nonzero(verdicts.affected)  # row-major: columns in verdicts.components order
     offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(np.bincount(which, minlength=n), out=offsets[1:])
     cols["affected_components"] = pa.ListArray.from_arrays(
-        pa.array(offsets), pa.array(np.array(COMPONENT_NAMES, dtype=object)[component], pa.string())
+        pa.array(offsets), pa.array(np.array(verdicts.components, dtype=object)[component], pa.string())
     )
     stable = verdicts.probability_not_stable
     cols["probability_not_stable"] = pa.nulls(n, pa.float64()) if stable is None else pa.array(stable)

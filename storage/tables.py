@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
     func,
     true,
 )
@@ -135,6 +136,11 @@ class System(Base):
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), index=True)
     channels: Mapped[list[dict[str, Any]]] = mapped_column(default=list)
     topology: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The equipment profile its diagnoses use (api.services.profiles chooses it); None with
+    # no channels declared means the default profile, with channels that none fits.
+    profile: Mapped[str | None] = mapped_column(String(64), default=None)
+    profile_reason: Mapped[str | None] = mapped_column(String(1000), default=None)
+    profile_explicit: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = _created_at()
 

@@ -9,18 +9,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from configs.settings import Settings
+from diagnosis.profiles import prepare_cycles
 from diagnosis.registry import FAMILY_NAMES, ensemble_weights
 from diagnosis.scoring import answer_blocks
 from diagnosis.store import BundleError, ModelStore
-from diagnosis.training import fit_family
 from diagnosis.voting import diagnose_answers
 from hydraulics.components import COMPONENT_NAMES
-from hydraulics.features import extract, extract_cycles, get_feature_set
+from hydraulics.features import get_feature_set
 from hydraulics.loaders import load_uci, save_table
 from hydraulics.simulator import simulate_dataset
 from pipelines.batch_predict import parse_cycles, run_batch_predict
 from pipelines.cycle_reader import BatchInputError, source_format
 from pipelines.prediction_output import ERROR_SCHEMA, prediction_schema
+from tests.fixtures.serve_app import train_test_bundles
 
 pytestmark = pytest.mark.ray
 
@@ -31,6 +32,7 @@ FAST = {  # as tests/test_models.py: tiny models, trained in seconds
     "adaptive": {"epochs": 150},
 }
 FEATURE_SET = "rig_1hz"
+PROFILE = "uci-1hz"
 CHANNELS = list(get_feature_set(FEATURE_SET).channels)
 PREDICTION_SCHEMA = prediction_schema(FAMILY_NAMES)
 
@@ -38,16 +40,10 @@ PREDICTION_SCHEMA = prediction_schema(FAMILY_NAMES)
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory):
     home = tmp_path_factory.mktemp("hdx-home")
-    train = simulate_dataset(2, seed=31, channels=CHANNELS)
-    X = extract(train.channels, FEATURE_SET)
-    store = ModelStore(str(home / "models"))
-    for family in FAMILY_NAMES:
-        model, _ = fit_family(family, X, train.labels, seed=0, params=FAST[family])
-        store.save(model, "v-batch-test", FEATURE_SET, training={"source": "test"}, metrics={})
+    train_test_bundles(str(home / "models"), (PROFILE,), versions=("v-batch-test",), seed=31)
     # Unequal weights and a non-default threshold: the batch job must use the configured ones.
     return Settings(
         home=home,
-        feature_set=FEATURE_SET,
         anomaly_threshold=0.4,
         ensemble_weights={"catboost": 2.0, "xgboost": 1.0, "random_forest": 1.0, "adaptive": 0.5},
     )
@@ -57,10 +53,11 @@ def online_answers(settings, cycles):
     """What the online path computes (deployments/model_servers.py and
     deployments/diagnosis_ensemble.py): extract_cycles -> each family's answer ->
     diagnose_answers with the configured weights and threshold."""
-    store = ModelStore(settings.model_store_uri)
+    store = ModelStore(settings.model_store_uri).for_profile(PROFILE)
     bundles = {f: store.load(f) for f in FAMILY_NAMES}
-    X, errors = extract_cycles(cycles, settings.feature_set)
-    assert not errors
+    prepared = prepare_cycles(store.load_reference(), cycles)
+    assert not prepared.errors
+    X = prepared.rows.features
     answers = {f: answer_blocks(b, [X])[0] for f, b in bundles.items()}
     return diagnose_answers(
         answers, ensemble_weights(settings.ensemble_weights), settings.anomaly_threshold, X.shape[1]
@@ -187,8 +184,8 @@ def test_uci_folder_subset(ray_cluster, settings, uci_dir, tmp_path):
 
 
 def test_missing_bundles_fail_before_the_job_starts(tmp_path):
-    empty = Settings(home=tmp_path, feature_set=FEATURE_SET)
-    with pytest.raises(BundleError, match="no catboost model in store"):
+    empty = Settings(home=tmp_path)
+    with pytest.raises(BundleError, match="no reference model in store"):
         run_batch_predict(str(tmp_path / "x.parquet"), str(tmp_path / "out"), settings=empty)
 
 
@@ -237,8 +234,7 @@ def test_block_conversion_equals_per_row_path(settings):
     assert all(b.shape == (len(rows) - len(bad_positions), 60) for b in block.values())
 
     predictor = EnsemblePredictor(
-        load_bundles(settings.model_store_uri, {f: "v-batch-test" for f in FAMILY_NAMES}),
-        FEATURE_SET,
+        load_bundles(settings.model_store_uri, PROFILE, {f: "v-batch-test" for f in FAMILY_NAMES}),
         ensemble_weights(settings.ensemble_weights),
         settings.anomaly_threshold,
         None,
@@ -247,7 +243,8 @@ def test_block_conversion_equals_per_row_path(settings):
     X, valid, errors = predictor.features(batch)
     cycles, pre_errors = batch_to_cycles(batch, CHANNELS)  # the per-row path, as before
     assert not pre_errors
-    X_rows, row_errors = extract_cycles(cycles, fs)
+    per_row = prepare_cycles(predictor.reference, cycles)
+    X_rows, row_errors = per_row.rows.features, per_row.errors
     assert list(valid) == [i for i in range(len(rows)) if i not in row_errors]
     np.testing.assert_allclose(X, X_rows, rtol=0, atol=1e-9)
     assert {i: (e.channel, e.problem) for i, e in errors.items()} == {
@@ -268,14 +265,13 @@ def test_columns_are_exactly_the_online_diagnoses(settings):
 
     data = simulate_dataset(1, seed=44, channels=CHANNELS)
     predictor = EnsemblePredictor(
-        load_bundles(settings.model_store_uri, {f: "v-batch-test" for f in FAMILY_NAMES}),
-        FEATURE_SET,
+        load_bundles(settings.model_store_uri, PROFILE, {f: "v-batch-test" for f in FAMILY_NAMES}),
         ensemble_weights(settings.ensemble_weights),
         settings.anomaly_threshold,
         None,
         threads=1,
     )
-    X = extract(data.channels, FEATURE_SET)
+    X = predictor.reference.prepare(data.channels).features
     answers = {f: answer_blocks(b, [X])[0] for f, b in predictor.bundles.items()}
     online = diagnose_answers(answers, predictor.weights, predictor.threshold, X.shape[1])
     columns = pa.table(verdict_arrays(predictor.verdicts(X), predictor.versions)).to_pylist()

@@ -174,10 +174,9 @@ def test_serve_config_has_one_entry_per_deployment_the_builder_makes():
     entries = {d["name"]: d for d in config["applications"][0]["deployments"]}
     models = {spec.deployment for spec in FAMILIES.values()}
     assert set(entries) == {"Ingress", "DiagnosisEnsemble", "RagPipeline", "Embedder", "Retriever", "LLM"} | models
-    for name in models:
-        assert set(entries[name]["user_config"]) == {"version", "max_batch_size"}, name
-    for name in ("DiagnosisEnsemble", "Embedder"):
+    for name in (*models, "Embedder"):  # model versions are chosen per profile by the ensemble
         assert set(entries[name]["user_config"]) == {"max_batch_size"}, name
+    assert set(entries["DiagnosisEnsemble"]["user_config"]) == {"max_batch_size", "profiles", "profile_refresh_s"}
 
 
 def test_every_deployment_but_the_llm_surges_on_a_rollout():

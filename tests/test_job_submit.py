@@ -22,12 +22,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from configs.settings import PROJECT_ROOT
-from diagnosis.registry import FAMILY_NAMES
-from diagnosis.store import ModelStore
-from diagnosis.training import fit_family
-from hydraulics.features import extract, get_feature_set
+from hydraulics.features import get_feature_set
 from hydraulics.simulator import simulate_dataset
-from tests.test_batch_predict import FAST
+from tests.fixtures.serve_app import train_test_bundles
 
 pytestmark = pytest.mark.ray
 
@@ -107,11 +104,7 @@ def head(tmp_path):
 
 def tiny_inputs(root: Path) -> tuple[Path, Path]:
     channels = list(get_feature_set("rig_1hz").channels)
-    train = simulate_dataset(2, seed=51, channels=channels)
-    store = ModelStore(str(root / "models"))
-    X = extract(train.channels, "rig_1hz")
-    for family in FAMILY_NAMES:
-        store.save(fit_family(family, X, train.labels, params=FAST[family])[0], "v-job", "rig_1hz", {}, {})
+    train_test_bundles(str(root / "models"), ("uci-1hz",), versions=("v-job",), seed=51)
     cycles = simulate_dataset(1, seed=52, channels=channels).subset(range(6))
     source = root / "cycles.parquet"
     rows = [

@@ -38,9 +38,17 @@ def adaptive(data):
 
 @pytest.fixture
 def store(tmp_path, adaptive) -> ModelStore:
-    store = ModelStore(str(tmp_path / "models"))
+    store = ModelStore(str(tmp_path / "models")).for_profile("uci-1hz")
     store.save(adaptive, "v1", "rig_1hz", training={}, metrics={})
     return store
+
+
+MODEL_ID = "uci-1hz@v1"
+
+
+async def _serving_revision(server: ModelServer) -> str | None:
+    [held] = (await server.info())["models"]
+    return held["state_revision"]
 
 
 def _valve(i: int) -> pd.DataFrame:
@@ -62,16 +70,18 @@ def test_concurrent_feedback_on_two_replicas_loses_no_label(store, data):
     n = 8
 
     async def run():
-        servers = [ModelServer.func_or_class(family="adaptive", store=store, sync_interval_s=0.05) for _ in range(2)]
+        servers = [
+            ModelServer.func_or_class(family="adaptive", store=store.top(), sync_interval_s=0.05) for _ in range(2)
+        ]
         try:
             replies = await asyncio.gather(
-                *(servers[i % 2].learn(confirmed[i : i + 1], _valve(i).to_dict("list")) for i in range(n))
+                *(servers[i % 2].learn(confirmed[i : i + 1], _valve(i).to_dict("list"), MODEL_ID) for i in range(n))
             )
             latest = store.latest_state("adaptive", "v1")
             deadline = time.monotonic() + 30  # both serving replicas move to the newest revision
-            while time.monotonic() < deadline and {(await s.info())["state_revision"] for s in servers} != {latest}:
+            while time.monotonic() < deadline and {await _serving_revision(s) for s in servers} != {latest}:
                 await asyncio.sleep(0.05)
-            return replies, [(await s.info())["state_revision"] for s in servers]
+            return replies, [await _serving_revision(s) for s in servers]
         finally:
             for s in servers:
                 s._sync_task.cancel()
@@ -145,7 +155,7 @@ def test_cli_lists_revisions_and_rolls_back(store, data, monkeypatch):
     from cli.main import app
 
     _, _, confirmed = data
-    monkeypatch.setenv("HDX_MODEL_STORE_URI", store.uri)
+    monkeypatch.setenv("HDX_MODEL_STORE_URI", store.top().uri)
     monkeypatch.setenv("HDX_ADAPTIVE_KEEP_REVISIONS", "4")
     runner = CliRunner()
     empty = runner.invoke(app, ["models", "revisions"])
@@ -210,24 +220,24 @@ def test_the_ingress_cache_never_answers_from_before_an_update(store, data):
             self.models_info = Remote(self._info)
             self.learn = Remote(self._learn)
 
-        async def _diagnose(self, cycles):
+        async def _diagnose(self, cycles, profile=None, components=None):
             X, errors = extract_cycles(cycles, "rig_1hz")
             assert not errors
-            bundle = await self.server._ensure_loaded()
+            bundle = (await self.server.get_bundle(MODEL_ID)).bundle
             return diagnose_answers({"adaptive": answer_blocks(bundle, [X])[0]}, {"adaptive": 1.0}, 0.5, X.shape[1])
 
         async def _info(self):
             return {"adaptive": await self.server.info()}
 
-        async def _learn(self, cycle, labels):
+        async def _learn(self, cycle, labels, profile=None):
             X, _ = extract_cycles([cycle], "rig_1hz")
-            return await self.server.learn(X, labels)
+            return await self.server.learn(X, labels, MODEL_ID)
 
     cycle = {c: v.tolist() for c, v in simulate_cycle(100, 100, 0, 130, rng=5).items()}
     settings = Settings(home=store.root, model_store_uri=store.uri, redis_url=None, model_version_refresh_s=3600)
 
     async def run():
-        server = ModelServer.func_or_class(family="adaptive", store=store, sync_interval_s=3600)
+        server = ModelServer.func_or_class(family="adaptive", store=store.top(), sync_interval_s=3600)
         client = DiagnosisClient(InProcessEnsemble(server), settings)
         try:
             first = await client.diagnose_one(cycle)

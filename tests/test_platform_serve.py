@@ -84,12 +84,23 @@ def test_served_predictions_are_stored_with_cache_hits_marked(api, engineer):
 
 
 # --- feedback → Adaptive ------------------------------------------------------------------
+MODEL_ID = f"uci-1hz@{MODEL_VERSIONS[0]}"  # what the session app serves for the default profile
+
+
+def _serving_revision(handle) -> str | None:
+    """The learned state a replica serves the session's model id with (loading it if need be)."""
+    handle = handle.options(multiplexed_model_id=MODEL_ID)
+    handle.warm.remote().result(timeout_s=60)
+    [held] = [m for m in handle.info.remote().result(timeout_s=30)["models"] if m["model_id"] == MODEL_ID]
+    return held["state_revision"]
+
+
 def _adaptive_level(handle, sensor_data: dict, component: str) -> int:
     from hydraulics.features import extract_cycles
 
     X, errors = extract_cycles([sensor_data], "rig_1hz")
     assert not errors
-    probas = handle.predict.remote(X).result(timeout_s=60).probas[component]
+    probas = handle.options(multiplexed_model_id=MODEL_ID).predict.remote(X).result(timeout_s=60).probas[component]
     return COMPONENT_ORDER[component][int(np.argmax(probas[0]))]
 
 
@@ -115,9 +126,7 @@ def test_feedback_teaches_the_adaptive_model_everywhere_and_survives_a_restart(a
     [options] = [d for d in serve_config_application()["deployments"] if d["name"] == "AdaptiveModel"]
     options = {k: v for k, v in options.items() if k != "autoscaling_config"}
     settings = get_settings()
-    pair_app = ModelServer.options(
-        **{**options, "num_replicas": 2, "user_config": {**options["user_config"], "version": MODEL_VERSIONS[0]}}
-    ).bind(
+    pair_app = ModelServer.options(**{**options, "num_replicas": 2}).bind(
         family="adaptive", store=ModelStore(settings.model_store_uri), sync_interval_s=settings.adaptive_sync_interval_s
     )
     serve.run(pair_app, name="hdx-adaptive-pair", route_prefix=None)
@@ -141,7 +150,7 @@ def test_feedback_teaches_the_adaptive_model_everywhere_and_survives_a_restart(a
 
         deadline = time.time() + 15  # the sync interval is 1 s in the test env
         while time.time() < deadline:
-            revisions = {pair.info.remote().result(timeout_s=30)["state_revision"] for _ in range(12)}
+            revisions = {_serving_revision(pair) for _ in range(12)}
             if revisions == {learned["state_revision"]}:
                 break
             time.sleep(0.5)
@@ -163,7 +172,7 @@ def test_feedback_teaches_the_adaptive_model_everywhere_and_survives_a_restart(a
             names = _adaptive_replica_names("hdx")
             if names and names != [name]:
                 try:
-                    if main.info.remote().result(timeout_s=10)["state_revision"] == learned["state_revision"]:
+                    if _serving_revision(main) == learned["state_revision"]:
                         break
                 except Exception:  # the replacement is still starting
                     pass
@@ -174,10 +183,10 @@ def test_feedback_teaches_the_adaptive_model_everywhere_and_survives_a_restart(a
         # Concurrent feedback on the pair's two replicas: each update is committed, none lost.
         from hydraulics.features import extract_cycles
 
-        store = ModelStore(settings.model_store_uri)
+        store = ModelStore(settings.model_store_uri).for_profile("uci-1hz")
         updates_before = store.load("adaptive", MODEL_VERSIONS[0]).model.n_updates
         X, _ = extract_cycles([sensor_data], "rig_1hz")
-        replies = [pair.learn.remote(X, {"valve": [73]}) for _ in range(6)]
+        replies = [pair.options(multiplexed_model_id=MODEL_ID).learn.remote(X, {"valve": [73]}) for _ in range(6)]
         revisions = {reply.result(timeout_s=120)["state_revision"] for reply in replies}
         assert len(revisions) == 6 and store.latest_state("adaptive", MODEL_VERSIONS[0]) == max(revisions)
         assert store.load("adaptive", MODEL_VERSIONS[0]).model.n_updates == updates_before + 6

@@ -97,19 +97,23 @@ class _Method:
 
 
 class StandInEnsemble:
-    """The ``DiagnosisEnsemble`` handle's three methods, answering ``diagnosis()`` for every cycle."""
+    """The ``DiagnosisEnsemble`` handle's methods, answering ``diagnosis()`` for every cycle."""
 
     def __init__(self):
-        async def diagnose(cycles):
+        async def diagnose(cycles, profile=None, components=None):
             return [diagnosis() for _ in cycles]
 
         async def models_info():
+            return {}
+
+        async def served_profiles():
             return {}  # no versions known: the prediction cache stays out of the way
 
-        async def learn(cycle, labels):
+        async def learn(cycle, labels, profile=None):
             return {"targets_updated": 1}
 
         self.diagnose, self.models_info, self.learn = _Method(diagnose), _Method(models_info), _Method(learn)
+        self.served_profiles = _Method(served_profiles)
 
 
 def platform_settings(tmp_path: Path, database_url: str, **overrides) -> Settings:

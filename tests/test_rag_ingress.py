@@ -16,7 +16,6 @@ import httpx
 import pytest
 
 from bench.ready import wait_ready
-from diagnosis.registry import FAMILY_NAMES as FAMILIES
 from tests.fixtures.private_servers import free_port
 from tests.fixtures.serve_app import Api
 
@@ -49,7 +48,7 @@ def rag_app(hdx_env, ray_cluster, index_manifest):
     # When the session app already started Serve, its HTTP options stay; ask which port it listens on.
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     port = _get_global_client().http_config.port
-    app = app_from_serve_config(assistant=True, model_versions={f: "test-v1" for f in FAMILIES})
+    app = app_from_serve_config(assistant=True, profile_versions={"uci-1hz": "test-v1", "basic": "test-v1"})
 
     failure: list[BaseException] = []
 

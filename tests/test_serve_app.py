@@ -58,9 +58,12 @@ def test_cache_hit_then_miss_after_rollout(api, engineer, ray_cluster):
     # operator does: /models shows the new versions (the ingress re-reads them then, and
     # by itself every model_version_refresh_s).
     _redeploy(api, engineer, versions=MODEL_VERSIONS[1])
-    models = api.http.get("/api/v1/models", headers=engineer["headers"]).json()["models"]
-    assert {m["version"] for m in models} == {MODEL_VERSIONS[1]}
+    info = api.http.get("/api/v1/models", headers=engineer["headers"]).json()
+    assert info["profiles"]["uci-1hz"] == MODEL_VERSIONS[1]
     third = api.http.post("/api/v1/diagnostics/predict", json=body, headers=engineer["headers"]).json()
+    # Every model deployment now holds the new model id (one replica each in the session app).
+    models = api.http.get("/api/v1/models", headers=engineer["headers"]).json()["models"]
+    assert all(f"uci-1hz@{MODEL_VERSIONS[1]}" in _held(m) for m in models), models
     assert set(third["model_versions"].values()) == {MODEL_VERSIONS[1]}
     assert third["cache_hit"] is False, (
         first["model_versions"],
@@ -82,7 +85,7 @@ def test_rollout_under_load_drops_nothing(api, engineer):
     assert running.replaced == set(running.fewest), running.replaced  # and every one was replaced
     load.assert_all_answered()
     info = api.http.get("/api/v1/models", headers=engineer["headers"]).json()
-    assert {m["version"] for m in info["models"]} == {MODEL_VERSIONS[0]}
+    assert info["profiles"]["uci-1hz"] == MODEL_VERSIONS[0]
 
 
 def test_model_version_rollout_by_config_reconfigures_in_place(api, engineer, hdx_env):
@@ -208,12 +211,16 @@ def _redeploy(api, engineer, versions: str) -> None:
     from ray import serve
 
     from deployments.builder import app_from_serve_config
-    from diagnosis.registry import FAMILIES
 
     with _SERVE_CLIENT:  # building the app makes configs too; submit only, the wait below polls
-        app = app_from_serve_config(assistant=False, model_versions={f: versions for f in FAMILIES})
+        app = app_from_serve_config(assistant=False, profile_versions={"uci-1hz": versions, "basic": versions})
         serve.run_many([serve.RunTarget(app, name="hdx", route_prefix="/")], wait_for_applications_running=False)
     _wait_models(api, engineer, versions)
+
+
+def _held(info: dict) -> set[str]:
+    """The model ids a model deployment's answering replica holds (``/models``)."""
+    return {m["model_id"] for m in info.get("models", [])}
 
 
 def _deploy_config(versions: str, env: dict) -> None:
@@ -226,9 +233,11 @@ def _deploy_config(versions: str, env: dict) -> None:
     from diagnosis.registry import FAMILIES
 
     models = {spec.deployment for spec in FAMILIES.values()}
-    # The file's options for the deployments of an app without the assistant.
+    # The file's options for the deployments of an app without the assistant; the versions
+    # are the ensemble's user_config.profiles.
+    pinned = {"uci-1hz": versions, "basic": versions}
     deployments = [
-        {**d, "user_config": {**d["user_config"], "version": versions}} if d["name"] in models else d
+        {**d, "user_config": {**d["user_config"], "profiles": pinned}} if d["name"] == "DiagnosisEnsemble" else d
         for d in serve_config_application()["deployments"]
         if d["name"] in models | {"Ingress", "DiagnosisEnsemble"}
     ]
@@ -257,13 +266,14 @@ def _wait_models(api, engineer, version: str, timeout_s: float = 180) -> None:
     new version is not waited for: on this small machine an upscale may wait for CPU for long."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        models = api.http.get("/api/v1/models", headers=engineer["headers"]).json().get("models", [])
+        info = api.http.get("/api/v1/models", headers=engineer["headers"]).json()
+        models, served = info.get("models", []), info.get("profiles", {})
         app = _serve_status().applications["hdx"]
         states = {name: _replica_states(d) for name, d in app.deployments.items()}
         settled = app.status == "RUNNING" and all(
             s.get("RUNNING") and not s.keys() & {"UPDATING", "STOPPING", "PENDING_MIGRATION"} for s in states.values()
         )
-        if settled and len(models) == 4 and {m.get("version") for m in models} == {version}:
+        if settled and len(models) == 4 and served.get("uci-1hz") == version:
             return
         time.sleep(0.5)
     raise AssertionError(f"models not at {version} after {timeout_s:g} s: {models}; app {app.status}, {states}")
@@ -375,12 +385,9 @@ def _deploy_with_broken(name: str, broken: set[str]) -> None:
 
     from configs.settings import get_settings
     from deployments.builder import app_from_serve_config
-    from diagnosis.registry import FAMILIES
 
     store = broken_store(get_settings().model_store_uri, broken)
-    app = app_from_serve_config(
-        assistant=False, model_versions={f: MODEL_VERSIONS[0] for f in FAMILIES}, model_store=store
-    )
+    app = app_from_serve_config(assistant=False, profile_versions={"uci-1hz": MODEL_VERSIONS[0]}, model_store=store)
     serve.run(app, name=name, route_prefix=f"/{name}")
 
 

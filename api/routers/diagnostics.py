@@ -64,9 +64,9 @@ async def predict(
 ) -> PredictResponse:
     """Diagnose one cycle of one system."""
     request.state.system_id = body.system_id
-    may_write = await authorize_system(request, session, principal, body.system_id)
+    may_write, target = await authorize_system(request, session, principal, body.system_id)
     await session.commit()  # end the read transaction: no connection held while the models work
-    diagnosis = await get_diagnosis(request).diagnose_one(body.sensor_data, body.use_cache)
+    diagnosis = await get_diagnosis(request).diagnose_one(body.sensor_data, body.use_cache, target)
     served = [(diagnosis, body.sensor_data)]
     ids = await store_predictions(request, body.system_id, served, source="predict", store=may_write)
     if ids:
@@ -85,9 +85,9 @@ async def predict_batch(
             ["body", "items"], f"at most {limit} items per batch, got {len(body.items)}", type="too_long"
         )
     request.state.system_id = body.system_id
-    may_write = await authorize_system(request, session, principal, body.system_id)
+    may_write, target = await authorize_system(request, session, principal, body.system_id)
     await session.commit()
-    results = await get_diagnosis(request).diagnose(body.items, body.use_cache)
+    results = await get_diagnosis(request).diagnose(body.items, body.use_cache, target)
     trace_id = request.state.trace_id
     served = [(r, raw) for r, raw in zip(results, body.items) if isinstance(r, Diagnosis)]
     ids = await store_predictions(request, body.system_id, served, source="batch", store=may_write)

@@ -13,7 +13,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response, status
 
-from api.deps import PrincipalDep, SessionDep, system_write_access
+from api.deps import PrincipalDep, SessionDep, diagnosis_target, system_write_access
 from api.errors import error_responses
 from api.request_metrics import get_metrics
 from api.schemas.history import FeedbackIn, FeedbackOut
@@ -58,7 +58,7 @@ async def give_feedback(
     await session.commit()
     labels = {name: [level] for name, level in body.components.items()}
     try:
-        learned = await get_diagnosis(request).learn(record.sensor_data, labels)
+        learned = await get_diagnosis(request).learn(record.sensor_data, labels, diagnosis_target(system).profile)
     except Exception as exc:  # the model is down or refused: the feedback is kept for a later retraining
         log.warning("adaptive model did not learn from feedback %s: %s", feedback.id, exc)
         learned = {"error": describe(exc)}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from api.deps import PrincipalDep, SessionDep, load_accessible_system
+from api.deps import PrincipalDep, SessionDep, diagnosis_target, load_accessible_system
 from api.errors import InvalidInput, error_responses
 from api.request_metrics import get_metrics
 from api.schemas.ingestion import IngestItem, IngestRequest, IngestResponse
@@ -59,7 +59,7 @@ async def ingest_cycles(
             type="too_long",
         )
     request.state.system_id = body.system_id
-    await load_accessible_system(session, principal, body.system_id, write=True)
+    system = await load_accessible_system(session, principal, body.system_id, write=True)
 
     items: list[IngestItem] = []
     accepted: dict[str, tuple[int, dict]] = {}  # key → (index, canonical sensor_data)
@@ -96,9 +96,7 @@ async def ingest_cycles(
 
     diagnosis_error = None
     if body.diagnose and new_keys:
-        diagnosis_error = await _diagnose(
-            request, body.system_id, [accepted[k] for k in accepted if k in new_keys], items
-        )
+        diagnosis_error = await _diagnose(request, system, [accepted[k] for k in accepted if k in new_keys], items)
     return IngestResponse(
         system_id=body.system_id,
         stored=counts["stored"],
@@ -111,15 +109,18 @@ async def ingest_cycles(
     )
 
 
-async def _diagnose(
-    request: Request, system_id: str, cycles: list[tuple[int, dict]], items: list[IngestItem]
-) -> str | None:
+async def _diagnose(request: Request, system, cycles: list[tuple[int, dict]], items: list[IngestItem]) -> str | None:
     """Diagnose the stored cycles in chunks the ensemble accepts; fill in the items."""
+    system_id = system.id
+    try:
+        target = diagnosis_target(system)
+    except InvalidInput as exc:  # no profile fits the system: the readings are stored all the same
+        return exc.detail[0]["msg"]
     chunk = request.app.state.settings.max_batch_items
     for start in range(0, len(cycles), chunk):
         part = cycles[start : start + chunk]
         try:
-            results = await get_diagnosis(request).diagnose([data for _, data in part])
+            results = await get_diagnosis(request).diagnose([data for _, data in part], target=target)
         except Exception as exc:  # the readings are stored; diagnosis can be rerun from them later
             return describe(exc)
         served = [(r, data) for r, (_, data) in zip(results, part) if isinstance(r, Diagnosis)]

@@ -14,11 +14,16 @@ router = APIRouter(prefix="/api/v1", tags=["models"])
 
 @router.get("/models", responses=error_responses(503))
 async def list_models(request: Request, principal: PrincipalDep) -> dict:
-    """Each model deployment's loaded bundle: version, feature set, training data and metrics."""
-    info = await get_diagnosis(request).models_info()
+    """The version each equipment profile is served at, and for each model deployment the
+    replica that answered with the bundles (model ids ``<profile>@<version>``) it holds now,
+    their feature sets, training data and metrics."""
+    client = get_diagnosis(request)
+    profiles = await client.served_profiles()
+    info = await client.models_info()
     settings = request.app.state.settings
     return {
-        "feature_set": settings.feature_set,
+        "default_profile": settings.default_profile,
+        "profiles": profiles,
         "ensemble_weights": ensemble_weights(settings.ensemble_weights),
         "models": list(info.values()),
     }

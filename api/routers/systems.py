@@ -20,6 +20,7 @@ from api.deps import (
 from api.errors import Conflict, Forbidden, InvalidInput, NotFound, error_responses
 from api.schemas.inputs import IdPath, Offset
 from api.schemas.systems import MemberIn, MemberOut, SystemCreate, SystemOut, SystemPage, SystemUpdate, channel_specs
+from api.services import profile_choice
 from auth.principal import Principal
 from auth.roles import Action, Role
 from storage.repositories import systems as systems_repo
@@ -64,6 +65,7 @@ def _require_owner(principal: Principal, system: System) -> None:
 )
 async def create_system(
     body: SystemCreate,
+    request: Request,
     principal: WriterDep,
     session: SessionDep,
     _unscoped: Annotated[Principal, Depends(unscoped_key("registering a system"))],
@@ -80,6 +82,7 @@ async def create_system(
     if await systems_repo.get_system(session, body.id, include_deleted=True) is not None:
         # Deleted ids stay taken: their history, audit trail and feedback still name them.
         raise Conflict(f"system id {body.id!r} is already taken")
+    choice = await profile_choice.choose(request, body.channels, body.profile)
     system = await systems_repo.create_system(
         session,
         system_id=body.id,
@@ -89,6 +92,9 @@ async def create_system(
         location=body.location,
         channels=channel_specs(body.channels),
         topology=body.topology.model_dump(by_alias=True, exclude_none=True),
+        profile=choice.profile,
+        profile_reason=choice.reason,
+        profile_explicit=body.profile is not None,
     )
     await session.commit()
     return _out(system)
@@ -115,8 +121,13 @@ async def get_system(system: Annotated[System, Depends(system_access)]) -> Syste
 
 @router.patch("/{system_id}", response_model=SystemOut, responses=ONE_SYSTEM_WITH_BODY)
 async def update_system(
-    body: SystemUpdate, system: Annotated[System, Depends(system_write_access)], session: SessionDep
+    body: SystemUpdate,
+    request: Request,
+    system: Annotated[System, Depends(system_write_access)],
+    session: SessionDep,
 ) -> SystemOut:
+    """Only the fields given change. New channels, or a new ``profile`` (null: choose
+    automatically), choose the system's profile again."""
     changes = body.model_dump(exclude_unset=True)
     for field in ("name", "type", "location"):
         if field in changes:
@@ -127,7 +138,12 @@ async def update_system(
         system.channels = channel_specs(body.channels)
     if body.topology is not None:
         system.topology = body.topology.model_dump(by_alias=True, exclude_none=True)
+    if body.channels is not None or "profile" in changes:
+        explicit = changes["profile"] if "profile" in changes else (system.profile if system.profile_explicit else None)
+        choice = await profile_choice.choose(request, [c["name"] for c in system.channels], explicit)
+        system.profile, system.profile_reason, system.profile_explicit = choice.profile, choice.reason, bool(explicit)
     await session.commit()
+    get_access_cache(request).clear()  # the diagnosis routes cache what a system is diagnosed with
     return _out(system)
 
 

@@ -136,6 +136,11 @@ class SystemCreate(BaseModel):
         default_factory=list, max_length=64, description="catalogue channel names or aliases"
     )
     topology: Topology = Field(default_factory=Topology)
+    profile: Token64 | None = Field(
+        None,
+        description="the equipment profile to diagnose it with; default: the best trained profile whose "
+        "channels the system reports (GET shows which and why)",
+    )
 
     @field_validator("channels")
     @classmethod
@@ -152,6 +157,7 @@ class SystemUpdate(BaseModel):
     location: Text200 | None = None
     channels: list[Token64] | None = Field(None, max_length=64)
     topology: Topology | None = None
+    profile: Token64 | None = Field(None, description="a trained profile, or null to choose automatically")
 
     @field_validator("channels")
     @classmethod
@@ -168,6 +174,8 @@ class SystemOut(BaseModel):
     owner_id: int
     channels: list[dict]
     topology: dict
+    profile: str | None = Field(description="the equipment profile its diagnoses use (null: none fits)")
+    profile_reason: str | None = Field(description="why this profile: set explicitly or chosen automatically")
     created_at: datetime
 
 

@@ -19,8 +19,14 @@ async def create_system(
     location: str | None = None,
     channels: list[dict[str, Any]] | None = None,
     topology: dict[str, Any] | None = None,
+    profile: str | None = None,
+    profile_reason: str | None = None,
+    profile_explicit: bool = False,
 ) -> System:
     system = System(
+        profile=profile,
+        profile_reason=profile_reason,
+        profile_explicit=profile_explicit,
         id=system_id,
         name=name,
         owner_id=owner_id,
