@@ -814,7 +814,7 @@ def main(argv=None) -> int:
 
     settings = get_settings()  # the caller's stores: models and index must be there already
     model_store, index_store = settings.model_store_uri, settings.index_store_uri
-    missing = [f for f in FAMILIES if ModelStore(model_store).problem(f)]
+    missing = [f for f in FAMILIES if ModelStore(model_store).for_profile(settings.default_profile).problem(f)]
     if missing or not Path(index_store).exists():
         raise SystemExit(f"no model bundles for {missing} or no index at {index_store}: run `hdx bootstrap` first")
     refuse_leftovers()

@@ -409,8 +409,9 @@ def main() -> None:
     os.environ.setdefault("HDX_DEV_MODE", "true")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     settings = get_settings()
-    if not all(ModelStore(settings.model_store_uri).versions(f) for f in FAMILY_NAMES):
-        sys.exit(f"no model bundles in {settings.model_store_uri}: run `hdx bootstrap` or `hdx train` first")
+    store = ModelStore(settings.model_store_uri).for_profile(settings.default_profile)
+    if not store.reference_versions() or not all(store.versions(f) for f in FAMILY_NAMES):
+        sys.exit(f"no {settings.default_profile} bundles in {settings.model_store_uri}: run `hdx bootstrap` first")
     # A database of its own, so the benchmark never touches real users.
     tmp = tempfile.mkdtemp(prefix="hdx-bench-")
     os.environ["HDX_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp}/bench.db"

@@ -101,6 +101,7 @@ class DiagnosisEnsemble:
         self._references: OrderedDict[str, ProfileReference] = OrderedDict()  # model id → reference
         self._trained: tuple[float, list[Profile]] = (0.0, [])
         self._batchers: dict[str, GreedyBatcher] = {}
+        self._warming: set[asyncio.Task] = set()
 
     async def reconfigure(self, user_config: dict | None) -> None:
         config = user_config or {}
@@ -115,7 +116,10 @@ class DiagnosisEnsemble:
             try:  # load beside the old version, then switch: requests never wait for the load
                 resolved = await asyncio.to_thread(self._resolve, profile, version)
                 await self._reference(model_id(profile, resolved))
-                await self._warm(model_id(profile, resolved))
+                if profile in self._resolved:  # a rollout: the models load the new id first
+                    await self._warm(model_id(profile, resolved))
+                else:  # starting up: the model replicas may be starting too; load in the background
+                    self._warming.add(asyncio.get_running_loop().create_task(self._warm(model_id(profile, resolved))))
             except Exception as exc:  # a bad pin fails that profile's requests, not the deployment
                 log.error("profile %s version %s cannot be served: %s", profile, version, describe(exc))
                 self._resolved.pop(profile, None)
@@ -138,6 +142,7 @@ class DiagnosisEnsemble:
                 log.warning("warming %s failed: %s", mid, describe(exc))
 
         await asyncio.gather(*(one(h) for h in self.models.values()))
+        self._warming = {t for t in self._warming if not t.done()}
 
     async def _version(self, profile: str) -> str:
         known = self._resolved.get(profile)

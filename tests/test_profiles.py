@@ -119,9 +119,7 @@ def test_a_basic_system_is_diagnosed_from_the_alias_form(app):
 
 def test_missing_channels_name_the_gap_and_the_profiles_that_would_fit(app):
     _register(app, "press-3", ["pressure", "temperature", "flow", "vibration"])
-    r = app.post(
-        "/api/v1/diagnostics/predict", json={"system_id": "press-3", "sensor_data": _cycle(UCI_1HZ_CHANNELS)}
-    )
+    r = app.post("/api/v1/diagnostics/predict", json={"system_id": "press-3", "sensor_data": _cycle(UCI_1HZ_CHANNELS)})
     assert r.status_code == 422
     assert "missing ['PS1', 'FS1']: required by profile basic" in r.text and "uci-1hz" in r.text
     _register(app, "odd-2", ["TS1", "VS1"])

@@ -313,7 +313,7 @@ def test_error_codes_with_messages(api, engineer):
     missing = simulated_request(engineer["system"])
     del missing["sensor_data"]["CE"]
     r = api.http.post("/api/v1/diagnostics/predict", json=missing, headers=h)
-    assert r.status_code == 422 and "CE: missing: required by feature set rig_1hz" in r.text
+    assert r.status_code == 422 and "missing ['CE']: required by profile uci-1hz" in r.text
 
     r = api.http.post(
         "/api/v1/diagnostics/predict", json={"system_id": engineer["system"], "sensor_data": "hot"}, headers=h
