@@ -62,7 +62,9 @@ def build_configured_app(args: dict | None = None, settings: Settings | None = N
     configured = _configure(options)
     store = model_store or ModelStore(s.model_store_uri)
     models = {
-        family: configured(ModelServer, spec.deployment).bind(
+        # The pinned versions are loaded before a replica reports ready (as a replica of one
+        # bundle used to), so a replacement replica never makes the first requests wait.
+        family: configured(ModelServer, spec.deployment, user_config={"preload": dict(opts.profile_versions)}).bind(
             family=family,
             store=store,
             sync_interval_s=s.adaptive_sync_interval_s,
@@ -113,7 +115,10 @@ def _configure(options_by_name: dict[str, dict[str, Any]]):
     code's defaults, overridden by the options given for that name."""
 
     def configured(deployment, name: str, **defaults):
-        options = {**defaults, **options_by_name.get(name, {})}
+        given = options_by_name.get(name, {})
+        options = {**defaults, **given}
+        if "user_config" in defaults and "user_config" in given:  # the file's keys win, the code's stay
+            options["user_config"] = {**defaults["user_config"], **given["user_config"]}
         options.pop("name", None)
         return deployment.options(name=name, **options)
 

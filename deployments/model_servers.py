@@ -43,7 +43,7 @@ from ray import serve
 from diagnosis.batching import GreedyBatcher
 from diagnosis.failures import ModelCannotLearn
 from diagnosis.learning import learn_and_save
-from diagnosis.profiles import parse_model_id
+from diagnosis.profiles import model_id, parse_model_id
 from diagnosis.registry import family_spec
 from diagnosis.report import FamilyAnswer
 from diagnosis.scoring import answer_blocks, bundle_info
@@ -98,9 +98,18 @@ class ModelServer:
             self.get_bundle = _InProcessLRU(load, max_models)
 
     async def reconfigure(self, user_config: dict | None) -> None:
-        self.max_batch_size = int((user_config or {}).get("max_batch_size", DEFAULT_MAX_BATCH))
+        """``max_batch_size``, and ``preload`` ({profile: version}): bundles loaded now, before
+        this replica takes requests, so a replacement replica does not make them wait."""
+        config = user_config or {}
+        self.max_batch_size = int(config.get("max_batch_size", DEFAULT_MAX_BATCH))
         for batcher in self._batchers.values():
             batcher.max_batch_size = self.max_batch_size
+        for profile, version in (config.get("preload") or {}).items():
+            try:
+                resolved = await asyncio.to_thread(self._store.for_profile(profile).resolve_profile_version, version)
+                await self.get_bundle(model_id(profile, resolved))
+            except Exception:  # loaded on first use instead
+                log.exception("%s could not preload profile %s version %s", self.family, profile, version)
 
     async def _load(self, model_id: str) -> HeldBundle:
         profile, version = parse_model_id(model_id)
