@@ -33,17 +33,11 @@ def train(
 ) -> None:
     """Train one profile's four model families (in parallel on Ray) and store a new version."""
     from diagnosis.profiles import ProfileError
-    from diagnosis.store import ModelStore
-    from pipelines.train import format_report, resolve_profile, run_training, split_list
+    from pipelines.train import format_report, profile_from_options, run_training
 
     settings = get_settings()
     try:
-        prof = resolve_profile(
-            ModelStore(settings.model_store_uri),
-            profile or settings.default_profile,
-            split_list(channels, channels=True),
-            split_list(components),
-        )
+        prof = profile_from_options(settings, profile, channels, components)
         report = run_training(source, settings, eval_split=not no_eval, profile=prof)
     except (ProfileError, KeyError, ValueError) as exc:
         typer.echo(str(exc.args[0] if isinstance(exc, KeyError) else exc), err=True)

@@ -208,6 +208,17 @@ def run_training(
     return report
 
 
+def profile_from_options(settings: Settings, profile: str, channels: str, components: str) -> Profile:
+    """The profile a training command names: ``--profile`` (default: the settings' default),
+    narrowed or defined by the comma-separated ``--channels`` and ``--components``."""
+    return resolve_profile(
+        ModelStore(settings.model_store_uri),
+        profile or settings.default_profile,
+        split_list(channels, channels=True),
+        split_list(components),
+    )
+
+
 def split_list(text: str, channels: bool = False) -> list[str]:
     """``"PS1, temperature"`` → ``["PS1", "TS1"]`` (``channels``: catalogue spelling, aliases
     resolved; an unknown name is a ``KeyError`` naming the valid ones)."""
@@ -246,12 +257,7 @@ def main(
 ) -> None:
     overrides = {k: v for k, v in {"model_store_uri": store_uri, "uci_data_dir": uci_dir}.items() if v}
     settings = Settings(**overrides) if overrides else get_settings()
-    prof = resolve_profile(
-        ModelStore(settings.model_store_uri),
-        profile or settings.default_profile,
-        split_list(channels, channels=True),
-        split_list(components),
-    )
+    prof = profile_from_options(settings, profile, channels, components)
     report = run_training(source, settings, eval_split=not no_eval, profile=prof)
     print(json.dumps({k: v for k, v in report.items() if k not in ("models", "ensemble")}, indent=2))
     if "ensemble" in report:
