@@ -9,8 +9,8 @@ hundreds of ms from thread stalls, not from retrieval).
 End to end: a local Ray + Serve running the assistant with the extractive backend,
 queries sent one at a time through a DeploymentHandle (p50/p90). Prints figures only.
 
-The index must be format 2 (answer sentences embedded at build time): the extractive
-answer then costs dot products only. Build one with ``python -m bench.eval_retrieval
+The index must be format 3 (section blocks embedded at build time): choosing the answering
+sections then costs dot products only. Build one with ``python -m bench.eval_retrieval
 --build --store DIR`` (which also prints the build's chunks/s).
 """
 
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     manifest = IndexStore(args.store).manifest(args.version)
     print(
         f"index {manifest['version']} (format {manifest.get('format')}): {manifest['n_chunks']} chunks, "
-        f"{manifest.get('n_sentences', '?')} answer sentences embedded at build time"
+        f"{manifest.get('n_blocks', '?')} section blocks embedded at build time"
     )
     retrieval = bench_retrieval(args.store, args.version, questions, args.rounds)
     print(

@@ -1,14 +1,17 @@
 """The maintenance assistant as Ray Serve deployments.
 
     RagPipeline ──> Embedder   (GreedyBatcher: concurrent queries share one forward pass)
-               ──> Retriever  (FAISS index; user_config {index_version} hot-swaps versions)
-               ──> LLM        (extractive | ollama | vllm)
+               ──> Retriever  (FAISS index; retrieval, then the sections that answer: knowledge.grounding;
+                               user_config {index_version} hot-swaps versions)
+               ──> LLM        (extractive | ollama | vllm), given those sections
 
 Only the ingress (``api/routers/rag.py``) talks HTTP; these are reached by handles.
-The question is embedded once; the index (format 2) brings each hit's answer
-sentences with their vectors, so an extractive answer costs only dot products.
-Any failure of the generative backend becomes an extractive answer with
-``metadata.degraded = true`` and the reason; clients never see the exception.
+The question is embedded once; the index (format 3) brings every section's blocks
+with their vectors, so choosing the answering sections costs only dot products.
+Every backend answers from the same chosen sections, and its answer is checked:
+an answer that cites a source it was not given, or none, is replaced by the
+extractive answer with ``metadata.degraded = true`` and the reason, as is any
+failure of the generative backend; clients never see the exception.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from ray.serve.handle import DeploymentHandle
 from configs.settings import Settings
 from diagnosis.batching import GreedyBatcher
 from diagnosis.failures import describe
-from knowledge.answer import NO_ANSWER, ExtractiveAnswerer
+from knowledge.answer import citation_problem, compose
 from knowledge.embedding import get_embedder
+from knowledge.grounding import retrieve_and_ground
 from knowledge.index_store import IndexFormatError, IndexNotFound, IndexStore
 from knowledge.prompt import build_prompt
 from knowledge.retrieval import IndexSearcher, diagnosis_bias
@@ -54,11 +58,6 @@ class Embedder:
         # The forward pass runs in a thread so the replica keeps accepting (and batching) requests.
         vectors = await asyncio.to_thread(self._model.embed, list(queries))
         return list(vectors)
-
-    def embed_many(self, texts: list[str]) -> np.ndarray:
-        """Many texts in one call (passages without stored sentence vectors); sync, so Serve runs it
-        in its thread pool."""
-        return self._model.embed(list(texts))
 
 
 @serve.deployment(user_config={"index_version": "latest"})
@@ -94,7 +93,9 @@ class Retriever:
     def _load(self, version: str) -> IndexSearcher:
         loaded = self._store.load(version)
         logger.info("retriever loaded index %s (%d chunks)", loaded.version, loaded.index.ntotal)
-        return IndexSearcher(loaded)
+        searcher = IndexSearcher(loaded)
+        searcher.prepare()  # here, off the event loop, not in the first query
+        return searcher
 
     async def _follow_latest(self) -> None:
         """With ``latest`` configured, pick up newly published versions (checked every refresh interval)."""
@@ -113,14 +114,7 @@ class Retriever:
                         raise  # the query reports why there are no sources
                     logger.error("keeping index %s: %s", self._searcher.version, exc)
 
-    async def search(
-        self,
-        query_vec,
-        k: int = 5,
-        components: list[str] | None = None,
-        tags: list[str] | None = None,
-        prefer_components: list[str] | None = None,
-    ) -> dict:
+    async def _current(self) -> IndexSearcher:
         if self._searcher is None:
             await self._follow_latest()
         elif self._wanted == "latest" and time.monotonic() - self._last_check >= self._refresh_interval_s:
@@ -130,8 +124,61 @@ class Retriever:
             raise IndexNotFound(
                 f"no index has been published under {self._store.uri}; build one with `python -m pipelines.build_index`"
             )
+        return searcher
+
+    async def search(
+        self,
+        query_vec,
+        k: int = 5,
+        components: list[str] | None = None,
+        tags: list[str] | None = None,
+        prefer_components: list[str] | None = None,
+    ) -> dict:
+        searcher = await self._current()
         hits = searcher.search(query_vec, k=k, components=components, tags=tags, prefer_components=prefer_components)
         return {"hits": [h.to_dict() for h in hits], "index_version": searcher.version}
+
+    async def ground(
+        self,
+        query_vec,
+        question: str,
+        question_vector,
+        k: int = 5,
+        prefer_components: list[str] | None = None,
+        diagnosis: dict | None = None,
+    ) -> dict:
+        """The retrieved documents and, from their sections, the passages that answer the question
+        (``knowledge.grounding``), both from the same index version."""
+        searcher = await self._current()
+        hits, grounding = retrieve_and_ground(
+            searcher, query_vec, question, question_vector, k, prefer_components, diagnosis
+        )
+        return {"hits": hits, "grounding": grounding.to_dict(), "index_version": searcher.version}
+
+    async def document(self, document_id: str) -> dict | None:
+        """A document's sections with their anchors (what a source's link opens); None if unknown."""
+        searcher = await self._current()
+        sections = searcher.sections(document_id)
+        if not sections:
+            return None
+        first = sections[0][0]
+        return {
+            "document_id": document_id,
+            "title": first.title,
+            "components": list(first.components),
+            "tags": list(first.tags),
+            "index_version": searcher.version,
+            "sections": [
+                {
+                    "heading_path": s.heading_path,
+                    "heading": s.heading,
+                    "anchor": s.anchor,
+                    "kind": s.kind,
+                    "text": s.text,
+                }
+                for s, _ in sections
+            ],
+        }
 
     def info(self) -> dict:
         searcher = self._searcher
@@ -152,7 +199,6 @@ class LLM:
         vllm_model_path: str,
         timeout_s: float,
         prompt_template_path: str,
-        embed_model_path: str | None = None,
     ):
         from knowledge.llm import make_backend
 
@@ -161,11 +207,8 @@ class LLM:
         self._init_error: str | None = None
         self._backend = None
         try:
-            # Index passages bring their sentence vectors: the model loads only if other passages come.
-            embed = (lambda texts: get_embedder(embed_model_path).embed(texts)) if self.kind == "extractive" else None
             self._backend = make_backend(
                 self.kind,
-                embed=embed,
                 model=model,
                 ollama_url=ollama_url,
                 vllm_model_path=vllm_model_path,
@@ -187,28 +230,17 @@ class LLM:
             raise BackendError(self._init_error or "backend not initialised")
         return self._backend
 
-    async def generate(
-        self,
-        question: str,
-        passages: list[dict],
-        diagnosis: dict | None = None,
-        question_vector: np.ndarray | None = None,
-    ) -> dict:
+    async def generate(self, question: str, grounding: dict) -> dict:
+        """``grounding``: ``knowledge.grounding.Grounding.to_dict()``, the sections to answer from."""
         backend = self._ready()
-        prompt = build_prompt(self._template, question, passages, diagnosis)
-        text = await backend.generate(prompt, passages, question, question_vector)
+        prompt = build_prompt(self._template, question, grounding)
+        text = await backend.generate(prompt, grounding)
         return {"text": text, "model": backend.model, "tokens_used": self._tokens(prompt.as_text(), text)}
 
-    async def stream(
-        self,
-        question: str,
-        passages: list[dict],
-        diagnosis: dict | None = None,
-        question_vector: np.ndarray | None = None,
-    ) -> AsyncIterator[str]:
+    async def stream(self, question: str, grounding: dict) -> AsyncIterator[str]:
         backend = self._ready()
-        prompt = build_prompt(self._template, question, passages, diagnosis)
-        async for piece in backend.stream(prompt, passages, question, question_vector):
+        prompt = build_prompt(self._template, question, grounding)
+        async for piece in backend.stream(prompt, grounding):
             yield piece
 
     def info(self) -> dict:
@@ -236,14 +268,12 @@ class RagPipeline:
         self._llm = llm
         self._llm_stream = llm.options(stream=True)
         self._timeout_s = llm_timeout_s
-        self._answerer = ExtractiveAnswerer()
 
     async def _retrieve(self, query: str, max_results: int, diagnosis: dict | None) -> dict:
-        """Hits, plus ``question_vector``: the question alone, embedded, for the extractive answer."""
+        """Hits and the grounding (the passages that answer), from one index version."""
         started = time.perf_counter()
         extra_words, prefer = diagnosis_bias(diagnosis)
         retrieval_query = f"{query} {extra_words}".strip()
-        question_vector = None
         try:
             if retrieval_query == query.strip():
                 vector = question_vector = await self._embedder.embed.remote(retrieval_query)
@@ -251,87 +281,102 @@ class RagPipeline:
                 vector, question_vector = await asyncio.gather(
                     self._embedder.embed.remote(retrieval_query), self._embedder.embed.remote(query)
                 )
-            result = await self._retriever.search.remote(vector, k=max_results, prefer_components=prefer or None)
+            result = await self._retriever.ground.remote(
+                vector, query, question_vector, k=max_results, prefer_components=prefer or None, diagnosis=diagnosis
+            )
             error = None
         except Exception as exc:  # no index yet, or retriever down: answer without sources, say why
-            result, error = {"hits": [], "index_version": None}, describe(exc)
+            result, error = {"hits": [], "grounding": {"passages": []}, "index_version": None}, describe(exc)
         result["retrieval_ms"] = round((time.perf_counter() - started) * 1000, 2)
         result["error"] = error
-        result["question_vector"] = question_vector
         return result
-
-    async def _extractive(self, query: str, hits: list[dict], question_vector: np.ndarray | None) -> str:
-        try:
-            answer = await self._answerer.aanswer(
-                query, hits, lambda texts: self._embedder.embed_many.remote(texts), question_vector=question_vector
-            )
-            return answer.text
-        except Exception as exc:
-            logger.error("extractive fallback failed: %s", describe(exc))
-            return "The assistant could not compose an answer; the sources below are the most relevant documents."
 
     async def query(
         self, query: str, max_results: int = 5, system_id: str | None = None, diagnosis: dict | None = None
     ) -> dict:
         started = time.perf_counter()
         retrieved = await self._retrieve(query, max_results, diagnosis)
-        hits = retrieved["hits"]
+        grounding = retrieved["grounding"]
+        passages = grounding["passages"]
         degraded_reason = retrieved["error"]
         model, tokens = None, 0
-        if not hits:
-            text = NO_ANSWER
+        if not passages:
+            text = compose(grounding)  # the lead, if any, and NO_ANSWER
         else:
             try:
-                result = await asyncio.wait_for(
-                    self._llm.generate.remote(query, hits, diagnosis, retrieved["question_vector"]), self._timeout_s
-                )
+                result = await asyncio.wait_for(self._llm.generate.remote(query, grounding), self._timeout_s)
                 text, model, tokens = result["text"], result["model"], result["tokens_used"]
+                problem = citation_problem(text, len(passages))
+                if problem:
+                    degraded_reason = f"{model}: {problem}; answered extractively instead"
+                    logger.warning("LLM answer replaced: %s", degraded_reason)
+                    text, model = compose(grounding), "extractive"
             except Exception as exc:
                 degraded_reason = describe(exc)
                 logger.warning("LLM failed, answering extractively: %s", degraded_reason)
-                text, model = await self._extractive(query, hits, retrieved["question_vector"]), "extractive"
+                text, model = compose(grounding), "extractive"
         return {
             "response": text,
-            "sources": _sources(hits),
+            "sources": _sources(passages, retrieved["hits"]),
             "metadata": _metadata(model or "none", started, retrieved, tokens, degraded_reason, system_id),
         }
 
     async def stream(
         self, query: str, max_results: int = 5, system_id: str | None = None, diagnosis: dict | None = None
     ) -> AsyncIterator[dict]:
-        """Yields {"event": "token", "text": ...} events, then one {"event": "done", ...} with sources and metadata."""
+        """Yields {"event": "token", "text": ...} events, then one {"event": "done", ...} with sources and metadata.
+
+        A generative answer is checked as it streams: once it cites a source it was not
+        given (or, at its end, if it cited none), the stream stops and one
+        {"event": "replace", "text": ...} carries the extractive answer that replaces
+        everything sent so far; the done event then says ``degraded`` and why.
+        """
         started = time.perf_counter()
         retrieved = await self._retrieve(query, max_results, diagnosis)
-        hits = retrieved["hits"]
+        grounding = retrieved["grounding"]
+        passages = grounding["passages"]
         degraded_reason = retrieved["error"]
         model, pieces = None, 0
-        if not hits:
-            yield {"event": "token", "text": NO_ANSWER}
+        if not passages:
+            yield {"event": "token", "text": compose(grounding)}
         else:
-            generator = self._llm_stream.stream.remote(query, hits, diagnosis, retrieved["question_vector"])
+            generator = self._llm_stream.stream.remote(query, grounding)
+            text, problem = "", None
             try:
-                while True:
+                while problem is None:
                     try:
                         piece = await asyncio.wait_for(generator.__anext__(), self._timeout_s)
                     except StopAsyncIteration:
+                        problem = citation_problem(text, len(passages))
                         break
                     pieces += 1
-                    yield {"event": "token", "text": piece}
-                model = "streamed"
+                    text += piece
+                    problem = citation_problem(text, len(passages), final=False)
+                    if problem is None:
+                        yield {"event": "token", "text": piece}
+                if problem is not None:
+                    generator.cancel()
+                    model = (await self._llm.info.remote())["model"]
+                    degraded_reason = f"{model}: {problem}; answered extractively instead"
+                    logger.warning("LLM stream replaced after %d pieces: %s", pieces, degraded_reason)
+                    yield {"event": "replace", "text": compose(grounding)}
+                    model = "extractive"
+                else:
+                    model = (await self._llm.info.remote())["model"]
             except Exception as exc:
                 generator.cancel()
                 degraded_reason = describe(exc)
                 logger.warning("LLM stream failed after %d pieces, answering extractively: %s", pieces, degraded_reason)
-                text = await self._extractive(query, hits, retrieved["question_vector"])
-                yield {"event": "token", "text": ("\n\n" if pieces else "") + text}
+                yield {"event": "replace", "text": compose(grounding)}
                 model = "extractive"
-            if model == "streamed":
-                model = (await self._llm.info.remote())["model"]
         yield {
             "event": "done",
-            "sources": _sources(hits),
+            "sources": _sources(passages, retrieved["hits"]),
             "metadata": _metadata(model or "none", started, retrieved, pieces, degraded_reason, system_id),
         }
+
+    async def document(self, document_id: str) -> dict | None:
+        return await self._retriever.document.remote(document_id)
 
     async def info(self) -> dict:
         """For ``/ready``: the index version served, and the generation backend and model."""
@@ -348,18 +393,33 @@ class RagPipeline:
         return info
 
 
-def _sources(hits: list[dict]) -> list[dict]:
-    # Order matters: citation [n] in the answer is sources[n-1].
-    return [
-        {
-            "document_id": h["document_id"],
-            "title": h["title"],
-            "heading_path": h["heading_path"],
-            "snippet": h["snippet"],
-            "score": round(float(h["score"]), 4),
+DOCUMENT_URL = "/api/v1/rag/documents/{document_id}"
+
+
+def _sources(passages: list[dict], hits: list[dict]) -> list[dict]:
+    """The passages answered from (cited [n] = sources[n-1]), then the other documents retrieved."""
+
+    def source(d: dict, text: str, cited: bool) -> dict:
+        anchor = d.get("anchor") or ""
+        url = DOCUMENT_URL.format(document_id=d["document_id"]) + (f"#{anchor}" if anchor else "")
+        return {
+            "document_id": d["document_id"],
+            "title": d["title"],
+            "heading_path": d["heading_path"],
+            "anchor": anchor,
+            "url": url,
+            "snippet": text,
+            "score": round(float(d["score"]), 4),
+            "cited": cited,
         }
-        for h in hits
-    ]
+
+    used = {p["document_id"] for p in passages}
+    out = [source(p, p["text"], True) for p in passages]
+    for hit in hits:
+        if hit["document_id"] not in used:
+            anchor = (hit.get("section_id") or "").partition("#")[2]
+            out.append(source({**hit, "anchor": anchor}, hit["snippet"], False))
+    return out
 
 
 def _metadata(

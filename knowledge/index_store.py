@@ -4,16 +4,17 @@ Layout under ``index_store_uri``::
 
     LATEST                      the serving version's name (one line)
     <version>/index.faiss       FAISS index over L2-normalised vectors (inner product)
-    <version>/chunks.parquet    chunk metadata, row i <-> vector i; ``sentences`` lists the chunk's
-                                answer sentences (``knowledge.answer.split_sentences``), in order
-    <version>/sentence_vectors.npy   one L2-normalised vector per answer sentence, chunk by chunk
-                                in the order of ``chunks.parquet`` (format 2 on)
-    <version>/manifest.json     format, version, created, model, dims, n_chunks, n_sentences, fingerprint, ...
+    <version>/chunks.parquet    chunk metadata, row i <-> vector i (retrieval)
+    <version>/blocks.parquet    the documents' sections as whole blocks (``knowledge.sections``), in
+                                document order: section_id, heading_path, anchor, kind, text, ...
+    <version>/block_vectors.npy one L2-normalised vector per block, row i <-> block i (format 3 on)
+    <version>/manifest.json     format, version, created, model, dims, n_chunks, n_blocks, fingerprint, ...
 
-Format 2 stores the answer sentences with their vectors, embedded at build time,
-so an extractive answer needs only dot products with the (already embedded)
-question. Format 1 indexes lack them: loading one fails with ``IndexFormatError``,
-which says to rebuild (``pipelines.build_index.ensure_index`` rebuilds it).
+Format 3 stores the sections an answer is composed of, block by block, with
+vectors embedded at build time, so choosing the sections that answer a question
+needs only dot products with the (already embedded) question. Older formats lack
+them: loading one fails with ``IndexFormatError``, which says to rebuild
+(``pipelines.build_index.ensure_index`` rebuilds it).
 
 Publishing writes everything into a hidden temporary folder, renames it to its
 version name, and only then replaces ``LATEST``; a build that fails at any point
@@ -34,9 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-INDEX_FORMAT = 2  # 2: answer sentences and their vectors stored with the chunks
+INDEX_FORMAT = 3  # 3: the sections as whole blocks, with their vectors
 MANIFEST_VERSION = INDEX_FORMAT
 LATEST = "LATEST"
+BLOCK_COLUMNS = ["section_id", "document_id", "title", "heading_path", "anchor", "kind", "text"]
 IVF_THRESHOLD = 20_000  # below this an exact flat index is both faster to build and exact
 
 
@@ -54,8 +56,8 @@ class LoadedIndex:
     index: object  # faiss.Index
     chunks: object  # pandas.DataFrame, row i describes vector i
     manifest: dict
-    sentence_vectors: np.ndarray | None = None  # (n_sentences, dims), chunk by chunk
-    sentence_offsets: np.ndarray | None = None  # chunk i's sentences are rows offsets[i]:offsets[i + 1]
+    blocks: object = None  # pandas.DataFrame, row i describes block vector i
+    block_vectors: np.ndarray | None = None  # (n_blocks, dims)
 
 
 def build_faiss_index(vectors: np.ndarray, ivf_threshold: int = IVF_THRESHOLD, nlist: int | None = None):
@@ -139,7 +141,7 @@ class IndexStore:
         if found != INDEX_FORMAT:
             raise IndexFormatError(
                 f"index version {version} under {self.uri} has format {found}; this release serves format "
-                f"{INDEX_FORMAT} (answer sentences embedded at build time). Rebuild it with "
+                f"{INDEX_FORMAT} (sections as blocks embedded at build time). Rebuild it with "
                 f"`python -m pipelines.build_index` (or `--if-missing`, which rebuilds outdated indexes)"
             )
         raw = self.fs.cat_file(self._path(version, "index.faiss"))
@@ -150,29 +152,28 @@ class IndexStore:
                 f"index version {version} under {self.uri} is inconsistent: "
                 f"{index.ntotal} vectors, {len(chunks)} chunk rows, manifest says {manifest['n_chunks']}"
             )
-        sentence_vectors = np.load(
-            io.BytesIO(self.fs.cat_file(self._path(version, "sentence_vectors.npy"))), allow_pickle=False
+        blocks = pd.read_parquet(io.BytesIO(self.fs.cat_file(self._path(version, "blocks.parquet"))))
+        block_vectors = np.load(
+            io.BytesIO(self.fs.cat_file(self._path(version, "block_vectors.npy"))), allow_pickle=False
         )
-        counts = np.fromiter((len(s) for s in chunks["sentences"]), dtype=np.int64, count=len(chunks))
-        offsets = np.concatenate([[0], np.cumsum(counts)])
         if (
-            sentence_vectors.ndim != 2
-            or len(sentence_vectors) != offsets[-1]
-            or len(sentence_vectors) != manifest["n_sentences"]
-            or sentence_vectors.shape[1] != index.d
+            block_vectors.ndim != 2
+            or len(block_vectors) != len(blocks)
+            or len(blocks) != manifest["n_blocks"]
+            or block_vectors.shape[1] != index.d
         ):
             raise ValueError(
-                f"index version {version} under {self.uri} is inconsistent: sentence vectors "
-                f"{sentence_vectors.shape} for {offsets[-1]} sentences, manifest says "
-                f"{manifest['n_sentences']} of {index.d} dims"
+                f"index version {version} under {self.uri} is inconsistent: block vectors "
+                f"{block_vectors.shape} for {len(blocks)} blocks, manifest says "
+                f"{manifest['n_blocks']} of {index.d} dims"
             )
         return LoadedIndex(
             version=version,
             index=index,
             chunks=chunks,
             manifest=manifest,
-            sentence_vectors=np.ascontiguousarray(sentence_vectors, dtype=np.float32),
-            sentence_offsets=offsets,
+            blocks=blocks,
+            block_vectors=np.ascontiguousarray(block_vectors, dtype=np.float32),
         )
 
     # --- writing -------------------------------------------------------------
@@ -181,7 +182,8 @@ class IndexStore:
         vectors: np.ndarray,
         chunks: Sequence[dict],
         *,
-        sentence_vectors: np.ndarray,
+        blocks: Sequence[dict],
+        block_vectors: np.ndarray,
         model: str,
         corpus_fingerprint: str,
         ivf_threshold: int = IVF_THRESHOLD,
@@ -189,8 +191,9 @@ class IndexStore:
     ) -> dict:
         """Write a new version and make it LATEST; returns its manifest.
 
-        Every chunk carries ``sentences`` (its answer sentences, possibly none);
-        ``sentence_vectors`` holds their vectors, chunk after chunk, in that order.
+        ``blocks`` are the sections' blocks in document order (``section_id``,
+        ``document_id``, ``title``, ``heading_path``, ``anchor``, ``kind``, ``text``, ...),
+        ``block_vectors`` one vector per block, in that order.
         """
         import faiss
         import pandas as pd
@@ -201,18 +204,17 @@ class IndexStore:
                 f"need one vector per chunk and at least one chunk; got vectors "
                 f"{vectors.shape} for {len(chunks)} chunks"
             )
-        missing = [c.get("chunk_id", i) for i, c in enumerate(chunks) if "sentences" not in c]
-        if missing:
-            raise ValueError(f"chunks {missing[:3]} have no 'sentences' list (format {INDEX_FORMAT} stores them)")
-        n_sentences = sum(len(c["sentences"]) for c in chunks)
         dims = vectors.shape[1]
-        sentence_vectors = np.ascontiguousarray(sentence_vectors, dtype=np.float32)
-        if sentence_vectors.size == 0:
-            sentence_vectors = np.zeros((0, dims), dtype=np.float32)
-        if sentence_vectors.ndim != 2 or sentence_vectors.shape != (n_sentences, dims):
+        block_vectors = np.ascontiguousarray(block_vectors, dtype=np.float32)
+        if block_vectors.size == 0:
+            block_vectors = np.zeros((0, dims), dtype=np.float32)
+        if block_vectors.ndim != 2 or block_vectors.shape != (len(blocks), dims):
             raise ValueError(
-                f"need one {dims}-dim vector per sentence: got {sentence_vectors.shape} for {n_sentences} sentences"
+                f"need one {dims}-dim vector per block: got {block_vectors.shape} for {len(blocks)} blocks"
             )
+        missing = sorted({"section_id", "document_id", "heading_path", "text"} - set(blocks[0])) if blocks else []
+        if missing:
+            raise ValueError(f"blocks need {missing}")
         index = build_faiss_index(vectors, ivf_threshold)
         created = datetime.now(UTC)
         version = created.strftime("v%Y%m%dT%H%M%S%fZ") + "-" + corpus_fingerprint[:8]
@@ -223,7 +225,7 @@ class IndexStore:
             "model": model,
             "dims": int(vectors.shape[1]),
             "n_chunks": len(chunks),
-            "n_sentences": n_sentences,
+            "n_blocks": len(blocks),
             "n_documents": len({c["document_id"] for c in chunks}),
             "index_type": type(index).__name__,
             "corpus_fingerprint": corpus_fingerprint,
@@ -235,13 +237,16 @@ class IndexStore:
             self.fs.makedirs(tmp, exist_ok=True)
             self.fs.pipe_file(f"{tmp}/index.faiss", faiss.serialize_index(index).tobytes())
             table = io.BytesIO()
-            frame = pd.DataFrame(list(chunks))
-            frame["sentences"] = [[str(t) for t in c["sentences"]] for c in chunks]  # list<string>, even when empty
-            frame.to_parquet(table, index=False)
+            pd.DataFrame(list(chunks)).to_parquet(table, index=False)
             self.fs.pipe_file(f"{tmp}/chunks.parquet", table.getvalue())
+            table = io.BytesIO()
+            pd.DataFrame(list(blocks), columns=list(blocks[0]) if blocks else BLOCK_COLUMNS).to_parquet(
+                table, index=False
+            )
+            self.fs.pipe_file(f"{tmp}/blocks.parquet", table.getvalue())
             matrix = io.BytesIO()
-            np.save(matrix, sentence_vectors, allow_pickle=False)
-            self.fs.pipe_file(f"{tmp}/sentence_vectors.npy", matrix.getvalue())
+            np.save(matrix, block_vectors, allow_pickle=False)
+            self.fs.pipe_file(f"{tmp}/block_vectors.npy", matrix.getvalue())
             # The manifest goes last: a version folder with a manifest is complete.
             self.fs.pipe_file(f"{tmp}/manifest.json", json.dumps(manifest, indent=2).encode())
             self.fs.mv(tmp, self._path(version), recursive=True)

@@ -1,28 +1,30 @@
 """Answer-generation backends behind one interface.
 
-    await backend.generate(prompt, passages, question, question_vector=None) -> str
-    async for piece in backend.stream(prompt, passages, question, question_vector=None): ...
+    await backend.generate(prompt, grounding) -> str
+    async for piece in backend.stream(prompt, grounding): ...
 
-* ``ExtractiveBackend``: cited sentences from the passages; no model server needed. With the
-  question's vector and passages from the index (sentence vectors built in), it embeds nothing.
+``grounding`` is ``knowledge.grounding.Grounding.to_dict()``: the chosen sections
+(``passages``, numbered [n] as the sources) and the diagnosis lead; ``prompt`` is
+built from it (``knowledge.prompt``).
+
+* ``ExtractiveBackend``: the passages themselves, whole, under their headings and cited
+  (``knowledge.answer.compose``); no model and no server needed.
 * ``OllamaBackend``: an Ollama server's ``/api/chat`` (NDJSON streaming).
 * ``VLLMBackend``: an in-process vLLM engine on a GPU (vllm imported lazily).
 
 Backends raise ``BackendError`` (or let timeouts/transport errors through); the
-RAG pipeline turns any failure into an extractive answer marked ``degraded``.
+RAG pipeline turns any failure, and any answer whose citations do not check out,
+into the extractive answer marked ``degraded``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 
-import numpy as np
-
-from knowledge.answer import ExtractiveAnswerer
+from knowledge.answer import answer_pieces, compose
 from knowledge.prompt import Prompt
 
 
@@ -35,14 +37,10 @@ class LLMBackend(ABC):
     model: str = ""
 
     @abstractmethod
-    async def generate(
-        self, prompt: Prompt, passages: Sequence[dict], question: str, question_vector: np.ndarray | None = None
-    ) -> str: ...
+    async def generate(self, prompt: Prompt, grounding: dict) -> str: ...
 
     @abstractmethod
-    def stream(
-        self, prompt: Prompt, passages: Sequence[dict], question: str, question_vector: np.ndarray | None = None
-    ) -> AsyncIterator[str]: ...
+    def stream(self, prompt: Prompt, grounding: dict) -> AsyncIterator[str]: ...
 
     async def aclose(self) -> None:
         return None
@@ -50,30 +48,15 @@ class LLMBackend(ABC):
 
 class ExtractiveBackend(LLMBackend):
     name = "extractive"
+    model = "extractive"
 
-    def __init__(self, embed: Callable[[list[str]], np.ndarray], answerer: ExtractiveAnswerer | None = None):
-        self.model = "extractive"
-        self._embed = embed
-        self._answerer = answerer or ExtractiveAnswerer()
+    async def generate(self, prompt: Prompt, grounding: dict) -> str:
+        return compose(grounding)
 
-    async def generate(
-        self, prompt: Prompt, passages: Sequence[dict], question: str, question_vector: np.ndarray | None = None
-    ) -> str:
-        if question_vector is not None and self._answerer.embedded_candidates(passages) is not None:
-            # Sentence vectors came with the index: a few dot products, no need to leave the loop.
-            return self._answerer.answer(question, passages, question_vector=question_vector).text
-        # Embedding is CPU work: run it off the event loop so other requests keep flowing.
-        answer = await asyncio.to_thread(self._answerer.answer, question, passages, self._embed)
-        return answer.text
-
-    async def stream(
-        self, prompt: Prompt, passages: Sequence[dict], question: str, question_vector: np.ndarray | None = None
-    ) -> AsyncIterator[str]:
-        text = await self.generate(prompt, passages, question, question_vector)
-        # One event per cited sentence: the text is already complete, word-level events would only add overhead.
-        pieces = text.split("] ")
-        for i, piece in enumerate(pieces):
-            yield piece + ("] " if i < len(pieces) - 1 else "")
+    async def stream(self, prompt: Prompt, grounding: dict) -> AsyncIterator[str]:
+        # One event per passage: the text is already complete, word-level events would only add overhead.
+        for i, piece in enumerate(answer_pieces(grounding)):
+            yield ("\n\n" if i else "") + piece
 
 
 class OllamaBackend(LLMBackend):
@@ -98,9 +81,7 @@ class OllamaBackend(LLMBackend):
             "options": self.options,
         }
 
-    async def generate(
-        self, prompt: Prompt, passages: Sequence[dict], question: str, question_vector: np.ndarray | None = None
-    ) -> str:
+    async def generate(self, prompt: Prompt, grounding: dict) -> str:
         import httpx
 
         try:
@@ -117,9 +98,7 @@ class OllamaBackend(LLMBackend):
             raise BackendError("Ollama returned an empty answer")
         return text
 
-    async def stream(
-        self, prompt: Prompt, passages: Sequence[dict], question: str, question_vector: np.ndarray | None = None
-    ) -> AsyncIterator[str]:
+    async def stream(self, prompt: Prompt, grounding: dict) -> AsyncIterator[str]:
         import httpx
 
         try:
@@ -176,17 +155,13 @@ class VLLMBackend(LLMBackend):
             )
         return prompt.as_text() + "\n\nAnswer:"
 
-    async def generate(
-        self, prompt: Prompt, passages: Sequence[dict], question: str, question_vector: np.ndarray | None = None
-    ) -> str:
+    async def generate(self, prompt: Prompt, grounding: dict) -> str:
         text = ""
-        async for piece in self.stream(prompt, passages, question):
+        async for piece in self.stream(prompt, grounding):
             text += piece
         return text
 
-    async def stream(
-        self, prompt: Prompt, passages: Sequence[dict], question: str, question_vector: np.ndarray | None = None
-    ) -> AsyncIterator[str]:
+    async def stream(self, prompt: Prompt, grounding: dict) -> AsyncIterator[str]:
         sent = 0
         async for output in self._engine.generate(await self._text_prompt(prompt), self._sampling, uuid.uuid4().hex):
             text = output.outputs[0].text  # cumulative: emit only what is new
@@ -198,16 +173,13 @@ class VLLMBackend(LLMBackend):
 def make_backend(
     kind: str,
     *,
-    embed: Callable[[list[str]], np.ndarray] | None = None,
     model: str = "",
     ollama_url: str = "",
     vllm_model_path: str = "",
     timeout_s: float = 30.0,
 ) -> LLMBackend:
     if kind == "extractive":
-        if embed is None:
-            raise ValueError("the extractive backend needs an embed function")
-        return ExtractiveBackend(embed)
+        return ExtractiveBackend()
     if kind == "ollama":
         return OllamaBackend(ollama_url, model, timeout_s)
     if kind == "vllm":

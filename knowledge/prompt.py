@@ -1,8 +1,9 @@
 """The assistant prompt, built from ``configs/prompts/maintenance_assistant.txt``.
 
 The template has a ``[system]`` and a ``[user]`` part; the user part takes
-``{question}``, ``{diagnosis}`` (empty without one) and ``{passages}`` (numbered
-``[n]`` the same way as the sources list returned to the client, so citations match).
+``{question}``, ``{diagnosis}`` (empty without one) and ``{passages}``: the sections
+``knowledge.grounding`` chose, whole, numbered ``[n]`` the same way as the sources
+list returned to the client, so citations can be checked (``knowledge.answer``).
 """
 
 from __future__ import annotations
@@ -36,25 +37,27 @@ def load_template(path: str | Path) -> tuple[str, str]:
 
 def format_passages(passages: Sequence[dict]) -> str:
     return "\n\n".join(
-        f"[{n}] {p.get('title', '')} — {p.get('heading_path', '')}\n{p.get('snippet', '')}".strip()
+        f"[{n}] {p.get('title', '')} — {p.get('heading_path', '')} ({p.get('role', 'section')})\n{p.get('text', '')}"
         for n, p in enumerate(passages, start=1)
     )
 
 
-def format_diagnosis(diagnosis: dict | None) -> str:
-    if not diagnosis:
+def format_diagnosis(grounding: dict) -> str:
+    focus = grounding.get("focus")
+    if not focus:
         return ""
-    fields = ", ".join(f"{k}: {v}" for k, v in diagnosis.items() if v not in (None, "", [], {}))
-    return f"System diagnosis (latest, from the condition-monitoring models): {fields}\n\n"
+    fields = ", ".join(f"{k}: {v}" for k, v in focus.items() if v not in (None, "", [], {}))
+    return f"System diagnosis (latest, from the condition-monitoring models): {grounding.get('lead')} ({fields})\n\n"
 
 
-def build_prompt(
-    template_path: str | Path, question: str, passages: Sequence[dict], diagnosis: dict | None = None
-) -> Prompt:
+def build_prompt(template_path: str | Path, question: str, grounding: dict) -> Prompt:
+    """``grounding`` is ``knowledge.grounding.Grounding.to_dict()``."""
     system, user = load_template(str(template_path))
     return Prompt(
         system=system,
         user=user.format(
-            question=question.strip(), diagnosis=format_diagnosis(diagnosis), passages=format_passages(passages)
+            question=question.strip(),
+            diagnosis=format_diagnosis(grounding),
+            passages=format_passages(grounding.get("passages") or []),
         ),
     )

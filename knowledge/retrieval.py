@@ -3,8 +3,9 @@
 FAISS cannot filter by metadata, so the searcher over-fetches, filters in Python,
 and widens the search until it has ``k`` results or has seen the whole index.
 
-Each hit carries its chunk's answer sentences and their vectors (embedded when
-the index was built), so an extractive answer needs no embedding at query time.
+The searcher also holds the documents' sections, block by block with their
+vectors (embedded when the index was built): ``sections(document_id)`` is what
+``knowledge.grounding`` chooses the answering sections from, with dot products only.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from knowledge.index_store import LoadedIndex
+from knowledge.sections import Block, Section
 
 PREFERRED_COMPONENT_BOOST = 0.05  # cosine points; enough to reorder near-ties, not to promote off-topic text
 
@@ -29,9 +31,7 @@ class SearchHit:
     chunk_id: str
     components: tuple[str, ...] = field(default_factory=tuple)
     tags: tuple[str, ...] = field(default_factory=tuple)
-    sentences: tuple[str, ...] = field(default_factory=tuple)
-    # (len(sentences), dims) float32, a view into the index's sentence matrix
-    sentence_vectors: np.ndarray | None = field(default=None, compare=False, repr=False)
+    section_id: str | None = None  # the section the chunk lies in (None: it had only meta-sentences)
 
     def to_dict(self) -> dict:
         return {
@@ -43,8 +43,7 @@ class SearchHit:
             "chunk_id": self.chunk_id,
             "components": list(self.components),
             "tags": list(self.tags),
-            "sentences": list(self.sentences),
-            "sentence_vectors": self.sentence_vectors,
+            "section_id": self.section_id,
         }
 
 
@@ -54,19 +53,55 @@ class IndexSearcher:
         self.version = loaded.version
         self.manifest = loaded.manifest
         self._overfetch = overfetch
-        rows = loaded.chunks.to_dict("records")
+        self._sections, self._by_document = _sections(loaded)
+        self._term_index: dict = {}  # per text compared, built on first use: (vectorizer, section-term matrix, ids)
+        section_of = {(s.document_id, s.heading_path): s.section_id for s, _ in self._sections.values()}
         # Plain tuples/sets per row: filtering runs per query, pandas per row would dominate latency.
-        offsets = loaded.sentence_offsets
         self._rows = [
             {
                 **r,
                 "components": tuple(_as_list(r.get("components"))),
                 "tags": tuple(_as_list(r.get("tags"))),
-                "sentences": tuple(str(t) for t in r["sentences"]),
-                "sentence_vectors": loaded.sentence_vectors[offsets[i] : offsets[i + 1]],
+                "section_id": section_of.get((r["document_id"], r["heading_path"])),
             }
-            for i, r in enumerate(rows)
+            for r in loaded.chunks.to_dict("records")
         ]
+
+    def sections(self, document_id: str) -> list[tuple[Section, np.ndarray]]:
+        """A document's sections in order, each with its blocks' vectors (rows of a view)."""
+        return [self._sections[sid] for sid in self._by_document.get(document_id, ())]
+
+    def prepare(self) -> None:
+        """Build the term indexes now (they are otherwise built by the first query)."""
+        for over in ("section", "heading"):
+            self._terms(over)
+
+    def term_scores(self, question: str, over: str = "section") -> dict[str, float]:
+        """Each section's TF-IDF cosine with the question: the words a question shares with a
+        section ("case drain", "compensator") that a small embedding model blurs. ``over``
+        "section" compares with the heading path and text, "heading" with the heading alone."""
+        vectorizer, matrix, ids = self._terms(over)
+        similarities = (matrix @ vectorizer.transform([question]).T).toarray().ravel()
+        return {ids[i]: float(similarities[i]) for i in np.flatnonzero(similarities)}
+
+    def _terms(self, over: str):
+        if over not in self._term_index:
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
+            ids = list(self._sections)
+            if over == "heading":
+                texts = [s.heading for s, _ in self._sections.values()]
+            else:
+                texts = [f"{s.heading_path}\n{s.heading_path}\n{s.text}" for s, _ in self._sections.values()]
+            vectorizer = TfidfVectorizer(stop_words="english", sublinear_tf=True, ngram_range=(1, 2), min_df=1)
+            self._term_index[over] = (vectorizer, vectorizer.fit_transform(texts), ids)
+        return self._term_index[over]
+
+    def documents(self) -> list[str]:
+        return list(self._by_document)
+
+    def section(self, section_id: str) -> tuple[Section, np.ndarray] | None:
+        return self._sections.get(section_id)
 
     @property
     def size(self) -> int:
@@ -122,12 +157,39 @@ class IndexSearcher:
                     chunk_id=row["chunk_id"],
                     components=row["components"],
                     tags=row["tags"],
-                    sentences=row["sentences"],
-                    sentence_vectors=row["sentence_vectors"],
+                    section_id=row["section_id"],
                 )
             )
         hits.sort(key=lambda h: h.score, reverse=True)
         return hits
+
+
+def _sections(loaded: LoadedIndex) -> tuple[dict[str, tuple[Section, np.ndarray]], dict[str, list[str]]]:
+    """Sections rebuilt from the block rows (in document order), each with its vectors."""
+    sections: dict[str, tuple[Section, np.ndarray]] = {}
+    by_document: dict[str, list[str]] = {}
+    rows = loaded.blocks.to_dict("records")
+    start = 0
+    while start < len(rows):
+        end = start
+        while end < len(rows) and rows[end]["section_id"] == rows[start]["section_id"]:
+            end += 1
+        first = rows[start]
+        section = Section(
+            section_id=first["section_id"],
+            document_id=first["document_id"],
+            title=first["title"],
+            heading_path=first["heading_path"],
+            anchor=first["anchor"],
+            position=int(first["section_position"]),
+            blocks=tuple(Block(r["kind"], r["text"]) for r in rows[start:end]),
+            components=tuple(_as_list(first.get("components"))),
+            tags=tuple(_as_list(first.get("tags"))),
+        )
+        sections[section.section_id] = (section, loaded.block_vectors[start:end])
+        by_document.setdefault(section.document_id, []).append(section.section_id)
+        start = end
+    return sections, by_document
 
 
 def _best_per_document(hits: list[SearchHit]) -> list[SearchHit]:

@@ -1,8 +1,8 @@
 """Build the assistant's retrieval index with Ray Data and publish it as a new version.
 
-    read documents -> parse (Ray tasks) -> chunk (flat_map)
-    -> embed (actor pool): each chunk, and each of its answer sentences
-    -> FAISS index + chunk metadata + sentence vectors -> new version under index_store_uri, LATEST updated
+    read documents -> parse (Ray tasks) -> chunks and section blocks (flat_map)
+    -> embed (actor pool): each chunk (for retrieval) and each block (for choosing what answers)
+    -> FAISS index + chunk metadata + blocks with their vectors -> new version under index_store_uri
 
 Locally:           python -m pipelines.build_index [--docs DIR ...] [--store URI] [--if-missing]
 On a cluster:      ray job submit --working-dir . -- python -m pipelines.build_index
@@ -14,7 +14,6 @@ Serving Retrievers configured with ``index_version: latest`` pick the new versio
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -23,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from knowledge.answer import embed_sentences
-from knowledge.chunking import Chunker, load_tokenizer
+from knowledge.chunking import Chunker, embed_text, load_tokenizer
 from knowledge.corpus import Document, check_unique_ids, discover_files, fingerprint_files, read_document
 from knowledge.embedding import MODEL_NAME, get_embedder
 from knowledge.index_store import INDEX_FORMAT, IVF_THRESHOLD, IndexNotFound, IndexStore
+from knowledge.sections import document_sections
 
 logger = logging.getLogger(__name__)
 _LIST_SEP = "|"
@@ -43,43 +42,60 @@ def _chunker(model_path: str | None, max_tokens: int, overlap_tokens: int) -> Ch
     return Chunker(load_tokenizer(model_path), max_tokens=max_tokens, overlap_tokens=overlap_tokens)
 
 
-def chunk_document(
+def document_records(
     row: dict, model_path: str | None = None, max_tokens: int = 200, overlap_tokens: int = 40
 ) -> list[dict]:
+    """One document's chunks (``record`` "chunk") and its sections' blocks (``record`` "block"),
+    in one schema: each is one text to embed."""
     chunker = _chunker(model_path, max_tokens, overlap_tokens)
+    doc = Document.from_dict(row)
+    # Ragged list columns make Arrow fall back to pickling inside Ray; strings travel cheaply.
+    common = {"components": _LIST_SEP.join(doc.components), "tags": _LIST_SEP.join(doc.tags), "title": doc.title}
     out = []
-    for chunk in chunker.chunk_document(Document.from_dict(row)):
-        record = chunk.to_dict()
-        # Ragged list columns make Arrow fall back to pickling inside Ray; strings travel cheaply.
-        record["components"] = _LIST_SEP.join(chunk.components)
-        record["tags"] = _LIST_SEP.join(chunk.tags)
-        record["embed_text"] = chunk.embed_text
-        out.append(record)
+    for chunk in chunker.chunk_document(doc):
+        out.append(
+            {
+                **common,
+                "record": "chunk",
+                "id": chunk.chunk_id,
+                "document_id": doc.id,
+                "heading_path": chunk.heading_path,
+                "text": chunk.text,
+                "anchor": "",
+                "section_position": -1,
+                "position": -1,
+                "kind": "",
+                "embed_text": chunk.embed_text,
+            }
+        )
+    for section in document_sections(doc.id, doc.title, doc.text, doc.components, doc.tags):
+        for position, block in enumerate(section.blocks):
+            out.append(
+                {
+                    **common,
+                    "record": "block",
+                    "id": f"{section.section_id}/{position}",
+                    "document_id": doc.id,
+                    "heading_path": section.heading_path,
+                    "text": block.text,
+                    "anchor": section.anchor,
+                    "section_position": section.position,
+                    "position": position,
+                    "kind": block.kind,
+                    "embed_text": embed_text(section.heading_path, block.text),
+                }
+            )
     return out
 
 
 class EmbedBatch:
-    """Actor-pool UDF: the model loads once per actor, then embeds batch after batch.
-
-    Per chunk it adds ``vector`` (the chunk, for retrieval), ``sentences`` (its
-    answer sentences, JSON) and ``sentence_vectors`` (their float32 vectors as
-    bytes): ragged columns would make Arrow fall back to pickling.
-    """
+    """Actor-pool UDF: the model loads once per actor, then embeds batch after batch."""
 
     def __init__(self, model_path: str | None = None):
         self._embedder = get_embedder(model_path)
 
     def __call__(self, batch: dict) -> dict:
         batch["vector"] = self._embedder.embed(list(batch["embed_text"]))
-        per_chunk, vectors = embed_sentences(
-            [str(t) for t in batch["text"]], self._embedder.embed, dims=self._embedder.dims
-        )
-        blobs, start = [], 0
-        for sentences in per_chunk:
-            blobs.append(vectors[start : start + len(sentences)].tobytes())
-            start += len(sentences)
-        batch["sentences"] = np.array([json.dumps(s) for s in per_chunk], dtype=object)
-        batch["sentence_vectors"] = np.array(blobs, dtype=object)
         return batch
 
 
@@ -93,61 +109,75 @@ def build_index(
     embed_actors: int = 2,
     batch_size: int = 64,
     ivf_threshold: int = IVF_THRESHOLD,
+    in_process: bool = False,
 ) -> dict:
-    """Chunk, embed and publish ``docs_dirs``; returns the new version's manifest (plus build stats)."""
-    import ray
+    """Chunk, embed and publish ``docs_dirs``; returns the new version's manifest (plus build stats).
 
+    ``in_process`` runs the same steps in this process, without Ray (tests and
+    benchmarks on a small corpus, where starting a cluster costs more than the build)."""
     files = discover_files(docs_dirs)
     if not files:
         raise ValueError(f"no documents (.md, .txt, .pdf) found in {[str(d) for d in docs_dirs]}")
+    started = time.perf_counter()
+    kwargs = {"model_path": model_path, "max_tokens": max_tokens, "overlap_tokens": overlap_tokens}
+    if in_process:
+        texts = [r for f in files for r in document_records(parse_file({"path": str(f)}), **kwargs)]
+        embed = EmbedBatch(model_path)
+        records = []
+        for i in range(0, len(texts), batch_size):
+            batch = texts[i : i + batch_size]
+            vectors = embed({"embed_text": [r["embed_text"] for r in batch]})["vector"]
+            records.extend({**r, "vector": v} for r, v in zip(batch, vectors))
+    else:
+        records = _embedded_with_ray(files, kwargs, embed_actors, batch_size)
+    elapsed = time.perf_counter() - started
+    return _publish(records, files, store_uri, model_path, ivf_threshold, elapsed, max_tokens, overlap_tokens)
+
+
+def _embedded_with_ray(files, kwargs: dict, embed_actors: int, batch_size: int) -> list[dict]:
+    import ray
+
     if not ray.is_initialized():
         ray.init()  # joins the cluster named by RAY_ADDRESS (ray job submit), else starts a local one
-
-    started = time.perf_counter()
     ds = (
         ray.data.from_items([{"path": str(p)} for p in files])
         .map(parse_file)
-        .flat_map(
-            chunk_document,
-            fn_kwargs={"model_path": model_path, "max_tokens": max_tokens, "overlap_tokens": overlap_tokens},
-        )
+        .flat_map(document_records, fn_kwargs=kwargs)
         .map_batches(
             EmbedBatch,
-            fn_constructor_kwargs={"model_path": model_path},
+            fn_constructor_kwargs={"model_path": kwargs["model_path"]},
             batch_size=batch_size,
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, embed_actors)),
             batch_format="numpy",
         )
     )
-    rows: list[dict] = []
-    vectors: list[np.ndarray] = []
-    sentence_blobs: list[bytes] = []
+    records: list[dict] = []
     for batch in ds.iter_batches(batch_size=1024, batch_format="pandas"):
-        vectors.extend(np.stack(batch.pop("vector").to_numpy()))
-        sentence_blobs.extend(batch.pop("sentence_vectors"))
-        rows.extend(batch.drop(columns=["embed_text"]).to_dict("records"))
-    elapsed = time.perf_counter() - started
+        records.extend(batch.to_dict("records"))
+    return records
 
+
+def _publish(records, files, store_uri, model_path, ivf_threshold, elapsed, max_tokens, overlap_tokens) -> dict:
     # Ray Data does not keep order across the actor pool; sort so a rebuild of the same corpus is identical.
-    order = sorted(range(len(rows)), key=lambda i: rows[i]["chunk_id"])
-    rows = [_plain(rows[i]) for i in order]
-    matrix = np.asarray([vectors[i] for i in order], dtype=np.float32)
-    dims = matrix.shape[1]
-    sentence_matrix = np.concatenate(
-        [np.frombuffer(sentence_blobs[i], dtype=np.float32).reshape(-1, dims) for i in order]
-        or [np.zeros((0, dims), dtype=np.float32)]
+    chunks = sorted((r for r in records if r["record"] == "chunk"), key=lambda r: r["id"])
+    blocks = sorted(
+        (r for r in records if r["record"] == "block"),
+        key=lambda r: (r["document_id"], r["section_position"], r["position"]),
     )
-    n_sentences = len(sentence_matrix)
+    matrix = np.asarray([r["vector"] for r in chunks], dtype=np.float32)
+    block_matrix = np.asarray([r["vector"] for r in blocks], dtype=np.float32).reshape(-1, matrix.shape[1])
+    chunk_rows, block_rows = [_chunk_row(r) for r in chunks], [_block_row(r) for r in blocks]
     check_unique_ids(
         Document(id=r["document_id"], title="", text="", path=r["chunk_id"])
-        for r in {r["document_id"]: r for r in rows}.values()
+        for r in {r["document_id"]: r for r in chunk_rows}.values()
     )
 
     store = IndexStore(store_uri)
     manifest = store.publish(
         matrix,
-        rows,
-        sentence_vectors=sentence_matrix,
+        chunk_rows,
+        blocks=block_rows,
+        block_vectors=block_matrix,
         model=MODEL_NAME if model_path is None else str(model_path),
         corpus_fingerprint=fingerprint_files(files),
         ivf_threshold=ivf_threshold,
@@ -156,8 +186,8 @@ def build_index(
     return {
         **manifest,
         "build_seconds": round(elapsed, 3),
-        "chunks_per_s": round(len(rows) / elapsed, 1) if elapsed > 0 else None,
-        "sentences_per_s": round(n_sentences / elapsed, 1) if elapsed > 0 else None,
+        "chunks_per_s": round(len(chunk_rows) / elapsed, 1) if elapsed > 0 else None,
+        "texts_per_s": round(len(records) / elapsed, 1) if elapsed > 0 else None,
     }
 
 
@@ -165,7 +195,7 @@ def ensure_index(settings=None, **build_kwargs) -> dict | None:
     """Build the index only when ``settings.index_store_uri`` has no usable one (quick start).
 
     Returns the new manifest, or None when LATEST already names a version in the
-    current format. A LATEST of an older format (no stored sentence vectors) is
+    current format. A LATEST of an older format (no section blocks) is
     rebuilt from ``settings.knowledge_dirs``: serving could not load it.
     """
     from configs.settings import get_settings
@@ -189,13 +219,20 @@ def ensure_index(settings=None, **build_kwargs) -> dict | None:
     return build_index(settings.knowledge_dirs, settings.index_store_uri, **build_kwargs)
 
 
-def _plain(row: dict) -> dict:
+def _lists(row: dict) -> dict:
     """Undo the transport encoding: components/tags become lists again (list<string> in Parquet)."""
-    row = dict(row)
-    for key in ("components", "tags"):
-        row[key] = [v for v in str(row.get(key) or "").split(_LIST_SEP) if v]
-    row["sentences"] = json.loads(row["sentences"])
-    return row
+    return {key: [v for v in str(row.get(key) or "").split(_LIST_SEP) if v] for key in ("components", "tags")}
+
+
+def _chunk_row(r: dict) -> dict:
+    keys = ("document_id", "title", "heading_path", "text")
+    return {"chunk_id": r["id"], **{k: r[k] for k in keys}, **_lists(r)}
+
+
+def _block_row(r: dict) -> dict:
+    section_id = r["id"].rsplit("/", 1)[0]
+    keys = ("document_id", "title", "heading_path", "anchor", "section_position", "position", "kind", "text")
+    return {"section_id": section_id, **{k: r[k] for k in keys}, **_lists(r)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -241,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         manifest = build_index(args.docs or settings.knowledge_dirs, args.store, **build_kwargs)
     print(
         f"documents: {manifest['n_documents']}  chunks: {manifest['n_chunks']}  "
-        f"sentences: {manifest['n_sentences']}  chunks/s: {manifest['chunks_per_s']}  "
+        f"section blocks: {manifest['n_blocks']}  chunks/s: {manifest['chunks_per_s']}  "
         f"index: {manifest['index_type']}"
     )
     print(f"published version {manifest['version']} to {args.store} (LATEST)")

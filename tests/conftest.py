@@ -26,7 +26,7 @@ ROUTER_ON_CALLER_LOOP = {"RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
 SHARED_UCI = Path(__file__).resolve().parents[2] / "shared" / "data" / "uci_hydraulic"
 
-pytest_plugins = ["tests.fixtures.db", "tests.fixtures.serve_app"]
+pytest_plugins = ["tests.fixtures.db", "tests.fixtures.knowledge", "tests.fixtures.serve_app"]
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,8 @@ The app is ``api.application.create_app`` with its lifespan (migrations, audit a
 history writers, rate limiter) and the real ensemble library code on small real
 bundles (``tests.fixtures.local_ensemble.InProcessEnsemble``), so a prediction is a
 real diagnosis, stored, readable by id and open to feedback that the Adaptive
-model learns from. The assistant is not deployed here: ``/rag/query`` answers its
-validation and permission paths and its 503.
+model learns from. The assistant is not deployed here: ``/rag/query`` and
+``/rag/documents/{id}`` answer their validation and permission paths and their 503.
 
 Per database, one app serves:
 
@@ -255,9 +255,12 @@ class Target:
             raise
 
 
+ASSISTANT_ROUTES = {"POST /api/v1/rag/query", "GET /api/v1/rag/documents/{document_id}"}
+
+
 def _assistant_absent(case, response) -> bool:
-    """The 503 of ``/rag/query`` here, where no assistant is deployed (``app.state.rag`` is None)."""
-    if case.operation.label != "POST /api/v1/rag/query" or response.status_code != 503:
+    """The 503 of the assistant's routes here, where none is deployed (``app.state.rag`` is None)."""
+    if case.operation.label not in ASSISTANT_ROUTES or response.status_code != 503:
         return False
     return response.json().get("detail") == "the maintenance assistant is not deployed"
 

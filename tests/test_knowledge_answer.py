@@ -1,115 +1,119 @@
-"""The extractive answerer: verbatim, cited sentences only."""
+"""Sections of whole blocks, the extractive answer composed of them, and the citation check."""
 
 from __future__ import annotations
 
-import re
+from knowledge.answer import NO_ANSWER, answer_pieces, citation_problem, cited, compose
+from knowledge.sections import document_sections, is_meta, slug, split_blocks
 
-import pytest
+DOC = """This document covers the failure mode of a sticking valve. It lists the checks.
+A sticking spool answers late: PS2 rises after the switching command.
 
-from knowledge.answer import NO_ANSWER, ExtractiveAnswerer, embed_sentences, split_sentences
-from knowledge.embedding import get_embedder
+## Symptoms
 
-PASSAGES = [
-    {
-        "document_id": "valve-lag",
-        "title": "Valve lag",
-        "heading_path": "Valve lag > Repair",
-        "snippet": "Measure the coil voltage at the connector while switching; it must be within ten percent of "
-        "nominal.\nClean or replace the spool, then flush the circuit and improve filtration.",
-    },
-    {
-        "document_id": "cooler",
-        "title": "Cooler fouling",
-        "heading_path": "Cooler fouling > Repair",
-        "snippet": "- Clean the air-side fins with low pressure compressed air from the clean side.\n"
-        "- Descale the water side of the heat exchanger with an approved cleaning agent.\n"
-        "| grade | meaning |\n|---|---|\n| 3 % | failure |",
-    },
-    {
-        "document_id": "valve-copy",
-        "title": "Valve lag (copy)",
-        "heading_path": "Valve lag > Repair",
-        "snippet": "Measure the coil voltage at the connector while switching; "
-        "it must be within ten percent of nominal.",
-    },
-]
+The pressure at PS2 rises late. It is described below in the next section.
+The lag grows with contamination:
+
+| Lag | Grade |
+|---|---|
+| 20 ms | warning |
+| 50 ms | critical |
+
+## Procedure
+
+Required: a multimeter.
+
+1. Stop the pump and lock out the motor.
+2. Measure the coil voltage
+   at the connector while switching.
+
+3. Clean the spool.
+
+If the lag stays, replace the valve.
+
+## Safety notes
+
+- Depressurise before opening any line.
+- Never loosen a fitting under pressure.
+
+## Procedure
+
+1. A second procedure under the same heading.
+"""
 
 
-@pytest.fixture(scope="module")
-def embed():
-    return get_embedder().embed
+def _sections():
+    return document_sections("valve-lag", "Valve lag", DOC, ("valve",), ("failure-mode",))
 
 
-def test_split_sentences_skips_tables_and_list_markers():
-    sentences = split_sentences(PASSAGES[1]["snippet"])
-    assert sentences == [
-        "Clean the air-side fins with low pressure compressed air from the clean side.",
-        "Descale the water side of the heat exchanger with an approved cleaning agent.",
+def test_blocks_keep_lists_and_tables_whole():
+    blocks = split_blocks(_sections()[2].text)
+    assert [b.kind for b in blocks] == ["paragraph", "list", "paragraph"]
+    steps = blocks[1].text.splitlines()
+    assert steps[0].startswith("1. Stop") and steps[-1] == "3. Clean the spool."  # a blank line inside stays one list
+    assert "   at the connector while switching." in blocks[1].text  # continuation line kept with its item
+    table = next(b for b in _sections()[1].blocks if b.kind == "table")
+    assert table.text.splitlines() == ["| Lag | Grade |", "|---|---|", "| 20 ms | warning |", "| 50 ms | critical |"]
+
+
+def test_sections_have_kinds_anchors_and_no_meta_sentences():
+    sections = _sections()
+    assert [(s.heading, s.kind, s.anchor) for s in sections] == [
+        ("Valve lag", "overview", ""),
+        ("Symptoms", "explanation", "symptoms"),
+        ("Procedure", "procedure", "procedure"),
+        ("Safety notes", "safety", "safety-notes"),
+        ("Procedure", "procedure", "procedure-1"),  # a repeated heading gets its own anchor, as on GitHub
     ]
+    assert sections[0].text == "A sticking spool answers late: PS2 rises after the switching command."
+    assert "described below" not in sections[1].text and "The lag grows" in sections[1].text
+    assert sections[2].section_id == "valve-lag#procedure" and sections[2].components == ("valve",)
 
 
-def test_answer_sentences_are_verbatim_and_cited(embed):
-    answer = ExtractiveAnswerer(max_sentences=3).answer(
-        "How do I check the valve solenoid coil voltage?", PASSAGES, embed
-    )
-    parts = re.findall(r"(.+?) \[(\d+)\](?: |$)", answer.text)
-    assert parts, answer.text
-    assert "".join(f"{s} [{n}] " for s, n in parts).strip() == answer.text  # nothing uncited in between
-    for sentence, number in parts:
-        assert sentence in PASSAGES[int(number) - 1]["snippet"], (sentence, number)
-    assert "coil voltage" in parts[0][0] and parts[0][1] == "1"
-    # the copy in passage 3 is a duplicate and must not be repeated
-    assert sum("coil voltage" in s for s, _ in parts) == 1
-    assert answer.sources == sorted({int(n) for _, n in parts})
+def test_meta_sentences_are_recognised():
+    for meta in ("This document covers cooler cleaning.", "It lists the symptoms.", "This guide explains seals."):
+        assert is_meta(meta), meta
+    for fact in ("It must read 0 bar.", "This valve is a 4/3 valve.", "The documents in the cabinet are dry."):
+        assert not is_meta(fact), fact
+    assert slug("Procedure: checking and recharging precharge") == "procedure-checking-and-recharging-precharge"
+    assert slug("Procedure (tank sampling with vacuum pump)") == "procedure-tank-sampling-with-vacuum-pump"
 
 
-def test_original_order_within_a_source(embed):
-    answer = ExtractiveAnswerer(max_sentences=4, min_similarity=-1).answer("cooler cleaning", PASSAGES[1:2], embed)
-    assert answer.text.index("Clean the air-side") < answer.text.index("Descale the water side")
+def _passage(section, role):
+    return {
+        "document_id": section.document_id,
+        "title": section.title,
+        "heading_path": section.heading_path,
+        "heading": section.heading,
+        "anchor": section.anchor,
+        "section_id": section.section_id,
+        "role": role,
+        "text": section.text,
+    }
 
 
-def test_irrelevant_question_says_not_covered(embed):
-    answer = ExtractiveAnswerer(min_similarity=0.5).answer("Who won the football match yesterday?", PASSAGES, embed)
-    assert answer.text == NO_ANSWER and answer.sources == []
-    assert ExtractiveAnswerer().answer("anything", [], embed).text == NO_ANSWER
+def test_the_extractive_answer_is_the_passages_whole_under_their_headings_and_cited():
+    sections = _sections()
+    grounding = {"passages": [_passage(sections[3], "safety"), _passage(sections[2], "procedure")], "lead": None}
+    text = compose(grounding)
+    assert text.startswith("**Safety first — Valve lag** [1]\n\n- Depressurise before opening any line.")
+    assert "**Procedure — Valve lag** [2]\n\nRequired: a multimeter.\n\n1. Stop the pump" in text
+    assert sections[2].text in text and sections[3].text in text  # verbatim, nothing cut
+    assert cited(text) == [1, 2]
+    assert "".join(("\n\n" if i else "") + p for i, p in enumerate(answer_pieces(grounding))) == text
 
 
-def _with_stored_vectors(passages, embed):
-    """Passages as the index returns them: sentences split and embedded ahead of time."""
-    sentences, vectors = embed_sentences([p["snippet"] for p in passages], embed)
-    out, start = [], 0
-    for passage, own in zip(passages, sentences):
-        out.append({**passage, "sentences": own, "sentence_vectors": vectors[start : start + len(own)]})
-        start += len(own)
-    return out
+def test_a_lead_comes_first_and_no_passage_means_no_answer():
+    assert compose({"passages": [], "lead": None}) == NO_ANSWER
+    assert compose({"passages": [], "lead": "The latest diagnosis flags no component."}).endswith(NO_ANSWER)
+    one = {"passages": [_passage(_sections()[1], "explanation")], "lead": "This explains the valve."}
+    assert compose(one).startswith("This explains the valve.\n\n**Symptoms — Valve lag** [1]")
 
 
-def test_stored_sentence_vectors_give_the_same_answer_without_embedding(embed):
-    question = "How do I check the valve solenoid coil voltage?"
-    stored = _with_stored_vectors(PASSAGES, embed)
-    assert stored[1]["sentences"] == split_sentences(PASSAGES[1]["snippet"]) and stored[1][
-        "sentence_vectors"
-    ].shape == (2, 384)
-
-    def must_not_embed(texts):
-        raise AssertionError(f"embedded at query time: {texts}")
-
-    answerer = ExtractiveAnswerer(max_sentences=3)
-    fast = answerer.answer(question, stored, must_not_embed, question_vector=embed([question])[0])
-    assert fast.text == answerer.answer(question, PASSAGES, embed).text
-    assert sum("coil voltage" in c.text for c in fast.sentences) == 1  # still deduplicated
-    for c in fast.sentences:  # verbatim, cited, in source order
-        assert c.text in PASSAGES[c.source - 1]["snippet"] and f"{c.text} [{c.source}]" in fast.text
-    assert [(c.source, c.position) for c in fast.sentences] == sorted((c.source, c.position) for c in fast.sentences)
-
-
-def test_passages_without_stored_vectors_need_an_embed_function(embed):
-    stored = _with_stored_vectors(PASSAGES, embed)
-    question_vector = embed(["cooler cleaning"])[0]
-    mixed = [stored[0], PASSAGES[1]]  # one passage lacks vectors: fall back to embedding all
-    with pytest.raises(ValueError, match="embed function"):
-        ExtractiveAnswerer().answer("cooler cleaning", mixed, question_vector=question_vector)
-    assert "[2]" in ExtractiveAnswerer().answer("cooler cleaning", mixed, embed, question_vector=question_vector).text
-    broken = [{**stored[0], "sentence_vectors": stored[0]["sentence_vectors"][:1]}]
-    with pytest.raises(ValueError, match="sentences but vectors"):
-        ExtractiveAnswerer().answer("coil", broken, question_vector=question_vector)
+def test_citations_must_point_to_the_sources_supplied():
+    assert cited("Stop the pump [1]. Clean it [2][3], see [1, 4].") == [1, 2, 3, 4]
+    assert citation_problem("Stop the pump [1].", 2) is None
+    outside = "the answer cited [3], which is not among the 2 sources supplied"
+    assert citation_problem("Stop the pump [3].", 2) == outside
+    assert citation_problem("Stop the pump.", 2) == "the answer cited none of the sources supplied"
+    assert citation_problem("Stop the pump", 2, final=False) is None  # a stream may cite later
+    assert citation_problem("See [0] and [1]", 2, final=False) is not None

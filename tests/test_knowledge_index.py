@@ -5,10 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from knowledge.answer import split_sentences
+from knowledge.chunking import embed_text
+from knowledge.corpus import load_documents
 from knowledge.embedding import get_embedder
 from knowledge.index_store import INDEX_FORMAT, IndexFormatError, IndexNotFound, IndexStore
 from knowledge.retrieval import IndexSearcher, diagnosis_bias
+from knowledge.sections import document_sections
 from tests.test_knowledge_sample_corpus import write_sample_corpus
 
 
@@ -27,13 +29,41 @@ def _rows(n: int, components=("valve",)) -> list[dict]:
             "text": f"text {i}",
             "components": list(components),
             "tags": ["t"],
-            "sentences": [],
         }
         for i in range(n)
     ]
 
 
-NO_SENTENCES = np.zeros((0, 0), dtype=np.float32)
+def _blocks(n: int) -> list[dict]:
+    """One section of one paragraph per document ``d{i}``, heading as the chunk's."""
+    return [
+        {
+            "section_id": f"d{i}#",
+            "document_id": f"d{i}",
+            "title": f"Doc {i}",
+            "heading_path": f"Doc {i}",
+            "anchor": "",
+            "section_position": 0,
+            "position": 0,
+            "kind": "paragraph",
+            "text": f"text {i}",
+            "components": ["valve"],
+            "tags": ["t"],
+        }
+        for i in range(n)
+    ]
+
+
+def _publish(store, n: int, seed: int = 0, fingerprint: str = "a", **kwargs):
+    return store.publish(
+        _unit(n, seed=seed),
+        _rows(n),
+        blocks=_blocks(n),
+        block_vectors=_unit(n, seed=seed + 100),
+        model="m",
+        corpus_fingerprint=fingerprint * 64,
+        **kwargs,
+    )
 
 
 def _unit(n: int, dims: int = 8, seed: int = 0) -> np.ndarray:
@@ -53,10 +83,8 @@ def test_publish_load_and_versions(tmp_path):
     store = IndexStore(tmp_path / "store")
     with pytest.raises(IndexNotFound, match="build_index"):
         store.load()
-    first = store.publish(_unit(5), _rows(5), sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="a" * 64)
-    second = store.publish(
-        _unit(6, seed=1), _rows(6), sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="b" * 64
-    )
+    first = _publish(store, 5)
+    second = _publish(store, 6, seed=1, fingerprint="b")
     assert store.list_versions() == [first["version"], second["version"]]
     assert store.latest_version() == second["version"]
     loaded = store.load("latest")
@@ -69,31 +97,42 @@ def test_publish_load_and_versions(tmp_path):
         store.load("v-missing")
 
 
-def test_sentences_and_their_vectors_travel_with_the_hits(tmp_path):
-    rows = _rows(3)
-    rows[0]["sentences"], rows[2]["sentences"] = ["first sentence of doc zero", "second one"], ["only one here"]
-    sentence_vecs = _unit(3, seed=7)
+def test_sections_and_their_block_vectors_travel_with_the_index(tmp_path):
+    blocks = _blocks(3)
+    blocks.insert(1, {**blocks[0], "position": 1, "kind": "list", "text": "- second block of doc zero"})
+    block_vecs = _unit(4, seed=7)
     store = IndexStore(tmp_path)
-    with pytest.raises(ValueError, match="one 8-dim vector per sentence"):
-        store.publish(_unit(3), rows, sentence_vectors=sentence_vecs[:2], model="m", corpus_fingerprint="e" * 64)
-    manifest = store.publish(_unit(3), rows, sentence_vectors=sentence_vecs, model="m", corpus_fingerprint="e" * 64)
-    assert manifest["format"] == INDEX_FORMAT and manifest["n_sentences"] == 3
+    with pytest.raises(ValueError, match="one 8-dim vector per block"):
+        store.publish(
+            _unit(3), _rows(3), blocks=blocks, block_vectors=block_vecs[:3], model="m", corpus_fingerprint="e" * 64
+        )
+    manifest = store.publish(
+        _unit(3), _rows(3), blocks=blocks, block_vectors=block_vecs, model="m", corpus_fingerprint="e" * 64
+    )
+    assert manifest["format"] == INDEX_FORMAT and manifest["n_blocks"] == 4
     searcher = IndexSearcher(store.load())
-    by_doc = {h.document_id: h for h in searcher.search(_unit(3)[0], k=3)}
-    assert by_doc["d0"].sentences == ("first sentence of doc zero", "second one")
-    assert np.allclose(by_doc["d0"].sentence_vectors, sentence_vecs[:2])
-    assert by_doc["d1"].sentences == () and by_doc["d1"].sentence_vectors.shape == (0, 8)
-    assert np.allclose(by_doc["d2"].to_dict()["sentence_vectors"], sentence_vecs[2:])
+    ((section, vectors),) = searcher.sections("d0")
+    assert [(b.kind, b.text) for b in section.blocks] == [
+        ("paragraph", "text 0"),
+        ("list", "- second block of doc zero"),
+    ]
+    assert np.allclose(vectors, block_vecs[:2]) and section.section_id == "d0#" and section.kind == "overview"
+    assert np.allclose(searcher.sections("d2")[0][1], block_vecs[3:])
+    assert {h.document_id: h.section_id for h in searcher.search(_unit(3)[0], k=3)} == {
+        f"d{i}": f"d{i}#" for i in range(3)
+    }
+    assert searcher.sections("missing") == []
+    assert searcher.term_scores("second block")["d0#"] > 0
 
 
 def test_an_index_of_the_older_format_is_refused_with_the_reason(tmp_path):
     import json
 
     store = IndexStore(tmp_path)
-    old = store.publish(_unit(3), _rows(3), sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="a" * 64)
+    old = _publish(store, 3)
     manifest_path = tmp_path / old["version"] / "manifest.json"
-    manifest_path.write_text(json.dumps({**old, "format": 1}))  # as format 1 wrote it: no sentence vectors
-    with pytest.raises(IndexFormatError, match="format 1.*Rebuild it with `python -m pipelines.build_index`"):
+    manifest_path.write_text(json.dumps({**old, "format": 2}))  # as format 2 wrote it: sentences, no sections
+    with pytest.raises(IndexFormatError, match="format 2.*Rebuild it with `python -m pipelines.build_index`"):
         store.load()
     assert issubclass(IndexFormatError, IndexNotFound)  # serving treats it as "no usable index"
 
@@ -102,7 +141,13 @@ def test_large_corpora_get_an_ivf_index(tmp_path):
     store = IndexStore(tmp_path)
     vecs = _unit(400, dims=16)
     manifest = store.publish(
-        vecs, _rows(400), sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="c" * 64, ivf_threshold=100
+        vecs,
+        _rows(400),
+        blocks=[],
+        block_vectors=np.zeros((0, 16)),
+        model="m",
+        corpus_fingerprint="c" * 64,
+        ivf_threshold=100,
     )
     assert manifest["index_type"] == "IndexIVFFlat"
     searcher = IndexSearcher(store.load())
@@ -112,7 +157,7 @@ def test_large_corpora_get_an_ivf_index(tmp_path):
 
 def test_a_failed_publish_leaves_latest_and_versions_unchanged(tmp_path, monkeypatch):
     store = IndexStore(tmp_path)
-    good = store.publish(_unit(3), _rows(3), sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="a" * 64)
+    good = _publish(store, 3)
     real_pipe = store.fs.pipe_file
 
     def disk_full_on_metadata(path, data, **kw):  # injected I/O failure after index.faiss was written
@@ -122,7 +167,7 @@ def test_a_failed_publish_leaves_latest_and_versions_unchanged(tmp_path, monkeyp
 
     monkeypatch.setattr(store.fs, "pipe_file", disk_full_on_metadata)
     with pytest.raises(OSError, match="No space"):
-        store.publish(_unit(4), _rows(4), sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="b" * 64)
+        _publish(store, 4, fingerprint="b")
     assert store.latest_version() == good["version"]
     assert store.list_versions() == [good["version"]]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["LATEST", good["version"]]  # temp folder removed
@@ -136,7 +181,7 @@ def test_filters_one_hit_per_document_and_preference(tmp_path):
         row["document_id"] = f"doc{i // 2}"  # two chunks per document
         row["components"] = ["pump"] if i >= 4 else ["valve"]
     store = IndexStore(tmp_path)
-    store.publish(vecs, rows, sentence_vectors=NO_SENTENCES, model="m", corpus_fingerprint="d" * 64)
+    store.publish(vecs, rows, blocks=[], block_vectors=np.zeros((0, 8)), model="m", corpus_fingerprint="d" * 64)
     searcher = IndexSearcher(store.load())
     hits = searcher.search(vecs[0], k=5)
     assert [h.document_id for h in hits].count("doc0") == 1 and len(hits) == 3
@@ -170,15 +215,16 @@ def test_build_index_with_ray_data_then_query(ray_cluster, tmp_path, embedder):
     assert manifest["chunks_per_s"] > 0
 
     loaded = IndexStore(store_uri).load()
-    assert manifest["n_sentences"] == len(loaded.sentence_vectors) > manifest["n_chunks"]
-    assert manifest["sentences_per_s"] > 0
-    for i, row in enumerate(loaded.chunks.to_dict("records")):  # split and embedded in the Ray Data job
-        sentences = list(row["sentences"])
-        assert sentences == split_sentences(row["text"]), row["chunk_id"]
-        if sentences:
-            stored = loaded.sentence_vectors[loaded.sentence_offsets[i] : loaded.sentence_offsets[i + 1]]
-            assert np.allclose(stored, embedder.embed(sentences), atol=1e-4), row["chunk_id"]
+    assert manifest["n_blocks"] == len(loaded.block_vectors) == len(loaded.blocks) > manifest["n_documents"]
     searcher = IndexSearcher(loaded)
+    for document_id in searcher.documents():  # split and embedded in the Ray Data job, as in process
+        doc = next(d for d in load_documents([docs]) if d.id == document_id)
+        expected = document_sections(doc.id, doc.title, doc.text, doc.components, doc.tags)
+        got = searcher.sections(document_id)
+        assert [s for s, _ in got] == expected, document_id
+        for section, vectors in got:
+            texts = [embed_text(section.heading_path, b.text) for b in section.blocks]
+            assert np.allclose(vectors, embedder.embed(texts), atol=1e-4), section.section_id
     query = embedder.embed(["the oil keeps getting hotter during the shift"])[0]
     hits = searcher.search(query, k=3)
     assert hits[0].document_id == "cooler-fouling", [h.document_id for h in hits]
@@ -214,7 +260,7 @@ def test_ensure_index_builds_only_when_there_is_no_usable_index(ray_cluster, tmp
     assert store.list_versions() == [built["version"]]
 
     path = tmp_path / "indexes" / built["version"] / "manifest.json"
-    path.write_text(json.dumps({**built, "format": 1}))  # an index from before sentence vectors
+    path.write_text(json.dumps({**built, "format": 2}))  # an index from before section blocks
     rebuilt = ensure_index(settings, embed_actors=1, batch_size=16)
     assert rebuilt is not None and rebuilt["version"] != built["version"]
     assert store.load().version == rebuilt["version"]

@@ -133,7 +133,8 @@ def test_latest_diagnosis_hook_reads_the_newest_stored_prediction(platform):
 
     platform.run(seed)
     hook = platform.app.state.latest_diagnosis
-    assert platform.client.portal.call(hook, "rig-h")["severity"] == "critical"
+    latest = platform.client.portal.call(hook, "rig-h")
+    assert latest["severity"] == "critical" and latest["diagnosed_at"].startswith("20")  # when: the answer says
     assert platform.client.portal.call(hook, "rig-none") is None
 
 

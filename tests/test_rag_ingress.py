@@ -8,7 +8,6 @@ reading the ``hdx_env`` settings; its index is built first with the Ray Data job
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 
@@ -116,12 +115,6 @@ def _sse(text: str) -> list[tuple[str, dict]]:
     return frames
 
 
-def _cited(answer: str) -> list[tuple[str, int]]:
-    parts = re.findall(r"(.+?) \[(\d+)\](?: |$)", answer)
-    assert "".join(f"{s} [{n}] " for s, n in parts).strip() == answer, answer  # nothing uncited
-    return [(s, int(n)) for s, n in parts]
-
-
 def _squash(text: str) -> str:
     return " ".join(text.split())
 
@@ -138,19 +131,36 @@ def test_query_answered_with_cited_sources_and_metadata(api, owner, index_manife
     assert r.status_code == 200, r.text
     body = r.json()
     sources, meta = body["sources"], body["metadata"]
-    assert len(sources) == 3 and len({s["document_id"] for s in sources}) == 3
+    assert len({s["document_id"] for s in sources}) == 3
     assert sources[0]["document_id"].startswith("valve"), [s["document_id"] for s in sources]
     assert all(s["snippet"] and s["title"] and isinstance(s["score"], float) for s in sources)
-    assert all(set(s) == {"document_id", "title", "heading_path", "snippet", "score"} for s in sources)  # no vectors
-    cited = _cited(body["response"])
-    assert cited and any("coil" in s.lower() for s, _ in cited), body["response"]
-    for sentence, n in cited:  # verbatim from the source it cites
-        assert 1 <= n <= len(sources) and _squash(sentence) in _squash(sources[n - 1]["snippet"]), (sentence, n)
-    assert len({s for s, _ in cited}) == len(cited)
+    fields = {"document_id", "title", "heading_path", "anchor", "url", "snippet", "score", "cited"}
+    assert all(set(s) == fields for s in sources)  # no vectors
+    cited = [s for s in sources if s["cited"]]
+    assert 1 <= len(cited) <= 2 and sources[: len(cited)] == cited  # [n] is sources[n-1]
+    for n, source in enumerate(cited, start=1):  # the section itself, whole, under its number
+        assert f"[{n}]\n\n{source['snippet']}" in body["response"]
+    assert "coil" in body["response"].lower() and "This document" not in body["response"]
     assert meta["model"] == "extractive" and meta["degraded"] is False
     assert meta["index_version"] == index_manifest["version"]
     assert meta["retrieval_ms"] > 0 and meta["processing_time_ms"] >= meta["retrieval_ms"]
     assert meta["tokens_used"] == 0 and "system_id" not in meta
+
+
+def test_a_source_links_to_its_section_of_the_document(api, owner):
+    body = api.http.post(URL, json={"query": QUESTION}, headers=owner["headers"]).json()
+    source = body["sources"][0]
+    path, _, anchor = source["url"].partition("#")
+    assert path == f"/api/v1/rag/documents/{source['document_id']}" and anchor == source["anchor"]
+    r = api.http.get(path, headers=owner["headers"])
+    assert r.status_code == 200, r.text
+    document = r.json()
+    section = next(s for s in document["sections"] if s["anchor"] == anchor)
+    assert section["heading_path"] == source["heading_path"] and source["snippet"] in section["text"]
+    assert document["title"] == source["title"] and document["index_version"] == body["metadata"]["index_version"]
+    missing = api.http.get("/api/v1/rag/documents/no-such-document", headers=owner["headers"])
+    assert missing.status_code == 404 and "no-such-document" in missing.text
+    assert api.http.get(path).status_code == 401
 
 
 @pytest.mark.parametrize(
@@ -180,7 +190,7 @@ def test_system_access_is_enforced(api, owner):
     assert r.status_code == 404, r.text
     r = api.http.post(URL, json={"query": QUESTION, "system_id": own, "max_results": 2}, headers=owner["headers"])
     assert r.status_code == 200, r.text
-    assert r.json()["metadata"]["system_id"] == own and len(r.json()["sources"]) == 2
+    assert r.json()["metadata"]["system_id"] == own and len({s["document_id"] for s in r.json()["sources"]}) == 2
 
 
 def test_stream_is_well_formed_sse_ending_with_done(api, owner):

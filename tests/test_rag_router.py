@@ -98,6 +98,19 @@ async def test_sse_framing_tokens_then_done():
     assert json.loads(frames[-1].split("data: ", 1)[1])["sources"][0]["document_id"] == "valve-lag"
 
 
+async def test_sse_replace_event_carries_the_answer_that_replaces_the_stream():
+    async def events():
+        yield {"event": "token", "text": "Replace the pump [7]"}
+        yield {"event": "replace", "text": "**Repair — Valve lag** [1]\n\n1. Clean the spool."}
+        yield {"event": "done", "sources": [], "metadata": {"degraded": True, "degraded_reason": "cited [7]"}}
+
+    frames = [f async for f in sse_events(events())]
+    assert (
+        frames[1] == 'event: replace\ndata: {"text": "**Repair \\u2014 Valve lag** [1]\\n\\n1. Clean the spool."}\n\n'
+    )
+    assert frames[-1].startswith("event: done\n")
+
+
 async def test_sse_reports_a_broken_stream_and_still_ends_with_done():
     async def events():
         yield {"event": "token", "text": "partial"}

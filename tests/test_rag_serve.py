@@ -12,9 +12,6 @@ import time
 import pytest
 
 from configs.settings import Settings
-from knowledge.answer import embed_sentences
-from knowledge.chunking import Chunker
-from knowledge.corpus import fingerprint_files, load_documents
 from knowledge.embedding import get_embedder
 from knowledge.index_store import IndexStore
 from tests.fixtures.ollama_standin import OllamaProtocolStandIn
@@ -38,18 +35,9 @@ A burst hydraulic hose sprays oil at high pressure and the system pressure colla
 
 
 def _publish(folder, store: IndexStore) -> str:
-    chunker, embedder = Chunker(max_tokens=80, overlap_tokens=16), get_embedder()
-    chunks = [c for d in load_documents([folder]) for c in chunker.chunk_document(d)]
-    vectors = embedder.embed([c.embed_text for c in chunks])
-    sentences, sentence_vectors = embed_sentences([c.text for c in chunks], embedder.embed, dims=embedder.dims)
-    rows = [{**c.to_dict(), "sentences": s} for c, s in zip(chunks, sentences)]
-    return store.publish(
-        vectors,
-        rows,
-        sentence_vectors=sentence_vectors,
-        model="all-MiniLM-L6-v2",
-        corpus_fingerprint=fingerprint_files(folder.iterdir()),
-    )["version"]
+    from pipelines.build_index import build_index
+
+    return build_index([folder], store.uri, max_tokens=80, overlap_tokens=16, in_process=True)["version"]
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +70,13 @@ def test_query_answers_with_cited_sources(serve_app, versions):
     handle = serve_app()
     result = handle.query.remote("How do I measure the coil voltage of the valve solenoid?", 3).result()
     sources = result["sources"]
-    assert sources[0]["document_id"] == "valve-lag" and len(sources) == 3
-    assert "[1]" in result["response"]
+    assert sources[0]["document_id"] == "valve-lag" and sources[0]["cited"] is True
+    assert {s["document_id"] for s in sources} >= {"valve-lag"} and len({s["document_id"] for s in sources}) == 3
+    cited = [s for s in sources if s["cited"]]
+    for n, source in enumerate(cited, start=1):  # each cited section is in the answer, whole, after its number
+        assert f"[{n}]\n\n{source['snippet']}" in result["response"]
+        assert source["url"] == f"/api/v1/rag/documents/valve-lag#{source['anchor']}" and source["anchor"]
+    assert all(not s["cited"] for s in sources[len(cited) :])
     meta = result["metadata"]
     assert meta["index_version"] == versions[1] and meta["degraded"] is False and meta["model"] == "extractive"
     assert meta["retrieval_ms"] > 0 and meta["processing_time_ms"] >= meta["retrieval_ms"]
@@ -194,15 +187,42 @@ def test_ollama_backend_then_degraded_when_it_goes_down(serve_app):
     meta = down["metadata"]
     assert meta["degraded"] is True and "unreachable" in meta["degraded_reason"], meta
     assert meta["model"] == "extractive" and "[1]" in down["response"]
-    first = down["sources"][0]["snippet"]
-    assert down["response"].split(" [")[0] in first or any(
-        down["response"].split(" [")[0] in s["snippet"] for s in down["sources"]
-    )
+    assert down["sources"][0]["cited"] and down["sources"][0]["snippet"] in down["response"]
     events = list(handle.options(stream=True).stream.remote("How do I fix valve lag?", 2))
     assert events[-1]["event"] == "done" and events[-1]["metadata"]["degraded"] is True
     assert events[-1]["metadata"]["model"] == "extractive" and events[-1]["sources"]
     assert "unreachable" in events[-1]["metadata"]["degraded_reason"]
-    assert "[" in "".join(e["text"] for e in events[:-1])
+    assert [e["event"] for e in events] == ["replace", "done"] and "[1]" in events[0]["text"]
+
+
+def test_an_llm_answer_citing_what_it_was_not_given_is_replaced_and_flagged(serve_app):
+    """Through the Ollama protocol stand-in (no model runs here): the answer is checked, not trusted."""
+    standin = OllamaProtocolStandIn().start()
+    try:
+        question = "How do I fix valve lag?"
+        extractive = serve_app().query.remote(question, 2).result()["response"]
+        handle = serve_app(llm_backend="ollama", ollama_url=standin.url, llm_model="standin-llm", llm_timeout_s=5.0)
+        for reply, said in [
+            ("Replace the whole pump [7]. Then restart [1].", "cited [7], which is not among"),
+            ("Replace the whole pump. Then restart.", "cited none of the sources"),
+        ]:
+            standin.behaviour.reply = reply
+            result = handle.query.remote(question, 2).result()
+            meta = result["metadata"]
+            assert meta["degraded"] is True and said in meta["degraded_reason"], meta
+            assert meta["model"] == "extractive" and result["response"] == extractive
+            assert "standin-llm" in meta["degraded_reason"]
+
+            events = list(handle.options(stream=True).stream.remote(question, 2))
+            assert events[-2]["event"] == "replace" and events[-2]["text"] == extractive
+            assert events[-1]["event"] == "done" and events[-1]["metadata"]["degraded"] is True
+            sent = "".join(e["text"] for e in events if e["event"] == "token")
+            assert "[7]" not in sent  # the fabricated citation itself is never sent
+        # The passages the model was given are the chosen sections, whole.
+        prompt = standin.behaviour.requests[-1]["messages"][1]["content"]
+        assert "[1] Valve lag" in prompt and "Cite only the numbers above" in prompt
+    finally:
+        standin.stop()
 
 
 def test_an_outdated_index_is_reported_not_served(serve_app, tmp_path):
@@ -215,13 +235,13 @@ def test_an_outdated_index_is_reported_not_served(serve_app, tmp_path):
     store = IndexStore(tmp_path / "old")
     version = _publish(write_sample_corpus(tmp_path / "kb"), store)
     manifest = tmp_path / "old" / version / "manifest.json"
-    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 1}))  # before sentence vectors
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": 2}))  # before section blocks
     handle = serve.run(
         assistant_from_serve_config(Settings(index_store_uri=str(tmp_path / "old"))), name=APP, route_prefix=None
     )
     result = handle.query.remote("How do I fix valve lag?", 2).result()
     meta = result["metadata"]
     assert result["sources"] == [] and meta["degraded"] is True and meta["index_version"] is None
-    assert "format 1" in meta["degraded_reason"] and "pipelines.build_index" in meta["degraded_reason"], meta
+    assert "format 2" in meta["degraded_reason"] and "pipelines.build_index" in meta["degraded_reason"], meta
     info = handle.info.remote().result()
     assert info["index_version"] is None and info["backend"] == "extractive"

@@ -3,8 +3,11 @@
 Authenticated like every route (``current_principal``); a ``system_id`` must be a
 system the caller may access, and its latest diagnosis (if the ingress provides
 ``app.state.latest_diagnosis``, an async ``system_id -> dict | None``) steers
-retrieval towards the flagged component. The RagPipeline handle is
-``app.state.rag``; with ``stream: true`` the answer arrives as Server-Sent Events.
+retrieval towards the flagged component and the answer starts from that
+component's failure-mode document. The RagPipeline handle is ``app.state.rag``;
+with ``stream: true`` the answer arrives as Server-Sent Events. Each source names
+its section (``heading_path``, ``anchor``) and a ``url`` that
+``GET /api/v1/rag/documents/{document_id}`` answers, the anchor a section of it.
 The query's length limit is the app's ``settings.max_query_chars``.
 
 A pipeline that cannot take the call (stopped, its replica gone, its queue full)
@@ -18,17 +21,19 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from api.deps import PrincipalDep, SessionDep, load_accessible_system
-from api.errors import InvalidInput, Unavailable, error_responses
-from api.schemas.inputs import SystemId
+from api.errors import InvalidInput, NotFound, Unavailable, error_responses
+from api.schemas.inputs import ID_MAX_CHARS, SystemId, token
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/rag", tags=["assistant"])
+DocumentId = Annotated[token(ID_MAX_CHARS), Path(description="A document id, as in a source's document_id.")]
 
 
 class RagQueryRequest(BaseModel):
@@ -54,8 +59,28 @@ class Source(BaseModel):
     document_id: str
     title: str
     heading_path: str = ""
-    snippet: str
+    anchor: str = Field("", description="The section's anchor within the document ('' for its start).")
+    url: str = Field(description="Where the section can be read: the document route, with #anchor.")
+    snippet: str = Field(description="The text answered from (a cited source), or the best-matching chunk.")
     score: float
+    cited: bool = Field(description="Whether the answer is composed from this source ([n] = sources[n-1]).")
+
+
+class DocumentSection(BaseModel):
+    heading_path: str
+    heading: str
+    anchor: str
+    kind: str = Field(description="overview, procedure, safety or explanation")
+    text: str
+
+
+class MaintenanceDocument(BaseModel):
+    document_id: str
+    title: str
+    components: list[str]
+    tags: list[str]
+    index_version: str
+    sections: list[DocumentSection]
 
 
 class RagMetadata(BaseModel):
@@ -124,6 +149,15 @@ async def query(body: RagQueryRequest, request: Request, principal: PrincipalDep
     return await rag.query.remote(body.query, body.max_results, body.system_id, diagnosis)
 
 
+@router.get("/documents/{document_id}", response_model=MaintenanceDocument, responses=error_responses(404, 422, 503))
+async def document(document_id: DocumentId, request: Request, principal: PrincipalDep):
+    """A maintenance document of the served index, section by section, with the anchors sources link to."""
+    found = await _pipeline(request).document.remote(document_id)
+    if found is None:
+        raise NotFound(f"no document {document_id!r} in the served knowledge index")
+    return found
+
+
 async def _prepend(first: dict | None, rest: AsyncIterator[dict]) -> AsyncIterator[dict]:
     if first is None:
         return
@@ -133,7 +167,11 @@ async def _prepend(first: dict | None, rest: AsyncIterator[dict]) -> AsyncIterat
 
 
 async def sse_events(events: AsyncIterator[dict]) -> AsyncIterator[str]:
-    """Pipeline events -> SSE: ``data: {"token": ...}`` per piece, then ``event: done``."""
+    """Pipeline events -> SSE: ``data: {"token": ...}`` per piece, then ``event: done``.
+
+    ``event: replace`` (``data: {"text": ...}``) withdraws everything sent so far: the
+    generative answer failed its citation check or its backend, and this is the
+    extractive answer instead (the done event says ``degraded`` and why)."""
     done = False
     try:
         async for event in events:
@@ -141,6 +179,8 @@ async def sse_events(events: AsyncIterator[dict]) -> AsyncIterator[str]:
                 done = True
                 payload = {"sources": event["sources"], "metadata": event["metadata"]}
                 yield f"event: done\ndata: {json.dumps(payload)}\n\n"
+            elif event.get("event") == "replace":
+                yield f"event: replace\ndata: {json.dumps({'text': event['text']})}\n\n"
             else:
                 yield f"data: {json.dumps({'token': event['text']})}\n\n"
     except Exception as exc:  # the stream is already open: report in-band, then end it properly

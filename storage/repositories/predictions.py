@@ -86,12 +86,15 @@ async def page(
 
 
 async def latest_prediction(session: AsyncSession, system_id: str) -> dict[str, Any] | None:
-    """The newest stored ``prediction`` dict of a system (the assistant's context)."""
+    """The newest stored ``prediction`` dict of a system (the assistant's context), with
+    ``diagnosed_at`` (ISO 8601) added: when it was made."""
     query = (
-        select(PredictionRecord.result)
+        select(PredictionRecord.result, PredictionRecord.created_at)
         .where(PredictionRecord.system_id == system_id)
         .order_by(PredictionRecord.created_at.desc(), PredictionRecord.id.desc())
         .limit(1)
     )
-    result = await session.scalar(query)
-    return result.get("prediction") if result else None
+    row = (await session.execute(query)).first()
+    if row is None or not row.result or row.result.get("prediction") is None:
+        return None
+    return {**row.result["prediction"], "diagnosed_at": row.created_at.isoformat()}
