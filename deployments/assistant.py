@@ -29,7 +29,7 @@ from ray.serve.handle import DeploymentHandle
 from configs.settings import Settings
 from diagnosis.batching import GreedyBatcher
 from diagnosis.failures import describe
-from knowledge.answer import citation_problem, compose
+from knowledge.answer import checked, citation_problem, compose
 from knowledge.embedding import get_embedder
 from knowledge.grounding import retrieve_and_ground
 from knowledge.index_store import IndexFormatError, IndexNotFound, IndexStore
@@ -125,18 +125,6 @@ class Retriever:
                 f"no index has been published under {self._store.uri}; build one with `python -m pipelines.build_index`"
             )
         return searcher
-
-    async def search(
-        self,
-        query_vec,
-        k: int = 5,
-        components: list[str] | None = None,
-        tags: list[str] | None = None,
-        prefer_components: list[str] | None = None,
-    ) -> dict:
-        searcher = await self._current()
-        hits = searcher.search(query_vec, k=k, components=components, tags=tags, prefer_components=prefer_components)
-        return {"hits": [h.to_dict() for h in hits], "index_version": searcher.version}
 
     async def ground(
         self,
@@ -305,12 +293,12 @@ class RagPipeline:
         else:
             try:
                 result = await asyncio.wait_for(self._llm.generate.remote(query, grounding), self._timeout_s)
-                text, model, tokens = result["text"], result["model"], result["tokens_used"]
-                problem = citation_problem(text, len(passages))
+                text, problem = checked(result["text"], grounding)
+                model, tokens = result["model"], result["tokens_used"]
                 if problem:
                     degraded_reason = f"{model}: {problem}; answered extractively instead"
                     logger.warning("LLM answer replaced: %s", degraded_reason)
-                    text, model = compose(grounding), "extractive"
+                    model = "extractive"
             except Exception as exc:
                 degraded_reason = describe(exc)
                 logger.warning("LLM failed, answering extractively: %s", degraded_reason)

@@ -64,3 +64,10 @@ def citation_problem(text: str, n_sources: int, final: bool = True) -> str | Non
     if final and not numbers:
         return "the answer cited none of the sources supplied"
     return None
+
+
+def checked(text: str, grounding: dict) -> tuple[str, str | None]:
+    """A complete answer, or the extractive one in its place when its citations fail:
+    ``(the text to send, why it was replaced or None)``."""
+    problem = citation_problem(text, len(grounding.get("passages") or []))
+    return (compose(grounding), problem) if problem else (text, None)

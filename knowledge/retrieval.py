@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import groupby
 
 import numpy as np
 
@@ -100,9 +101,6 @@ class IndexSearcher:
     def documents(self) -> list[str]:
         return list(self._by_document)
 
-    def section(self, section_id: str) -> tuple[Section, np.ndarray] | None:
-        return self._sections.get(section_id)
-
     @property
     def size(self) -> int:
         return self.loaded.index.ntotal
@@ -169,26 +167,22 @@ def _sections(loaded: LoadedIndex) -> tuple[dict[str, tuple[Section, np.ndarray]
     sections: dict[str, tuple[Section, np.ndarray]] = {}
     by_document: dict[str, list[str]] = {}
     rows = loaded.blocks.to_dict("records")
-    start = 0
-    while start < len(rows):
-        end = start
-        while end < len(rows) and rows[end]["section_id"] == rows[start]["section_id"]:
-            end += 1
-        first = rows[start]
+    for section_id, group in groupby(range(len(rows)), key=lambda i: rows[i]["section_id"]):
+        members = list(group)  # consecutive rows: the index stores blocks in document order
+        first = rows[members[0]]
         section = Section(
-            section_id=first["section_id"],
+            section_id=section_id,
             document_id=first["document_id"],
             title=first["title"],
             heading_path=first["heading_path"],
             anchor=first["anchor"],
             position=int(first["section_position"]),
-            blocks=tuple(Block(r["kind"], r["text"]) for r in rows[start:end]),
+            blocks=tuple(Block(rows[i]["kind"], rows[i]["text"]) for i in members),
             components=tuple(_as_list(first.get("components"))),
             tags=tuple(_as_list(first.get("tags"))),
         )
-        sections[section.section_id] = (section, loaded.block_vectors[start:end])
-        by_document.setdefault(section.document_id, []).append(section.section_id)
-        start = end
+        sections[section_id] = (section, loaded.block_vectors[members[0] : members[-1] + 1])
+        by_document.setdefault(section.document_id, []).append(section_id)
     return sections, by_document
 
 

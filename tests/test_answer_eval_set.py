@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.eval_answers import alternatives, normalise  # the benchmark's own matching
 from knowledge.chunking import PATH_SEP, split_sections
 from knowledge.corpus import load_documents
 
@@ -37,12 +38,6 @@ REPORTED_QUESTIONS = (
     "How do I check accumulator precharge?",
     "Filter bypass indicator is red, what now?",
 )
-
-
-def normalise(text: str) -> str:
-    """Lowercase, Markdown emphasis and backticks removed, whitespace collapsed."""
-    text = text.replace("**", "").replace("*", "").replace("`", "")
-    return " ".join(text.lower().split())
 
 
 def load_entries() -> list:
@@ -80,10 +75,6 @@ def section_body(document: str, heading: str) -> str | None:
         return None
     assert len(bodies) == 1, f"heading {heading!r} occurs {len(bodies)} times in {document}; it must be unique"
     return bodies[0]
-
-
-def alternatives(fact) -> list[str]:
-    return [fact] if isinstance(fact, str) else list(fact)
 
 
 def table_rows(body: str) -> list[str]:

@@ -148,14 +148,15 @@ async def test_retriever_reconfigure_swaps_the_index_under_queries(versions):
     store_uri, v1, v2 = versions
     retriever = Retriever.func_or_class(store_uri=store_uri)
     await retriever.reconfigure({"index_version": v1})
-    vector = get_embedder().embed(["hydraulic hose burst spraying oil"])[0]
+    question = "hydraulic hose burst spraying oil"
+    vector = get_embedder().embed([question])[0]
     seen: list[str] = []
     swap = asyncio.create_task(retriever.reconfigure({"index_version": v2}))
     while not swap.done():
-        seen.append((await retriever.search(vector, k=1))["index_version"])
+        seen.append((await retriever.ground(vector, question, vector, k=1))["index_version"])
         await asyncio.sleep(0.001)
     await swap
-    after = await retriever.search(vector, k=1)
+    after = await retriever.ground(vector, question, vector, k=1)
     assert len(seen) > 1 and set(seen) == {v1}, seen  # answered while v2 loaded, from v1
     assert after["index_version"] == v2 and after["hits"][0]["document_id"] == "hose-burst"
     assert retriever.info()["configured"] == v2
