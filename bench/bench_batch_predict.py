@@ -53,8 +53,8 @@ from diagnosis.voting import combine_columns
 from hydraulics.loaders import save_table
 from hydraulics.simulator import simulate_dataset
 from pipelines.batch_predict import resolve_versions, run_batch_predict
-from pipelines.ensemble_predictor import EnsemblePredictor, load_bundles
-from pipelines.prediction_output import OutputWriter, prediction_schema, scored_table
+from pipelines.ensemble_predictor import ProfileScorer, load_bundles
+from pipelines.prediction_output import OutputWriter, combined_schema, prediction_schema, scored_table, verdict_arrays
 
 DOC = PROJECT_ROOT / "docs" / "bench_batch.md"
 FILE_CYCLES = 10_000  # cycles per input file
@@ -102,7 +102,7 @@ def make_input(n_cycles: int, block: pa.Table, folder: Path) -> None:
 
 def single_process(source: Path, out: Path, settings: Settings, batch_size: int) -> tuple[float, dict[str, float]]:
     """Cycles/s of the same predictor called batch after batch in this process, on one
-    thread (``EnsemblePredictor`` pins every family to ``threads=1`` through
+    thread (``ProfileScorer`` pins every family to ``threads=1`` through
     ``FamilyModel.pin_threads``, as in each actor), writing the same two outputs with
     the same writer as the job; and the seconds spent in each stage."""
     stages: dict[str, float] = defaultdict(float)
@@ -113,28 +113,31 @@ def single_process(source: Path, out: Path, settings: Settings, batch_size: int)
         return now
 
     started = t = time.perf_counter()
-    predictor = EnsemblePredictor(
-        load_bundles(settings.model_store_uri, settings.default_profile, resolve_versions(settings)),
+    profile = settings.default_profile
+    predictor = ProfileScorer(
+        load_bundles(settings.model_store_uri, profile, resolve_versions(settings)),
         ensemble_weights(settings.ensemble_weights),
         settings.anomaly_threshold,
-        "bench",
         threads=1,
     )
+    schema = combined_schema(prediction_schema(FAMILY_NAMES))
     t = timed("model loading", t)
     rows = 0
     writer = OutputWriter(str(out), prediction_schema(FAMILY_NAMES))
     for record_batch in pads.dataset(source, format="parquet").to_batches(batch_size=batch_size):
         batch = pa.Table.from_batches([record_batch])
         t = timed("read", t)
-        X, valid, errors = predictor.features(batch)
+        found = predictor.features(batch)
         t = timed("features", t)
         answers = {}
         for family, bundle in predictor.bundles.items():
-            answers[family] = answer_blocks(bundle, [X])[0]
+            answers[family] = answer_blocks(bundle, [found.features])[0]
             t = timed(f"model: {family}", t)
-        verdicts = combine_columns({f: a.probas for f, a in answers.items()}, predictor.weights, predictor.threshold)
+        by_family = {f: a.probas for f, a in answers.items()}
+        verdicts = combine_columns(by_family, predictor.weights, predictor.threshold, None, found.flagged)
         t = timed("combine", t)
-        scored = scored_table(batch, valid, verdicts, predictor.versions, errors, "bench", predictor.schema)
+        arrays = verdict_arrays(verdicts, predictor.versions, found.novelty, found.flagged)
+        scored = scored_table(batch, profile, found.rows, arrays, found.errors, "bench", schema)
         t = timed("output conversion", t)
         writer.write(scored)
         t = timed("write", t)
@@ -184,10 +187,10 @@ def actor_start_cost(settings: Settings, scratch: Path) -> dict[str, float]:
     )
     code = (
         "import pickle, time; t = time.perf_counter()\n"
-        "from pipelines.ensemble_predictor import EnsemblePredictor, load_bundles\n"
+        "from pipelines.ensemble_predictor import ProfileScorer, load_bundles\n"
         "i = time.perf_counter() - t; t = time.perf_counter()\n"
         f"bundles = pickle.loads(open({str(blob)!r}, 'rb').read())\n"
-        "EnsemblePredictor(bundles, {}, 0.5, None)\n"
+        "ProfileScorer(bundles, {}, 0.5)\n"
         "u = time.perf_counter() - t; t = time.perf_counter()\n"
         f"load_bundles({settings.model_store_uri!r}, {settings.default_profile!r}, {resolve_versions(settings)!r})\n"
         "print(i, u, time.perf_counter() - t)\n"

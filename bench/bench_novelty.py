@@ -10,6 +10,14 @@ scaled ×1.2, stuck at its first value, pairs of channels swapped; and shifted b
 block the feature pipeline itself rejects (a value outside a channel's plausible
 range) is counted under "rejected"; its features are then computed without the
 range check, so the novelty model is measured on it too. Prints; asserts nothing.
+
+``--sweep`` measures the served path instead (``ProfileReference``: aligned
+features, the profile's novelty columns, the tampered sets of ``hdx evaluate``),
+refitting ``NoveltyModel`` for a grid of far-out fences and calibration quantiles,
+and prints for each the hold-out flag rate against the tampered sets' rates (the
+trade-off ``docs/novelty.md`` reports), then every hold-out cycle the default model
+flags with its score, its distance in cycles to the nearest change of the rig's
+conditions (``profile.txt``) and the features that flagged it.
 """
 
 from __future__ import annotations
@@ -125,6 +133,76 @@ def novelty_model(X: np.ndarray, names: list[str]):
     return lambda Y: model.score(Y).score, model
 
 
+SWEEP_FENCES = (3.0, 4.5, 6.0, float("inf"))
+SWEEP_QUANTILES = (0.995, 0.998)
+COLD_START = 8  # the recording's first cycles, while the oil warms from 35 °C: training has none of them
+
+
+def sweep(folder: Path) -> None:
+    """The served path (``ProfileReference``: aligned features, the profile's novelty
+    columns) with the novelty model refitted per setting; the tampered sets of
+    ``pipelines.evaluate`` (a cycle validation refuses counts as caught, as there)."""
+    from diagnosis.novelty import FENCE, QUANTILE, NoveltyModel
+    from diagnosis.profiles import ProfileReference, builtin_profile, prepare_cycles
+    from hydraulics.features import extract
+    from hydraulics.loaders import load_holdout, load_uci, uci_split
+    from pipelines.evaluate import tampered
+
+    profile = builtin_profile("uci-1hz")
+    train, test = uci_split(load_uci(folder, channels=list(profile.channels)), load_holdout(folder))
+    aligned, _, _ = ProfileReference.fit(profile, train.channels).align(train.channels)
+    X = extract(aligned, profile.feature_set)
+    reference = ProfileReference.fit(profile, train.channels, X)
+    cols = reference.novelty_columns
+    names = [profile.feature_set.feature_names()[i] for i in cols]
+    holdout_block = {c: test.channels[c] for c in profile.channels}
+    sets = {"holdout": holdout_block, **tampered(holdout_block, list(profile.channels))}
+    cycles = {
+        name: [{c: block[c][i] for c in profile.channels} for i in range(len(test))] for name, block in sets.items()
+    }
+
+    def caught(name: str) -> float:
+        prepared = prepare_cycles(reference, cycles[name])
+        flagged = 0 if prepared.rows is None else int(prepared.rows.flagged.sum())
+        return 100.0 * (flagged + len(prepared.errors)) / len(cycles[name])
+
+    print("\nfence x quantile: hold-out flag rate against the tampered sets' (min / mean %)")
+    print(
+        f"{'fence':>6s} {'quantile':>8s} {'excluded':>8s} {'hold-out':>8s} {'scaled':>13s} {'stuck':>13s} {'swapped':>13s}"
+    )
+    for fence in SWEEP_FENCES:
+        for q in SWEEP_QUANTILES:
+            reference.novelty = NoveltyModel.fit(X[:, cols], names, quantile=q, fence=fence)
+            kinds: dict[str, list[float]] = {}
+            for name in sets:
+                kinds.setdefault(name.split()[0], []).append(caught(name))
+            cells = [f"{min(kinds[k]):5.1f} / {np.mean(kinds[k]):5.1f}" for k in ("scaled", "stuck", "swapped")]
+            print(
+                f"{fence:6g} {q:8.3f} {reference.novelty.n_excluded:8d} {kinds['holdout'][0]:7.1f}% " + " ".join(cells)
+            )
+
+    reference.novelty = NoveltyModel.fit(X[:, cols], names, quantile=QUANTILE, fence=FENCE)
+    result = reference.prepare(holdout_block)
+    conditions = np.loadtxt(folder / "profile.txt")[:, :4]
+    changes = np.flatnonzero((conditions[1:] != conditions[:-1]).any(axis=1)) + 1  # first cycle of each run
+    holdout = test.cycle_ids.astype(int)
+    flagged = np.flatnonzero(result.flagged)
+    print(f"\nhold-out cycles flagged by the default model: {len(flagged)} of {len(holdout)}")
+    print(f"{'cycle':>6s} {'score':>7s} {'to a change':>11s}  furthest features")
+    for i in flagged[np.argsort(-result.novelty[flagged])]:
+        cycle = int(holdout[i])
+        where = "cold start" if cycle < COLD_START else f"{int(np.min(np.abs(changes - cycle)))} cycles"
+        print(f"{cycle:6d} {result.novelty[i]:7.2f} {where:>11s}  {', '.join(result.top_features[i])}")
+    distance = np.array([np.min(np.abs(changes - c)) for c in holdout])
+    for d in (2, 4):
+        near = (distance <= d) | (holdout < COLD_START)
+        print(
+            f"within {d} cycles of a change or in the cold start: {near.sum()} hold-out cycles, "
+            f"{100 * result.flagged[near].mean():.1f} % flagged; the other {(~near).sum()}: "
+            f"{100 * result.flagged[~near].mean():.1f} % flagged"
+        )
+
+
 def main() -> None:
     from hydraulics.alignment import shift_block
     from hydraulics.features import get_feature_set
@@ -132,8 +210,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)
     parser.add_argument("--designs", default="all", help="comma list of: novelty, plain, iforest, augmented")
+    parser.add_argument("--sweep", action="store_true", help="the fence x quantile trade-off and the flagged cycles")
     args = parser.parse_args()
     start = time.perf_counter()
+    if args.sweep:
+        sweep(args.folder)
+        print(f"\ntotal {time.perf_counter() - start:.1f} s")
+        return
     X, sets = build_sets(args.folder)
     names = get_feature_set("rig_1hz").feature_names()
     print(f"features of {len(X)} training cycles and {len(sets)} test sets in {time.perf_counter() - start:.1f} s")

@@ -95,7 +95,9 @@ class LocalEnsemble:
             X = prepared.rows.features
             answers = {family: answer_blocks(bundle, [X])[0] for family, bundle in bundles.items()}
             wanted = [c for c in reference.profile.components if components is None or c in components]
-            diagnoses = diagnose_answers(answers, self.weights, self.threshold, X.shape[1], components=wanted)
+            diagnoses = diagnose_answers(
+                answers, self.weights, self.threshold, X.shape[1], components=wanted, withheld=prepared.rows.flagged
+            )
             for row, (i, d) in enumerate(zip(prepared.valid, diagnoses)):
                 annotate(d, profile, prepared.rows, row, prepared.notes.get(i))
                 d.total_processing_time_ms = round((time.perf_counter() - start) * 1000, 3)

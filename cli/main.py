@@ -126,7 +126,10 @@ def evaluate(
         "Every hold-out cycle shifted by the seconds in the first column (edge-padded: a cycle one "
         "second late repeats its first sample and drops its last), scored as served (aligned to the "
         "profile's reference cycle) and, for comparison, without alignment. Accuracy in %; the last "
-        "column is the share the novelty check flags.\n\n" + format_evaluation(result)
+        "column is the share the novelty check flags.\n\n" + format_evaluation(result) + "\n"
+        "The hold-out's novelty target (at most 2 % flagged) is not met: which cycles are flagged, "
+        "and what the fence and the quantile trade against the tampered sets' rates, are in "
+        "[novelty.md](novelty.md) (`python -m bench.bench_novelty --sweep`).\n"
     )
     typer.echo(table)
     typer.echo(format_evaluation(result))

@@ -45,6 +45,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.replica_directory import held_by_family
 from diagnosis.batching import GreedyBatcher, group_slices
 from diagnosis.failures import NoModelAvailable, describe
 from diagnosis.profiles import (
@@ -191,7 +192,8 @@ class DiagnosisEnsemble:
 
     async def models_info(self) -> dict[str, dict]:
         """Each model deployment's answering replica and the bundles it holds, or the error
-        that kept it from answering."""
+        that kept it from answering; ``replicas``: what every live replica of it reported
+        holding (``deployments.replica_directory``; outside Serve, the answering one)."""
 
         async def one(name: str, handle: DeploymentHandle):
             try:
@@ -199,7 +201,18 @@ class DiagnosisEnsemble:
             except Exception as exc:  # reported, not raised: /ready names the failing part
                 return name, {"ml_model": name, "error": describe(exc)}
 
-        return dict(await asyncio.gather(*(one(n, h) for n, h in self.models.items())))
+        info = dict(await asyncio.gather(*(one(n, h) for n, h in self.models.items())))
+        held = await held_by_family(self.timeout_s)
+        for name, entry in info.items():
+            reported = held.get(name) if held is not None else None
+            if reported is None and "error" not in entry:
+                reported = [{k: v for k, v in entry.items() if k != "ml_model"}]
+            entry["replicas"] = [
+                {"replica": r.get("replica"), "node_id": r.get("node_id"), "pid": r.get("pid"),
+                 "models": [m["model_id"] for m in r.get("models", [])], "reported_at": r.get("reported_at")}
+                for r in reported or []
+            ]  # fmt: skip
+        return info
 
     async def diagnose(
         self,
@@ -242,7 +255,10 @@ class DiagnosisEnsemble:
         answered, failed = await self._batcher(mid).submit(X)
         if not answered:
             raise NoModelAvailable(f"no model deployment answered: {failed}")
-        diagnoses = diagnose_answers(answered, self.weights, self.threshold, X.shape[1], failed, components=wanted)
+        withheld = prepared.rows.flagged  # unlike the training data: the models cannot vouch for it
+        diagnoses = diagnose_answers(
+            answered, self.weights, self.threshold, X.shape[1], failed, components=wanted, withheld=withheld
+        )
         results: dict[int, Diagnosis] = {}
         for row, (i, diagnosis) in enumerate(zip(prepared.valid, diagnoses)):
             annotate(diagnosis, profile, prepared.rows, row, prepared.notes.get(i))

@@ -26,20 +26,28 @@ confirmed label is lost whatever the replica count; the store keeps the newest
 ``keep_revisions``. Every replica picks up the newest revision of each bundle it
 holds within ``sync_interval_s``. Answers name the revision they were made with
 (the cache key's).
+
+Every replica reports what it holds to the cluster's ``ReplicaDirectory``
+(``deployments.replica_directory``) after each load, on a 30 s heartbeat and when
+it shuts down, so ``GET /models`` and ``/ready`` list every replica, not only the
+one that answers a call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import weakref
 from collections import OrderedDict
 
 import numpy as np
 import pandas as pd
+import ray
 from ray import serve
 
+from deployments.replica_directory import REPORT_INTERVAL_S, replica_directory, this_replica
 from diagnosis.batching import GreedyBatcher
 from diagnosis.failures import ModelCannotLearn
 from diagnosis.learning import learn_and_save
@@ -86,6 +94,8 @@ class ModelServer:
         self._batchers: dict[str, GreedyBatcher] = {}
         # What the multiplexing LRU holds, without holding it: an evicted bundle drops out.
         self._held: weakref.WeakValueDictionary[str, HeldBundle] = weakref.WeakValueDictionary()
+        self._directory = None
+        self._report_task: asyncio.Task | None = None
 
         async def load(model_id: str) -> HeldBundle:
             return await self._load(model_id)
@@ -100,6 +110,7 @@ class ModelServer:
     async def reconfigure(self, user_config: dict | None) -> None:
         """``max_batch_size``, and ``preload`` ({profile: version}): bundles loaded now, before
         this replica takes requests, so a replacement replica does not make them wait."""
+        self._start_reporting()
         config = user_config or {}
         self.max_batch_size = int(config.get("max_batch_size", DEFAULT_MAX_BATCH))
         for batcher in self._batchers.values():
@@ -119,7 +130,39 @@ class ModelServer:
         log.info("%s loaded %s (bundle %s)", self.family, model_id, bundle.version)
         if self.learns and self._sync_task is None:
             self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
+        self._start_reporting()
+        # Serve's LRU has evicted its oldest bundle before this load: the report is what it holds.
+        asyncio.get_running_loop().create_task(self._report())
         return held
+
+    # --- what this replica holds, for GET /models and /ready ------------------------
+    def _start_reporting(self) -> None:
+        if self._report_task is None and _in_replica():
+            self._report_task = asyncio.get_running_loop().create_task(self._report_loop())
+
+    async def _report_loop(self) -> None:
+        while True:
+            await self._report()
+            await asyncio.sleep(REPORT_INTERVAL_S)
+
+    async def _report(self) -> None:
+        try:
+            if self._directory is None:
+                self._directory = replica_directory()
+            info = await self.info()
+            info |= {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+            await asyncio.wait_for(self._directory.report.remote(*this_replica(), info), 10.0)
+        except Exception as exc:  # a report only: serving goes on, the next heartbeat tries again
+            self._directory = None
+            log.warning("%s could not report to the replica directory: %s", self.family, exc)
+
+    def __del__(self) -> None:
+        # Serve calls this when it stops the replica: leave the directory at once.
+        if self._directory is not None:
+            try:
+                self._directory.forget.remote(*this_replica())
+            except Exception:  # shutting down: the entry goes stale instead
+                pass
 
     def _batcher(self, model_id: str) -> GreedyBatcher:
         batcher = self._batchers.get(model_id)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from diagnosis.novelty import NoveltyModel
-from hydraulics.alignment import align, reference_cycle
+from hydraulics.alignment import align, reference_cycle, shape_curves
 from hydraulics.channels import CHANNELS, CYCLE_SECONDS, UCI_1HZ_CHANNELS
 from hydraulics.components import COMPONENTS, STABLE_TARGET
 from hydraulics.features import FeatureSet, extract, feature_set_from, get_feature_set
@@ -196,11 +196,13 @@ class ProfileReference:
     curves: dict[str, np.ndarray]  # alignment channel → per-second median curve of the training cycles
     novelty: NoveltyModel | None = None
     novelty_columns: np.ndarray | None = None  # feature indices the novelty model reads
+    shapes: dict[str, np.ndarray] = field(default_factory=dict)  # channel → median curve: alignment's padding
 
     @classmethod
     def fit(cls, profile: Profile, block: Mapping[str, np.ndarray], X: np.ndarray | None = None) -> ProfileReference:
         """From the training cycles (raw block) and, for novelty, their aligned features."""
-        ref = cls(profile, reference_cycle(block, profile.alignment_channels))
+        shapes = shape_curves({c: block[c] for c in profile.channels})
+        ref = cls(profile, reference_cycle(block, profile.alignment_channels), shapes=shapes)
         if X is not None:
             names = profile.feature_set.feature_names()
             cols = np.array([i for i, n in enumerate(names) if not n.endswith(_PADDING_SENSITIVE)], dtype=np.int64)
@@ -209,11 +211,13 @@ class ProfileReference:
         return ref
 
     def align(self, block: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-        """The cycles moved onto the reference (``hydraulics.alignment.align``, edge-padded), the
-        shifts and their quality. (Padding the emptied seconds from the reference cycle instead
-        was tried: it made shifted cycles look novel to the temperatures' end-of-cycle features.)"""
+        """The cycles moved onto the reference (``hydraulics.alignment.align``), the shifts and
+        their quality. The moved-in seconds follow the training cycles' median curve from the
+        cycle's own nearest sample (``pad_from_shape``; a reference saved without curves:
+        edge-padded). Filling them with the median curve's values themselves was tried: it
+        made shifted cycles look novel to the temperatures' end-of-cycle features."""
         used = {c: block[c] for c in self.profile.channels if c in block}
-        return align(used, self.curves, self.profile.alignment_channels, self.profile.max_shift_s)
+        return align(used, self.curves, self.profile.alignment_channels, self.profile.max_shift_s, self.shapes)
 
     def prepare(self, block: Mapping[str, np.ndarray], cycle_ids: Sequence[int] | None = None) -> Prepared:
         """Align, extract (raises ``SensorDataError``) and score novelty for equal-length cycles."""
@@ -232,6 +236,7 @@ class ProfileReference:
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {f"curve__{c}": v for c, v in self.curves.items()}
+        arrays |= {f"shape__{c}": v for c, v in self.shapes.items()}
         if self.novelty_columns is not None:
             arrays["novelty_columns"] = self.novelty_columns
         np.savez(directory / REFERENCE_FILE, **arrays)
@@ -244,9 +249,10 @@ class ProfileReference:
         profile = Profile.from_dict(json.loads((directory / "profile.json").read_text()))
         with np.load(directory / REFERENCE_FILE, allow_pickle=False) as data:
             curves = {k.removeprefix("curve__"): data[k] for k in data.files if k.startswith("curve__")}
+            shapes = {k.removeprefix("shape__"): data[k] for k in data.files if k.startswith("shape__")}
             cols = data["novelty_columns"] if "novelty_columns" in data.files else None
         novelty = NoveltyModel.load(directory) if cols is not None else None
-        return cls(profile, curves, novelty, cols)
+        return cls(profile, curves, novelty, cols, shapes)
 
 
 # --- choosing a system's profile -------------------------------------------------------
@@ -397,8 +403,9 @@ def prepare_cycles(
 
 def annotate(diagnosis, profile: str, rows: Prepared, row: int, note: CycleNotes | None) -> None:
     """Add to a ``diagnosis.report.Diagnosis`` what the profile step knows about its cycle:
-    the profile, alignment, novelty (a flagged cycle's verdict says the models cannot
-    vouch for it), channels ignored and warnings."""
+    the profile, alignment, novelty (a flagged cycle's verdict was withheld by
+    ``diagnose_answers(..., withheld=rows.flagged)``; this says why), channels ignored
+    and warnings."""
     from diagnosis.report import Alignment, OutOfDistribution
 
     verdict = diagnosis.prediction
@@ -413,10 +420,7 @@ def annotate(diagnosis, profile: str, rows: Prepared, row: int, note: CycleNotes
         verdict.out_of_distribution = OutOfDistribution(
             score=round(float(rows.novelty[row]), 4), flagged=flagged, top_features=rows.top_features[row]
         )
-        if flagged:
-            verdict.severity = "unknown"
-            verdict.confidence = 0.0
-            verdict.anomaly_type = "out_of_distribution"
+        if flagged:  # the verdict itself was withheld by the vote (diagnosis.voting)
             diagnosis.warnings.append(
                 f"this cycle is unlike the {profile} profile's training data (novelty score "
                 f"{float(rows.novelty[row]):.2f}, threshold 1; furthest features: "

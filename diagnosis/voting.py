@@ -13,7 +13,10 @@ level, its probability distribution and severity. Overall:
 * ``severity``: the worst severity among affected components;
 * ``confidence``: the weakest component's top probability, scaled by the share
   of ensemble weight that answered, so a missing model lowers it;
-* ``anomaly_type``: the affected component's failure mode, or ``multiple``.
+* ``anomaly_type``: the affected component's failure mode, or ``multiple``;
+* a cycle the models cannot vouch for (``withheld``: unlike the profile's training
+  data, ``diagnosis.novelty``) gets severity ``unknown``, confidence 0 and anomaly
+  type ``out_of_distribution``, whatever the levels say (``diagnosis.report.Verdict``).
 
 ``diagnose_answers`` is the one function that turns the families' answers into
 typed ``Diagnosis`` objects: the ensemble deployment and the batch job call it.
@@ -70,6 +73,9 @@ def round6(values: np.ndarray) -> np.ndarray:
     return out
 
 
+WITHHELD_SEVERITY = "unknown"
+WITHHELD_TYPE = "out_of_distribution"
+
 _COMPONENT_LIST = tuple(COMPONENTS.values())
 _SEVERITY_NAMES = np.array(sorted(SEVERITY_ORDER, key=SEVERITY_ORDER.get), dtype=object)
 
@@ -119,10 +125,15 @@ def _diagnosed(probas: Probas, components: Sequence[str] | None) -> tuple:
 
 
 def diagnose_columns(
-    probas: Probas, coverage: float = 1.0, threshold: float = 0.5, components: Sequence[str] | None = None
+    probas: Probas,
+    coverage: float = 1.0,
+    threshold: float = 0.5,
+    components: Sequence[str] | None = None,
+    withheld: np.ndarray | None = None,
 ) -> VerdictColumns:
     """The verdict of every row of the combined probabilities, as columns, over ``components``
-    (default: every component the probabilities cover)."""
+    (default: every component the probabilities cover). ``withheld`` (bool per row): the
+    cycles the models cannot vouch for (see the module docstring)."""
     diagnosed = _diagnosed(probas, components)
     n = next(iter(probas.values())).shape[0]
     stacked_nominal = np.stack([probas[c.name][:, 0] for c in diagnosed], axis=1)  # (n, n_components)
@@ -156,6 +167,14 @@ def diagnose_columns(
     single_type = np.array([c.anomaly_type for c in diagnosed], dtype=object)[affected.argmax(axis=1)]
     anomaly_type = np.where(n_affected == 0, "none", np.where(n_affected == 1, single_type, "multiple")).astype(object)
 
+    severity = _SEVERITY_NAMES[rank]
+    confidence = round6(top_p * coverage)
+    if withheld is not None and np.any(withheld):
+        withheld = np.asarray(withheld, dtype=bool)
+        severity = np.where(withheld, WITHHELD_SEVERITY, severity).astype(object)
+        confidence = np.where(withheld, 0.0, confidence)
+        anomaly_type = np.where(withheld, WITHHELD_TYPE, anomaly_type).astype(object)
+
     p_unstable = None
     if STABLE_TARGET in probas:
         p_unstable = probas[STABLE_TARGET][:, target_classes(STABLE_TARGET).index(1)]
@@ -165,8 +184,8 @@ def diagnose_columns(
         probabilities={c.name: round6(probas[c.name]) for c in diagnosed},
         is_anomaly=is_anomaly,
         anomaly_score=round6(anomaly_score),
-        severity=_SEVERITY_NAMES[rank],
-        confidence=round6(top_p * coverage),
+        severity=severity,
+        confidence=confidence,
         affected=affected,
         anomaly_type=anomaly_type,
         probability_not_stable=None if p_unstable is None else round6(p_unstable),
@@ -236,10 +255,11 @@ def combine_columns(
     weights: Mapping[str, float],
     threshold: float = 0.5,
     components: Sequence[str] | None = None,
+    withheld: np.ndarray | None = None,
 ) -> VerdictColumns:
     """The full ensemble step, as columns: weighted voting, then every cycle's verdict."""
     probas, coverage = weighted_probas(by_family, weights)
-    return diagnose_columns(probas, coverage, threshold, components)
+    return diagnose_columns(probas, coverage, threshold, components, withheld)
 
 
 def combine(
@@ -247,9 +267,10 @@ def combine(
     weights: Mapping[str, float],
     threshold: float = 0.5,
     components: Sequence[str] | None = None,
+    withheld: np.ndarray | None = None,
 ) -> list[Verdict]:
     """The full ensemble step: weighted voting, then the per-cycle verdict."""
-    return verdict_rows(combine_columns(by_family, weights, threshold, components))
+    return verdict_rows(combine_columns(by_family, weights, threshold, components, withheld))
 
 
 def family_scores(probas: Probas, components: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -271,14 +292,16 @@ def diagnose_answers(
     failed: Mapping[str, str] | None = None,
     feature_extraction_ms: float | None = None,
     components: Sequence[str] | None = None,
+    withheld: np.ndarray | None = None,
 ) -> list[Diagnosis]:
     """One ``Diagnosis`` per row of the answering families' probabilities, over ``components``
-    (default: all the models predict).
+    (default: all the models predict); ``withheld`` rows are the cycles the models cannot
+    vouch for.
 
     ``failed`` names the families that did not answer and why; they count against
     ``ensemble_coverage`` and, through it, the confidence.
     """
-    verdicts = combine({name: a.probas for name, a in answers.items()}, weights, threshold, components)
+    verdicts = combine({name: a.probas for name, a in answers.items()}, weights, threshold, components, withheld)
     answered_weight = sum(weights[name] for name in answers)
     coverage = round(answered_weight / sum(weights.values()), 4)
     scores = {

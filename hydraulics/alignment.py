@@ -17,7 +17,14 @@ which the cycle looks like ``shift_block(reference, s)``, and ``align`` applies
 
 Shifts are edge-padded, never wrapped: the seconds that move in at an end
 repeat the nearest recorded sample, because a wrapped cycle would put the end
-of the working cycle at its start, a shape no real cycle has.
+of the working cycle at its start, a shape no real cycle has. ``align`` can do
+better, because its output is on the reference's time axis: given the training
+cycles' median curve of each channel (``shape_curves``), the seconds it moves in
+follow that curve from the nearest recorded sample (``pad_from_shape``). On the
+UCI rig this matters at the start: the efficiency factor's first sample still
+holds the previous cycle's value (about 68 %, then 0), and a cycle recorded one
+second early has lost it; edge padding turned it into 0, a start no training
+cycle has, and the novelty check flagged every such cycle.
 """
 
 from __future__ import annotations
@@ -133,15 +140,56 @@ def estimate_shift(
     return (chosen - max_shift_s).astype(np.int64), corr[rows, chosen]
 
 
+def shape_curves(block: Block) -> dict[str, np.ndarray]:
+    """Per channel the median curve of the block's cycles at the channel's native rate,
+    ``(samples,)``: the shape ``pad_from_shape`` fills moved-in samples with."""
+    return {ch: np.median(np.asarray(v, dtype=np.float64), axis=0) for ch, v in block.items()}
+
+
+def pad_from_shape(block: Block, moved_s: np.ndarray, shapes: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``block`` (cycles already moved by ``moved_s`` seconds onto the reference's time axis,
+    edge-padded) with the moved-in samples following ``shapes``: a padded sample ``t`` is
+    the nearest recorded sample ``a`` plus ``shape[t] - shape[a]``, so a padded second
+    changes as the training cycles changed there, from this cycle's own level, kept
+    inside the channel's plausible range (padding never makes a valid cycle invalid).
+    A channel without a shape of its length stays edge-padded."""
+    out = dict(block)
+    moved = np.asarray(moved_s, dtype=np.int64)
+    if not moved.any():
+        return out
+    for ch, values in block.items():
+        shape = shapes.get(ch)
+        values = np.asarray(values, dtype=np.float64)
+        n, samples = values.shape
+        if shape is None or len(shape) != samples:
+            continue
+        k = np.broadcast_to(moved, (n,))[:, None] * CHANNELS[ch].rate_hz
+        t = np.arange(samples)[None, :]
+        anchor = np.clip(t, np.maximum(k, 0), samples - 1 + np.minimum(k, 0))  # = t where recorded
+        padded = np.clip(
+            np.take_along_axis(values, anchor, axis=1) + (shape[t] - shape[anchor]), *CHANNELS[ch].plausible_range
+        )
+        out[ch] = np.where(anchor == t, values, padded)  # recorded samples as they are, for validation
+    return out
+
+
 def align(
-    block: Block, reference: Mapping[str, np.ndarray], channels: Sequence[str], max_shift_s: int = 5
+    block: Block,
+    reference: Mapping[str, np.ndarray],
+    channels: Sequence[str],
+    max_shift_s: int = 5,
+    shapes: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """``block`` with each cycle's estimated shift undone (all channels, edge-padded), the shifts and the qualities.
+    """``block`` with each cycle's estimated shift undone (all channels), the shifts and the qualities.
 
     ``shift_s`` is what ``estimate_shift`` found; the aligned block is
-    ``shift_block(block, -shift_s)``."""
+    ``shift_block(block, -shift_s)``, its moved-in samples following ``shapes``
+    (``pad_from_shape``) where given, else edge-padded."""
     shift_s, quality = estimate_shift(block, reference, channels, max_shift_s)
-    return shift_block(block, -shift_s), shift_s, quality
+    aligned = shift_block(block, -shift_s)
+    if shapes:
+        aligned = pad_from_shape(aligned, -shift_s, shapes)
+    return aligned, shift_s, quality
 
 
 def augment_with_shifts(

@@ -7,6 +7,12 @@ Locally:       python -m pipelines.batch_predict --source cycles.parquet --outpu
 On a cluster:  ray job submit --working-dir . -- python -m pipelines.batch_predict \
                    --source s3://bucket/cycles.parquet --output s3://bucket/hdx/predictions
 
+An input may mix equipment profiles: a ``profile`` column names each row's (rows
+without one, and inputs without the column, are ``--profile``'s, default the
+settings' ``default_profile``). The driver reads that column first, pins a version
+of every profile it names, and each actor holds all of them; a row naming a
+profile with no trained models is written to the error output with the reason.
+
 This module is only the job: it pins the bundle versions, builds the Ray Data
 plan and writes the summary. Reading and Arrow conversion are in
 ``pipelines.cycle_reader``, the actor that diagnoses each batch in
@@ -32,9 +38,10 @@ from collections.abc import Sequence
 import typer
 
 from configs.settings import Settings, get_settings
+from diagnosis.profiles import ProfileError
 from diagnosis.registry import FAMILY_NAMES, ensemble_weights
-from diagnosis.store import LATEST, ModelStore, check_feature_set
-from pipelines.cycle_reader import BatchInputError, read_cycles
+from diagnosis.store import LATEST, BundleError, ModelStore, check_feature_set
+from pipelines.cycle_reader import BatchInputError, profile_names, read_cycles
 from pipelines.ensemble_predictor import EnsemblePredictor, load_bundles
 from pipelines.prediction_output import ERRORS_DIR, PREDICTIONS_DIR, PredictionSink, prediction_schema
 
@@ -69,6 +76,48 @@ def resolve_versions(settings: Settings, model_version: str = LATEST, profile: s
     return versions
 
 
+def parse_versions(spec: str, default_profile: str) -> dict[str, str]:
+    """``--model-version``: ``latest``, a version of the default profile, or
+    ``PROFILE=VERSION[,PROFILE=VERSION...]``; a profile not named gets its latest."""
+    if "=" not in spec:
+        return {default_profile: spec or LATEST}
+    out = {}
+    for part in spec.split(","):
+        name, sep, version = (x.strip() for x in part.partition("="))
+        if not sep or not name or not version:
+            raise typer.BadParameter(f"{part!r}: expected PROFILE=VERSION")
+        out[name] = version
+    return out
+
+
+def pin_profiles(
+    source: str, settings: Settings, model_version: str = LATEST, profile: str | None = None
+) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """The versions pinned for every profile the job needs (``{profile: {family: version}}``)
+    and the profiles named by the input's rows that cannot be served, with why.
+
+    The default profile is needed when the input has no ``profile`` column or some rows
+    name none; a problem with it, or with a version asked for by name, stops the job
+    here. An untrained profile that rows name is a reason to reject those rows (the
+    others are still diagnosed)."""
+    default = profile or settings.default_profile
+    wanted = parse_versions(model_version, default)
+    names, some_unnamed = profile_names(source) or ([], True)
+    pinned, rejected = {}, {}
+    if some_unnamed:
+        pinned[default] = resolve_versions(settings, wanted.get(default, LATEST), default)
+    for name in names:
+        if name in pinned:
+            continue
+        try:
+            pinned[name] = resolve_versions(settings, wanted.get(name, LATEST), name)
+        except (ProfileError, BundleError) as exc:
+            if wanted.get(name, LATEST) != LATEST:
+                raise  # a version asked for by name that does not exist is the caller's mistake
+            rejected[name] = str(exc)
+    return pinned, rejected
+
+
 def _actor_cpus(workers: int) -> float:
     """CPUs each actor asks Ray for: one, unless a pool of ``workers`` actors would leave
     less than one CPU of what is free now (a Serve application on the same cluster holds
@@ -91,30 +140,35 @@ def _writers(workers: int) -> int:
 def plan(
     source: str,
     settings: Settings,
-    versions: dict[str, str],
+    pinned: dict[str, dict[str, str]],
     weights: dict[str, float],
     batch_size: int,
     workers: int,
     system_id: str | None = None,
     cycles: Sequence[int] | None = None,
     profile: str | None = None,
+    rejected: dict[str, str] | None = None,
 ):
-    """The Ray Dataset of scored rows (``prediction_output.combined_schema``), not yet run."""
+    """The Ray Dataset of scored rows (``prediction_output.combined_schema``), not yet run:
+    every profile of ``pinned`` at its versions (``pin_profiles``)."""
     import ray
 
     profile = profile or settings.default_profile
-    channels = ModelStore(settings.model_store_uri).profile(profile).channels
+    store = ModelStore(settings.model_store_uri)
+    channels = list(dict.fromkeys(c for name in pinned for c in store.profile(name).channels))
     # Blocks of a few batches, so that a single large file is spread over the whole pool.
     # In Ray 2.60 this is a streaming split (no all-to-all barrier), run in the read tasks.
     ds = read_cycles(source, channels, cycles).repartition(target_num_rows_per_block=batch_size * BATCHES_PER_BLOCK)
     if "system_id" not in ds.schema().names and system_id is None:
         raise BatchInputError(f"{source} has no system_id column; pass --system-id to name the system")
     # Loaded and verified here, once; every actor gets them from the object store.
-    bundles = ray.put(load_bundles(settings.model_store_uri, profile, versions))
+    loaded = ray.put({name: load_bundles(settings.model_store_uri, name, v) for name, v in pinned.items()})
     return ds.map_batches(
         EnsemblePredictor,
         fn_constructor_kwargs={
-            "bundles": bundles,
+            "loaded": loaded,
+            "default_profile": profile,
+            "rejected": rejected or {},
             "weights": weights,
             "threshold": settings.anomaly_threshold,
             "default_system_id": system_id,
@@ -160,13 +214,13 @@ def run_batch_predict(
     started = time.perf_counter()
     started_at = time.time()
     profile = profile or settings.default_profile
-    versions = resolve_versions(settings, model_version, profile)
+    pinned, rejected = pin_profiles(source, settings, model_version, profile)
     weights = ensemble_weights(settings.ensemble_weights)  # a bad override fails here, not in every actor
     if not ray.is_initialized():
         ray.init()  # joins the cluster named by RAY_ADDRESS (ray job submit), else starts a local one
     ray.data.DataContext.get_current().enable_progress_bars = True
 
-    scored = plan(source, settings, versions, weights, batch_size, workers, system_id, cycles, profile)
+    scored = plan(source, settings, pinned, weights, batch_size, workers, system_id, cycles, profile, rejected)
     # Write tasks next to the pool (not the driver): each splits its rows into the two
     # outputs, so nothing downstream of the actors runs one batch at a time. They ask
     # for no CPU: they are light (Parquet of ~340 B a row), and with the pool's share
@@ -190,8 +244,9 @@ def run_batch_predict(
         "rejected": n_err,
         "wall_seconds": round(wall, 3),
         "cycles_per_s": round((n_pred + n_err) / wall, 1) if wall > 0 else None,
-        "model_versions": versions,
-        "profile": profile,
+        "model_versions": pinned,  # {profile: {family: version}}
+        "default_profile": profile,
+        "profiles_rejected": rejected,
         "batch_size": batch_size,
         "workers": workers,
         "rows_per_file": rows_per_file,
@@ -234,8 +289,12 @@ def parse_cycles(spec: str | None) -> list[int] | None:
 def main(
     source: str = typer.Option(..., help="cycles: a .parquet/.csv file or URI, or a UCI folder"),
     output: str = typer.Option(..., help="output directory or URI (predictions/, errors/, summary.json)"),
-    model_version: str = typer.Option(LATEST, help="the profile's version (a training run), or 'latest'"),
-    profile: str = typer.Option("", help="equipment profile of the cycles (default: settings' default_profile)"),
+    model_version: str = typer.Option(
+        LATEST, help="'latest', a version (training run) of --profile, or PROFILE=VERSION[,...]"
+    ),
+    profile: str = typer.Option(
+        "", help="profile of rows without a 'profile' column value (default: settings' default_profile)"
+    ),
     system_id: str = typer.Option(None, help="system id for inputs without a system_id column"),
     batch_size: int = typer.Option(0, help="cycles per model call (default: settings.batch_predict_batch_size)"),
     workers: int = typer.Option(0, help="max actors in the pool (default: settings.batch_predict_workers)"),

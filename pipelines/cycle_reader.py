@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from hydraulics.channels import CHANNELS
 from hydraulics.features import FeatureSet
 from hydraulics.validation import SensorDataError
+from pipelines.prediction_output import PROFILE_COLUMN
 
 # CPUs asked for by the read tasks: they are short and mostly I/O, so several can
 # share the CPU that the actor pool leaves free (see pipelines.batch_predict._actor_cpus).
@@ -81,27 +82,59 @@ def source_format(source: str) -> str:
     )
 
 
+def profile_names(source: str) -> tuple[list[str], bool] | None:
+    """The profiles an input's ``profile`` column names (sorted) and whether some rows name
+    none; None when the input has no such column (a UCI folder never has). Reads that one
+    column only, before the job starts, so the job can load exactly those profiles' models."""
+    import pyarrow.dataset as pads
+
+    fmt = source_format(source)
+    if fmt == "uci":
+        return None
+    path = source if "://" in source else str(Path(source).resolve())
+    try:
+        if fmt == "parquet":
+            dataset = pads.dataset(path, format="parquet")
+        else:
+            options = pads.CsvFileFormat(convert_options=_csv_types({PROFILE_COLUMN: pa.string()}))
+            dataset = pads.dataset(path, format=options)
+        if PROFILE_COLUMN not in dataset.schema.names:
+            return None
+        column = dataset.to_table(columns=[PROFILE_COLUMN])[PROFILE_COLUMN].cast(pa.string())
+    except (FileNotFoundError, pa.ArrowInvalid) as exc:
+        raise BatchInputError(f"{source}: cannot read its {PROFILE_COLUMN} column ({exc})") from exc
+    names = sorted(v for v in pc.unique(column).to_pylist() if v is not None)
+    return names, column.null_count > 0
+
+
+def _csv_types(types: dict[str, pa.DataType]):
+    """CSV conversion options that read ``types``' columns as given (ids and JSON cells as text)."""
+    import pyarrow.csv as pacsv
+
+    return pacsv.ConvertOptions(column_types=types)
+
+
 def read_cycles(source: str, channels: Sequence[str], cycles: Sequence[int] | None = None):
-    """A Ray Dataset with ``cycle_id``, maybe ``system_id``, and one column per channel.
+    """A Ray Dataset with ``cycle_id``, maybe ``system_id`` and ``profile``, and one column per
+    channel of ``channels`` the input has (the job's profiles' channels together).
 
     Tables are read by Ray Data in parallel (only the columns we need); a UCI
     folder is loaded by ``hydraulics.loaders`` (its text matrices are not a
     format Ray Data reads) and handed over as Arrow.
     """
-    import pyarrow.csv as pacsv
     import ray
 
     fmt = source_format(source)
     if fmt == "parquet":
         schema_names = _parquet_columns(source)
-        wanted = ["cycle_id", "system_id", *channels]
+        wanted = ["cycle_id", "system_id", PROFILE_COLUMN, *channels]
         with _env_default(FOOTER_READERS_ENV, str(FOOTER_READERS)):
             ds = ray.data.read_parquet(source, num_cpus=READ_CPUS)
         ds = ds.select_columns([c for c in wanted if c in schema_names])
     elif fmt == "csv":
         # Channel cells are JSON arrays (see hydraulics.loaders); keep them and ids as text.
-        types = {c: pa.string() for c in ("system_id", *channels)}
-        ds = ray.data.read_csv(source, convert_options=pacsv.ConvertOptions(column_types=types), num_cpus=READ_CPUS)
+        types = {c: pa.string() for c in ("system_id", PROFILE_COLUMN, *channels)}
+        ds = ray.data.read_csv(source, convert_options=_csv_types(types), num_cpus=READ_CPUS)
     else:
         from hydraulics.loaders import load_uci
 

@@ -1,5 +1,12 @@
 """The batch job's predictor: one Ray Data actor that diagnoses batch after batch.
 
+An input may hold cycles of several equipment profiles (a ``profile`` column; rows
+without one are of the job's default profile): the actor holds every profile's
+bundles and scores each batch profile by profile (``ProfileScorer``), each group
+with its own profile's channels, reference and models, and returns the rows in
+their input order. A row naming a profile the job has no models for is rejected
+with the reason, like any bad row.
+
 It gives a cycle the answer the online ``DiagnosisEnsemble`` gives it: the same
 validation, alignment to the profile's reference cycle and feature extraction
 (``diagnosis.profiles.ProfileReference.prepare``), every family's
@@ -25,9 +32,11 @@ oversubscribes the CPUs an actor pool was given, and makes the benchmark's
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from diagnosis.profiles import ProfileReference, prepare_cycles
 from diagnosis.registry import FAMILY_NAMES
@@ -36,12 +45,12 @@ from diagnosis.store import ModelBundle, ModelStore
 from diagnosis.voting import VerdictColumns, combine_columns
 from hydraulics.validation import SensorDataError
 from pipelines.cycle_reader import batch_to_cycles, fast_block
-from pipelines.prediction_output import combined_schema, prediction_schema, scored_table
+from pipelines.prediction_output import PROFILE_COLUMN, combined_schema, prediction_schema, scored_table, verdict_arrays
+
+Loaded = tuple[dict[str, ModelBundle], ProfileReference]
 
 
-def load_bundles(
-    store_uri: str, profile: str, versions: Mapping[str, str]
-) -> tuple[dict[str, ModelBundle], ProfileReference]:
+def load_bundles(store_uri: str, profile: str, versions: Mapping[str, str]) -> Loaded:
     """The profile's bundle of every family at its pinned version, and that version's
     reference (alignment and novelty), read and verified from the store."""
     store = ModelStore(store_uri).for_profile(profile)
@@ -49,41 +58,34 @@ def load_bundles(
     return bundles, store.load_reference(next(iter(versions.values())))
 
 
-class EnsemblePredictor:
-    """Actor-pool UDF: takes the four bundles once, then diagnoses batch after batch.
+@dataclass
+class BatchRows:
+    """The valid rows of a batch as the models see them, and the errors of the others."""
 
-    ``bundles`` is what ``load_bundles`` returns (bundles and reference), or a Ray object
-    reference to it (the batch job's actors). ``threads`` pins every model library to that many threads
-    (one per actor: the pool's parallelism is the number of actors).
-    """
+    features: np.ndarray  # (k, n_features)
+    rows: np.ndarray  # (k,) their positions in the batch
+    errors: dict[int, SensorDataError]  # by position in the batch
+    novelty: np.ndarray | None = None  # (k,) 1.0 = the threshold; None: no novelty model
+    flagged: np.ndarray | None = None  # (k,) bool
 
-    def __init__(
-        self,
-        bundles,
-        weights: dict[str, float],
-        threshold: float,
-        default_system_id: str | None,
-        threads: int = 1,
-    ):
-        if not isinstance(bundles, tuple):
-            import ray
 
-            bundles = ray.get(bundles)
-        bundles, self.reference = bundles
+class ProfileScorer:
+    """One profile version's four bundles and reference: diagnoses batches of its cycles."""
+
+    def __init__(self, loaded: Loaded, weights: Mapping[str, float], threshold: float, threads: int = 1):
+        bundles, self.reference = loaded
         self.bundles: dict[str, ModelBundle] = dict(bundles)
         self.versions = {f: b.version for f, b in self.bundles.items()}
-        self.schema = combined_schema(prediction_schema(FAMILY_NAMES))
         for bundle in self.bundles.values():
             bundle.model.pin_threads(threads)
+        self.profile = self.reference.profile.name
         self.feature_set = self.reference.profile.feature_set
         self.n_features = len(self.feature_set.feature_names())
-        self.weights = weights
+        self.weights = dict(weights)
         self.threshold = threshold
-        self.default_system_id = default_system_id
 
-    def features(self, batch: pa.Table) -> tuple[np.ndarray, np.ndarray, dict[int, SensorDataError]]:
-        """Feature rows of the valid cycles (in batch order), their row numbers, and the
-        errors of the others by row number.
+    def features(self, batch: pa.Table) -> BatchRows:
+        """The valid cycles' feature rows (in batch order) and novelty, and the others' errors.
 
         Rows of one common shape with plausible values are converted as one block
         (``fast_block``); the rest take the request path one by one, exactly as the
@@ -91,13 +93,21 @@ class EnsemblePredictor:
         """
         n = batch.num_rows
         X = np.empty((n, self.n_features))
+        novelty = np.zeros(n) if self.reference.novelty is not None else None
+        flagged = np.zeros(n, dtype=bool) if novelty is not None else None
         valid = np.zeros(n, dtype=bool)
         errors: dict[int, SensorDataError] = {}
+
+        def put(where, prepared) -> None:
+            X[where] = prepared.features
+            valid[where] = True
+            if novelty is not None:
+                novelty[where], flagged[where] = prepared.novelty, prepared.flagged
+
         fast, block = fast_block(batch, self.feature_set)
         if fast.any():
             try:
-                X[fast] = self.reference.prepare(block).features
-                valid |= fast
+                put(fast, self.reference.prepare(block))
             except SensorDataError:  # e.g. too short: every row on the per-row path names it
                 fast[:] = False
         slow = np.flatnonzero(~fast)
@@ -112,19 +122,84 @@ class EnsemblePredictor:
                 for j, err in prepared.errors.items():
                     errors[int(slow[todo[j]])] = err
                 if prepared.rows is not None:
-                    ok = slow[[todo[j] for j in prepared.valid]]
-                    X[ok] = prepared.rows.features
-                    valid[ok] = True
+                    put(slow[[todo[j] for j in prepared.valid]], prepared.rows)
         rows = np.flatnonzero(valid)
-        return X[rows], rows, errors
+        return BatchRows(
+            X[rows],
+            rows,
+            errors,
+            None if novelty is None else novelty[rows],
+            None if flagged is None else flagged[rows],
+        )
 
-    def verdicts(self, X: np.ndarray) -> VerdictColumns:
+    def verdicts(self, X: np.ndarray, withheld: np.ndarray | None = None) -> VerdictColumns:
         """The verdict of every feature row by every loaded family, as columns: the
         combination ``diagnose_answers`` makes its ``Diagnosis`` objects from."""
         answers = {f: answer_blocks(b, [X])[0] for f, b in self.bundles.items()}
-        return combine_columns({f: a.probas for f, a in answers.items()}, self.weights, self.threshold)
+        return combine_columns({f: a.probas for f, a in answers.items()}, self.weights, self.threshold, None, withheld)
+
+    def score(self, batch: pa.Table, default_system_id: str | None, schema: pa.Schema) -> pa.Table:
+        """The batch's rows of ``schema``, in order: diagnoses and errors."""
+        found = self.features(batch)
+        arrays = None
+        if len(found.rows):
+            verdicts = self.verdicts(found.features, found.flagged)
+            arrays = verdict_arrays(verdicts, self.versions, found.novelty, found.flagged)
+        return scored_table(batch, self.profile, found.rows, arrays, found.errors, default_system_id, schema)
+
+
+class EnsemblePredictor:
+    """Actor-pool UDF: takes every profile's bundles once, then diagnoses batch after batch.
+
+    ``loaded`` maps each profile of the job to what ``load_bundles`` returns (bundles and
+    reference), or is a Ray object reference to that mapping (the batch job's actors).
+    Rows without a profile (or inputs without the column) are ``default_profile``'s;
+    ``rejected`` names profiles the job has no models for and why. ``threads`` pins every
+    model library to that many threads (one per actor: the pool's parallelism is the
+    number of actors).
+    """
+
+    def __init__(
+        self,
+        loaded,
+        default_profile: str,
+        weights: dict[str, float],
+        threshold: float,
+        default_system_id: str | None,
+        threads: int = 1,
+        rejected: Mapping[str, str] | None = None,
+    ):
+        if not isinstance(loaded, Mapping):
+            import ray
+
+            loaded = ray.get(loaded)
+        self.scorers = {name: ProfileScorer(one, weights, threshold, threads) for name, one in loaded.items()}
+        self.default_profile = default_profile
+        self.rejected = dict(rejected or {})
+        self.schema = combined_schema(prediction_schema(FAMILY_NAMES))
+        self.default_system_id = default_system_id
+
+    def _score(self, batch: pa.Table, profile: str) -> pa.Table:
+        scorer = self.scorers.get(profile)
+        if scorer is not None:
+            return scorer.score(batch, self.default_system_id, self.schema)
+        why = self.rejected.get(profile, f"the job was not started with profile {profile}'s models")
+        error = SensorDataError(None, f"profile {profile!r}: {why}")
+        errors = dict.fromkeys(range(batch.num_rows), error)
+        return scored_table(batch, profile, np.empty(0, np.int64), None, errors, self.default_system_id, self.schema)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        X, rows, errors = self.features(batch)
-        verdicts = self.verdicts(X) if len(rows) else None
-        return scored_table(batch, rows, verdicts, self.versions, errors, self.default_system_id, self.schema)
+        if PROFILE_COLUMN not in batch.column_names:
+            return self._score(batch, self.default_profile)
+        names = pc.fill_null(batch[PROFILE_COLUMN].cast(pa.string()), self.default_profile)
+        names = np.asarray(names.to_pylist(), dtype=object)
+        kinds = np.unique(names)
+        if len(kinds) == 1:
+            return self._score(batch, str(kinds[0]))
+        parts, positions = [], []
+        for name in kinds:  # each profile's rows together, then back to the input order
+            rows = np.flatnonzero(names == name)
+            parts.append(self._score(batch.take(pa.array(rows)), str(name)))
+            positions.append(rows)
+        order = np.argsort(np.concatenate(positions), kind="stable")
+        return pa.concat_tables(parts).take(pa.array(order))

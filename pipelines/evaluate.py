@@ -68,6 +68,24 @@ class Evaluator:
             out["novelty_flagged_pct"] = round(float(np.mean(flagged)) * 100, 1)
         return out
 
+    def errors_flagged(self, block: Mapping[str, np.ndarray], labels) -> dict:
+        """Per component: accuracy on every cycle, on the cycles the novelty check passes, and
+        how many wrong answers the check flagged (a flagged diagnosis says it cannot be vouched for)."""
+        from diagnosis.family_base import encode_labels
+
+        prepared = self.reference.prepare(block)
+        probas, flagged = self.probas(prepared.features), prepared.flagged
+        out = {}
+        for target in self.reference.profile.components:
+            wrong = probas[target].argmax(axis=1) != encode_labels(target, labels[target].to_numpy())
+            out[target] = {
+                "accuracy": round(100 * float(1 - wrong.mean()), 1),
+                "accuracy_unflagged": round(100 * float(1 - wrong[~flagged].mean()), 1),
+                "wrong": int(wrong.sum()),
+                "wrong_flagged": int((wrong & flagged).sum()),
+            }
+        return {"cycles": len(flagged), "flagged": int(flagged.sum()), "components": out}
+
     def flag_rate(self, block: Mapping[str, np.ndarray]) -> dict:
         """Share of cycles flagged out of distribution (refused by validation counts as caught)."""
         prepared = prepare_cycles(self.reference, _cycles(block))
@@ -119,6 +137,7 @@ def evaluate_version(
     return {
         "profile": ev.reference.profile.name,
         "version": version,
+        "errors_flagged": ev.errors_flagged(block, test.labels),
         "shifted": shifted,
         "novelty": novelty,
         "novelty_summary": summary,
@@ -140,6 +159,20 @@ def format_evaluation(result: dict) -> str:
         lines.append(f"| {name} | {r['caught_pct']} % | {r['refused_by_validation']} of {r['cycles']} |")
     for kind, v in result["novelty_summary"].items():
         lines.append(f"| {kind} (each of {v['n']}) | min {v['min']} %, mean {v['mean']} % | |")
+    errors = result.get("errors_flagged")
+    if errors:
+        lines += [
+            "",
+            f"Unshifted hold-out, {errors['flagged']} of {errors['cycles']} cycles flagged out of distribution "
+            "(severity `unknown`, confidence 0):",
+            "",
+            "| component | accuracy, every cycle | accuracy, cycles not flagged | wrong answers | of them flagged |",
+            "|---|---|---|---|---|",
+        ]
+        for c, e in errors["components"].items():
+            lines.append(
+                f"| {c} | {e['accuracy']} % | {e['accuracy_unflagged']} % | {e['wrong']} | {e['wrong_flagged']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -41,10 +41,13 @@ ERRORS_DIR = "errors"
 KIND_COLUMN = "_kind"  # internal column: which output a row goes to
 KINDS = (("prediction", PREDICTIONS_DIR), ("error", ERRORS_DIR))
 
+PROFILE_COLUMN = "profile"  # in the input: each row's profile (optional); in both outputs: the one used
+
 ERROR_SCHEMA = pa.schema(
     [
         pa.field("system_id", pa.string()),
         pa.field("cycle_id", pa.int64()),
+        pa.field(PROFILE_COLUMN, pa.string()),
         pa.field("channel", pa.string()),
         pa.field("problem", pa.string()),
     ]
@@ -55,7 +58,7 @@ def prediction_schema(families: Sequence[str]) -> pa.Schema:
     """The prediction output's columns, with a bundle version column per family
     (``diagnosis.registry.FAMILY_NAMES``)."""
     return pa.schema(
-        [pa.field("system_id", pa.string()), pa.field("cycle_id", pa.int64())]
+        [pa.field("system_id", pa.string()), pa.field("cycle_id", pa.int64()), pa.field(PROFILE_COLUMN, pa.string())]
         + [
             f
             for c in COMPONENT_NAMES
@@ -74,6 +77,8 @@ def prediction_schema(families: Sequence[str]) -> pa.Schema:
             pa.field("anomaly_type", pa.string()),
             pa.field("affected_components", pa.list_(pa.string())),
             pa.field("probability_not_stable", pa.float64()),
+            pa.field("novelty_score", pa.float64()),  # 1.0 = the profile's threshold (diagnosis.novelty)
+            pa.field("out_of_distribution", pa.bool_()),  # flagged: severity unknown, confidence 0
         ]
         + [pa.field(f"model_version_{f}", pa.string()) for f in families]
     )
@@ -88,9 +93,15 @@ def combined_schema(predictions: pa.Schema) -> pa.Schema:
     )
 
 
-def verdict_arrays(verdicts: VerdictColumns, versions: Mapping[str, str]) -> dict[str, pa.Array]:
-    """The prediction columns of a block of verdicts (``diagnosis.voting.diagnose_columns``),
-    straight from its arrays: no per-row object is built."""
+def verdict_arrays(
+    verdicts: VerdictColumns,
+    versions: Mapping[str, str],
+    novelty: np.ndarray | None = None,
+    flagged: np.ndarray | None = None,
+) -> dict[str, pa.Array]:
+    """The prediction columns of a block of verdicts (``diagnosis.voting.diagnose_columns``)
+    and their cycles' novelty scores and flags (``diagnosis.profiles.Prepared``; None: the
+    profile keeps no novelty model), straight from the arrays: no per-row object is built."""
     n = len(verdicts)
     cols: dict[str, pa.Array] = {}
     rows = np.arange(n)
@@ -119,6 +130,8 @@ def verdict_arrays(verdicts: VerdictColumns, versions: Mapping[str, str]) -> dic
     )
     stable = verdicts.probability_not_stable
     cols["probability_not_stable"] = pa.nulls(n, pa.float64()) if stable is None else pa.array(stable)
+    cols["novelty_score"] = pa.nulls(n, pa.float64()) if novelty is None else pa.array(np.round(novelty, 4))
+    cols["out_of_distribution"] = pa.nulls(n, pa.bool_()) if flagged is None else pa.array(flagged, pa.bool_())
     for family, version in versions.items():
         cols[f"model_version_{family}"] = pa.repeat(version, n)
     return cols
@@ -126,22 +139,23 @@ def verdict_arrays(verdicts: VerdictColumns, versions: Mapping[str, str]) -> dic
 
 def scored_table(
     batch: pa.Table,
+    profile: str,
     rows: np.ndarray,
-    verdicts: VerdictColumns | None,
-    versions: Mapping[str, str],
+    arrays: Mapping[str, pa.Array] | None,
     errors: Mapping[int, SensorDataError],
     default_system_id: str | None,
     schema: pa.Schema,
 ) -> pa.Table:
-    """One row of ``schema`` (``combined_schema``) per row of ``batch``, in order: its
-    prediction (``verdicts`` are those of the batch rows ``rows``), or its error."""
+    """One row of ``schema`` (``combined_schema``) per row of ``batch`` (cycles of
+    ``profile``), in order: its prediction (``arrays``, ``verdict_arrays`` of the batch
+    rows ``rows``), or its error."""
     n = batch.num_rows
     cols: dict[str, pa.Array | pa.ChunkedArray] = {
         "system_id": _system_ids(batch, default_system_id),
         "cycle_id": batch["cycle_id"].cast(pa.int64()),
+        PROFILE_COLUMN: pa.repeat(pa.scalar(profile, pa.string()), n),
     }
-    if verdicts is not None and len(rows):
-        arrays = verdict_arrays(verdicts, versions)
+    if arrays is not None and len(rows):
         if len(rows) < n:  # spread the valid rows' values over the batch; null elsewhere
             where = np.zeros(n, dtype=np.int64)
             where[rows] = np.arange(len(rows))

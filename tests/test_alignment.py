@@ -5,7 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hydraulics.alignment import align, augment_with_shifts, estimate_shift, reference_cycle, shift_block
+from hydraulics.alignment import (
+    align,
+    augment_with_shifts,
+    estimate_shift,
+    pad_from_shape,
+    reference_cycle,
+    shape_curves,
+    shift_block,
+)
 from hydraulics.channels import UCI_1HZ_CHANNELS
 from hydraulics.simulator import simulate_dataset
 
@@ -127,3 +135,49 @@ def test_uci_shifts_are_recovered(channels):
     for shift in (-3, -2, -1, 1, 2, 3):
         found, _ = estimate_shift(shift_block(test.channels, shift), reference, channels)
         assert (found == shift).mean() >= 0.95, shift
+
+
+def test_moved_in_samples_follow_the_shape_from_the_cycles_own_level():
+    shape = np.r_[68.0, np.zeros(29), np.linspace(0.0, 10.0, 30)]  # a jump at the start, a ramp at the end
+    cycle = shape + 5.0  # the same shape at another level
+    early = shift_block({"SE": cycle[None, :]}, -1)  # one second early: the 68 is lost
+    late = shift_block({"SE": cycle[None, :]}, 2)
+    both = {"SE": np.vstack([shift_block(early, 1)["SE"], shift_block(late, -2)["SE"]])}
+    assert both["SE"][0, 0] == 5.0  # edge-padded: the start no cycle has
+    padded = pad_from_shape(both, np.array([1, -2]), {"SE": shape})["SE"]
+    np.testing.assert_allclose(padded[0], cycle)  # the first second rebuilt from the shape
+    np.testing.assert_allclose(padded[1], cycle)  # the last two: the ramp goes on
+    untouched = pad_from_shape(both, np.array([0, 0]), {"SE": shape})["SE"]
+    np.testing.assert_array_equal(untouched, both["SE"])
+    high = pad_from_shape({"SE": np.full((1, 60), 90.0)}, np.array([1]), {"SE": shape})["SE"]
+    assert high[0, 0] == 110.0  # 90 + 68 is no efficiency factor: kept inside the plausible range
+    other_length = pad_from_shape({"PS1": np.ones((1, 6000))}, np.array([1]), {"PS1": np.zeros(60)})["PS1"]
+    np.testing.assert_array_equal(other_length, np.ones((1, 6000)))  # no shape of its length: as it was
+
+
+def test_shape_padding_at_native_rates():
+    ps1 = np.tile(np.r_[np.full(100, 9.0), np.linspace(150.0, 200.0, 5900)], (2, 1))  # 100 Hz
+    shapes = shape_curves({"PS1": ps1})
+    moved = shift_block(shift_block({"PS1": ps1}, np.array([-1, 0])), np.array([1, 0]))
+    np.testing.assert_allclose(pad_from_shape(moved, np.array([1, 0]), shapes)["PS1"], ps1)
+
+
+@pytest.mark.skipif(not UCI_FOLDER.is_dir(), reason="UCI data not present")
+def test_early_uci_cycles_are_not_novel_after_alignment():
+    """A UCI cycle recorded one to three seconds early loses the efficiency factor's first
+    sample (the previous cycle's value); aligned with edge padding every one of them looked
+    novel. With the shape padding they are flagged about as often as unshifted cycles."""
+    from diagnosis.profiles import ProfileReference, builtin_profile
+    from hydraulics.features import extract
+    from hydraulics.loaders import load_holdout, load_uci, uci_split
+
+    profile = builtin_profile("uci-1hz")
+    train, test = uci_split(load_uci(UCI_FOLDER, channels=UCI_1HZ_CHANNELS), load_holdout(UCI_FOLDER))
+    aligned, _, _ = ProfileReference.fit(profile, train.channels).align(train.channels)
+    reference = ProfileReference.fit(profile, train.channels, extract(aligned, profile.feature_set))
+    unshifted = reference.prepare(test.channels).flagged.mean()
+    for shift in (-3, -1, 2):
+        flagged = reference.prepare(shift_block(test.channels, shift)).flagged.mean()
+        assert flagged <= unshifted + 0.02, (shift, flagged, unshifted)
+    edge = ProfileReference(reference.profile, reference.curves, reference.novelty, reference.novelty_columns)
+    assert edge.prepare(shift_block(test.channels, -1)).flagged.mean() > 0.5  # what edge padding did

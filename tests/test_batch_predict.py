@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from configs.settings import Settings
-from diagnosis.profiles import prepare_cycles
+from diagnosis.profiles import annotate, builtin_profile, prepare_cycles
 from diagnosis.registry import FAMILY_NAMES, ensemble_weights
 from diagnosis.scoring import answer_blocks
 from diagnosis.store import BundleError, ModelStore
@@ -33,6 +33,7 @@ FAST = {  # as tests/test_models.py: tiny models, trained in seconds
 }
 FEATURE_SET = "rig_1hz"
 PROFILE = "uci-1hz"
+OTHER_PROFILE = "basic"  # a second profile: other channels at other rates
 CHANNELS = list(get_feature_set(FEATURE_SET).channels)
 PREDICTION_SCHEMA = prediction_schema(FAMILY_NAMES)
 
@@ -40,7 +41,7 @@ PREDICTION_SCHEMA = prediction_schema(FAMILY_NAMES)
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory):
     home = tmp_path_factory.mktemp("hdx-home")
-    train_test_bundles(str(home / "models"), (PROFILE,), versions=("v-batch-test",), seed=31)
+    train_test_bundles(str(home / "models"), (PROFILE, OTHER_PROFILE), versions=("v-batch-test",), seed=31)
     # Unequal weights and a non-default threshold: the batch job must use the configured ones.
     return Settings(
         home=home,
@@ -49,19 +50,27 @@ def settings(tmp_path_factory):
     )
 
 
-def online_answers(settings, cycles):
+def online_answers(settings, cycles, profile=PROFILE):
     """What the online path computes (deployments/model_servers.py and
-    deployments/diagnosis_ensemble.py): extract_cycles -> each family's answer ->
-    diagnose_answers with the configured weights and threshold."""
-    store = ModelStore(settings.model_store_uri).for_profile(PROFILE)
+    deployments/diagnosis_ensemble.py): prepare_cycles (align, extract, novelty) -> each
+    family's answer -> diagnose_answers with the configured weights and threshold, the
+    novel cycles withheld -> annotate."""
+    store = ModelStore(settings.model_store_uri).for_profile(profile)
     bundles = {f: store.load(f) for f in FAMILY_NAMES}
     prepared = prepare_cycles(store.load_reference(), cycles)
     assert not prepared.errors
     X = prepared.rows.features
     answers = {f: answer_blocks(b, [X])[0] for f, b in bundles.items()}
-    return diagnose_answers(
-        answers, ensemble_weights(settings.ensemble_weights), settings.anomaly_threshold, X.shape[1]
+    diagnoses = diagnose_answers(
+        answers,
+        ensemble_weights(settings.ensemble_weights),
+        settings.anomaly_threshold,
+        X.shape[1],
+        withheld=prepared.rows.flagged,
     )
+    for row, diagnosis in enumerate(diagnoses):
+        annotate(diagnosis, profile, prepared.rows, row, None)
+    return diagnoses
 
 
 def assert_matches_online(frame, diagnoses, cycle_ids):
@@ -77,6 +86,9 @@ def assert_matches_online(frame, diagnoses, cycle_ids):
         assert row["anomaly_type"] == diag.anomaly_type, where
         assert list(row["affected_components"]) == diag.affected_components, where
         assert row["probability_not_stable"] == pytest.approx(diag.steady_state.probability_not_stable, abs=1e-6)
+        assert row["profile"] == diagnosis.profile, where
+        assert row["novelty_score"] == pytest.approx(diag.out_of_distribution.score, abs=1e-4), where
+        assert bool(row["out_of_distribution"]) == diag.out_of_distribution.flagged, where
         for c in COMPONENT_NAMES:
             comp = diag.components[c]
             assert row[f"{c}_level"] == comp.level, where
@@ -119,7 +131,7 @@ def test_parquet_matches_online_ensemble_and_keeps_bad_rows(ray_cluster, setting
     summary = run_batch_predict(str(source), str(out), settings=settings, batch_size=50, workers=2)
 
     assert summary["rows_in"] == len(rows) and summary["predicted"] == len(good) and summary["rejected"] == 4
-    assert summary["model_versions"] == {f: "v-batch-test" for f in FAMILY_NAMES}
+    assert summary["model_versions"] == {PROFILE: {f: "v-batch-test" for f in FAMILY_NAMES}}
     assert json.loads((out / "summary.json").read_text())["rejected"] == 4
 
     predictions = read_output(out, "predictions")
@@ -168,7 +180,13 @@ def test_csv_with_unparseable_cell_and_system_id_option(ray_cluster, settings, t
     assert_matches_online(predictions, online_answers(settings, list(data.cycles())), data.cycle_ids)
     errors = read_output(out, "errors")
     assert errors.to_dict("records") == [
-        {"system_id": "press-7", "cycle_id": 7, "channel": CHANNELS[0], "problem": errors["problem"][0]}
+        {
+            "system_id": "press-7",
+            "cycle_id": 7,
+            "profile": PROFILE,
+            "channel": CHANNELS[0],
+            "problem": errors["problem"][0],
+        }
     ]
     assert "not a JSON array" in errors["problem"][0]
 
@@ -183,10 +201,68 @@ def test_uci_folder_subset(ray_cluster, settings, uci_dir, tmp_path):
     assert_matches_online(read_output(out, "predictions"), online_answers(settings, list(data.cycles())), wanted)
 
 
+def _parquet(path, rows, channels):
+    schema = pa.schema(
+        [("cycle_id", pa.int64()), ("system_id", pa.string()), ("profile", pa.string())]
+        + [(c, pa.list_(pa.float64())) for c in channels]
+    )
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
 def test_missing_bundles_fail_before_the_job_starts(tmp_path):
     empty = Settings(home=tmp_path)
+    source = _parquet(tmp_path / "x.parquet", [{"cycle_id": 1, "system_id": "a"}], CHANNELS)
     with pytest.raises(BundleError, match="no reference model in store"):
-        run_batch_predict(str(tmp_path / "x.parquet"), str(tmp_path / "out"), settings=empty)
+        run_batch_predict(str(source), str(tmp_path / "out"), settings=empty)
+
+
+def test_two_profiles_in_one_input(ray_cluster, settings, tmp_path):
+    """Rows of two profiles (other channels, other rates) mixed in one input and in every
+    batch: each row is diagnosed with its own profile's models, exactly as online; a row
+    without a profile is the default profile's; a row naming an untrained profile is
+    rejected with the reason, and the others are still diagnosed."""
+    basic = builtin_profile(OTHER_PROFILE)
+    assert set(basic.channels) != set(CHANNELS)
+    uci = simulate_dataset(1, seed=45, channels=CHANNELS)
+    other = simulate_dataset(1, seed=46, channels=list(basic.channels))
+
+    def rows(data, profile, offset, channels):
+        return [
+            {"cycle_id": offset + int(cid), "system_id": f"{profile or 'default'}-{int(cid) % 2}", "profile": profile,
+             **{c: data.channels[c][i].tolist() for c in channels}}
+            for i, cid in enumerate(data.cycle_ids[:30])
+        ]  # fmt: skip
+
+    uci_rows = rows(uci, PROFILE, 0, CHANNELS)
+    unnamed = rows(uci, None, 1000, CHANNELS)[:10]
+    basic_rows = rows(other, OTHER_PROFILE, 2000, basic.channels)
+    untrained = [dict(uci_rows[0], cycle_id=3000, profile="full-rig")]
+    mixed = [r for group in zip(uci_rows, basic_rows) for r in group] + unnamed + untrained  # interleaved
+    channels = list(dict.fromkeys([*CHANNELS, *basic.channels]))
+    source = _parquet(tmp_path / "mixed.parquet", mixed, channels)
+
+    out = tmp_path / "out"
+    summary = run_batch_predict(str(source), str(out), settings=settings, batch_size=25, workers=2)
+    assert (summary["predicted"], summary["rejected"]) == (70, 1)
+    assert set(summary["model_versions"]) == {PROFILE, OTHER_PROFILE}
+    assert set(summary["profiles_rejected"]) == {"full-rig"}
+
+    predictions = read_output(out, "predictions")
+    by_profile = dict(tuple(predictions.groupby("profile")))
+    assert len(by_profile[PROFILE]) == 40 and len(by_profile[OTHER_PROFILE]) == 30
+    n = len(uci_rows)
+    assert_matches_online(by_profile[OTHER_PROFILE], online_answers(
+        settings, [{c: other.channels[c][i] for c in basic.channels} for i in range(n)], OTHER_PROFILE
+    ), [2000 + int(c) for c in other.cycle_ids[:n]])  # fmt: skip
+    uci_online = online_answers(settings, [{c: uci.channels[c][i] for c in CHANNELS} for i in range(n)])
+    assert_matches_online(by_profile[PROFILE], uci_online, [int(c) for c in uci.cycle_ids[:n]])
+    assert_matches_online(by_profile[PROFILE], uci_online[:10], [1000 + int(c) for c in uci.cycle_ids[:10]])
+
+    assert pq.read_table(out / "errors").to_pylist() == [
+        {"system_id": uci_rows[0]["system_id"], "cycle_id": 3000, "profile": "full-rig", "channel": None,
+         "problem": f"profile 'full-rig': {summary['profiles_rejected']['full-rig']}"}
+    ]  # fmt: skip
 
 
 def test_source_format_by_suffix_or_directory_contents(tmp_path):
@@ -234,16 +310,19 @@ def test_block_conversion_equals_per_row_path(settings):
     assert all(b.shape == (len(rows) - len(bad_positions), 60) for b in block.values())
 
     predictor = EnsemblePredictor(
-        load_bundles(settings.model_store_uri, PROFILE, {f: "v-batch-test" for f in FAMILY_NAMES}),
+        {PROFILE: load_bundles(settings.model_store_uri, PROFILE, {f: "v-batch-test" for f in FAMILY_NAMES})},
+        PROFILE,
         ensemble_weights(settings.ensemble_weights),
         settings.anomaly_threshold,
         None,
         threads=1,
     )
-    X, valid, errors = predictor.features(batch)
+    scorer = predictor.scorers[PROFILE]
+    found = scorer.features(batch)
+    X, valid, errors = found.features, found.rows, found.errors
     cycles, pre_errors = batch_to_cycles(batch, CHANNELS)  # the per-row path, as before
     assert not pre_errors
-    per_row = prepare_cycles(predictor.reference, cycles)
+    per_row = prepare_cycles(scorer.reference, cycles)
     X_rows, row_errors = per_row.rows.features, per_row.errors
     assert list(valid) == [i for i in range(len(rows)) if i not in row_errors]
     np.testing.assert_allclose(X, X_rows, rtol=0, atol=1e-9)
@@ -254,31 +333,38 @@ def test_block_conversion_equals_per_row_path(settings):
 
     out = predictor(batch)
     assert out["_kind"].to_pylist().count("error") == len(bad_positions)
-    assert predictor.bundles["xgboost"].model.estimators["cooler"].n_jobs == 1
+    np.testing.assert_allclose(found.novelty, per_row.rows.novelty, rtol=0, atol=1e-9)
+    assert scorer.bundles["xgboost"].model.estimators["cooler"].n_jobs == 1
 
 
 def test_columns_are_exactly_the_online_diagnoses(settings):
     """The batch job's columns (``combine_columns`` -> ``verdict_arrays``) hold exactly
     what ``diagnose_answers`` puts in each online ``Diagnosis``, for the same feature rows."""
-    from pipelines.ensemble_predictor import EnsemblePredictor, load_bundles
+    from pipelines.ensemble_predictor import ProfileScorer, load_bundles
     from pipelines.prediction_output import verdict_arrays
 
     data = simulate_dataset(1, seed=44, channels=CHANNELS)
-    predictor = EnsemblePredictor(
+    predictor = ProfileScorer(
         load_bundles(settings.model_store_uri, PROFILE, {f: "v-batch-test" for f in FAMILY_NAMES}),
         ensemble_weights(settings.ensemble_weights),
         settings.anomaly_threshold,
-        None,
         threads=1,
     )
-    X = predictor.reference.prepare(data.channels).features
+    prepared = predictor.reference.prepare(data.channels)
+    X, flagged = prepared.features, prepared.flagged
+    flagged[::7] = True  # some withheld for sure: their columns must say so as the objects do
     answers = {f: answer_blocks(b, [X])[0] for f, b in predictor.bundles.items()}
-    online = diagnose_answers(answers, predictor.weights, predictor.threshold, X.shape[1])
-    columns = pa.table(verdict_arrays(predictor.verdicts(X), predictor.versions)).to_pylist()
+    online = diagnose_answers(answers, predictor.weights, predictor.threshold, X.shape[1], withheld=flagged)
+    columns = pa.table(
+        verdict_arrays(predictor.verdicts(X, flagged), predictor.versions, prepared.novelty, flagged)
+    ).to_pylist()
+    assert sum(row["severity"] == "unknown" for row in columns) >= len(columns) // 7
     assert len(columns) == len(online)
-    for row, diagnosis in zip(columns, online):
+    for i, (row, diagnosis) in enumerate(zip(columns, online)):
         verdict = diagnosis.prediction
         expected = {
+            "novelty_score": round(float(prepared.novelty[i]), 4),
+            "out_of_distribution": bool(flagged[i]),
             "is_anomaly": verdict.is_anomaly,
             "anomaly_score": verdict.anomaly_score,
             "severity": verdict.severity,

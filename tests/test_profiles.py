@@ -170,6 +170,11 @@ def test_alignment_recovers_a_known_shift(uci_reference, shift):
     assert (uci_reference.prepare(data.channels).shift_s == 0).all()
 
 
+def test_the_stored_reference_keeps_every_channels_padding_shape(uci_reference):
+    assert sorted(uci_reference.shapes) == sorted(UCI_1HZ_CHANNELS)  # saved and read back from the store
+    assert all(shape.shape == (60,) for shape in uci_reference.shapes.values())
+
+
 def test_the_novelty_flag_fires_on_a_scaled_channel_not_on_a_training_like_cycle(uci_reference):
     data = simulate_dataset(1, seed=78, channels=list(UCI_1HZ_CHANNELS)).subset(range(0, 144, 6))
     cycles = [{c: data.channels[c][i] for c in UCI_1HZ_CHANNELS} for i in range(len(data))]

@@ -74,6 +74,15 @@ def test_two_profiles_at_once_in_mixed_batches(api, fleet):
     # Simulated severe pump leakage: the basic profile's tiny models still see it in most cycles.
     assert sum(out["prediction"]["components"]["pump"]["level"] != 0 for out in basic) >= len(basic) // 2
 
+    # GET /models lists every replica of each model deployment with the model ids it holds.
+    models = api.http.get("/api/v1/models", headers=fleet["headers"]).json()["models"]
+    assert len(models) == 4
+    for entry in models:
+        assert entry["replicas"], entry
+        held = {m for r in entry["replicas"] for m in r["models"]}
+        assert {f"uci-1hz@{MODEL_VERSIONS[0]}", f"basic@{MODEL_VERSIONS[0]}"} <= held, entry
+        assert all(r["pid"] and r["node_id"] for r in entry["replicas"])
+
 
 def test_a_replica_keeps_its_lru_of_model_ids_and_reloads_an_evicted_one(hdx_env, ray_cluster):
     from ray import serve
@@ -105,3 +114,46 @@ def test_a_replica_keeps_its_lru_of_model_ids_and_reloads_an_evicted_one(hdx_env
         assert [m["model_id"] for m in handle.info.remote().result(timeout_s=30)["models"]] == [first]
     finally:
         serve.delete("hdx-lru")
+
+
+def test_every_replica_reports_what_it_holds(hdx_env, ray_cluster):
+    """Two replicas of one model deployment: the directory lists both (with what each
+    holds), not only the one a call reaches; a deleted replica leaves it."""
+    import time
+
+    import ray
+    from ray import serve
+
+    from deployments.model_servers import ModelServer
+    from deployments.replica_directory import replica_directory
+    from diagnosis.store import ModelStore
+    from hydraulics.features import extract
+    from hydraulics.simulator import simulate_dataset
+
+    store = ModelStore(str(hdx_env["home"] / "models"))
+    app = ModelServer.options(
+        name="DirectoryModel", num_replicas=2, user_config={"max_batch_size": 8}, ray_actor_options={"num_cpus": 0.1}
+    ).bind(family="xgboost", store=store, max_models=2)
+    handle = serve.run(app, name="hdx-directory", route_prefix=None)
+    directory = replica_directory()
+    try:
+        data = simulate_dataset(1, seed=9, channels=["TS1", "TS2", "TS3", "TS4", "VS1", "CE", "CP", "SE"])
+        X = extract(data.channels, "rig_1hz")[:4]
+        wanted = {f"uci-1hz@{v}" for v in MODEL_VERSIONS}
+        for mid in sorted(wanted):
+            handle.options(multiplexed_model_id=mid).predict.remote(X).result(timeout_s=60)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            replicas = ray.get(directory.held.remote("hdx-directory")).get("DirectoryModel", [])
+            if len(replicas) == 2 and {m["model_id"] for r in replicas for m in r["models"]} == wanted:
+                break
+            time.sleep(0.5)
+        assert len(replicas) == 2, replicas
+        assert len({r["replica"] for r in replicas}) == 2 and all(r["pid"] for r in replicas)
+        assert {m["model_id"] for r in replicas for m in r["models"]} == wanted
+    finally:
+        serve.delete("hdx-directory")
+    deadline = time.time() + 30
+    while ray.get(directory.held.remote("hdx-directory")) and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray.get(directory.held.remote("hdx-directory")) == {}
