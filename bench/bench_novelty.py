@@ -168,7 +168,8 @@ def sweep(folder: Path) -> None:
 
     print("\nfence x quantile: hold-out flag rate against the tampered sets' (min / mean %)")
     print(
-        f"{'fence':>6s} {'quantile':>8s} {'excluded':>8s} {'hold-out':>8s} {'scaled':>13s} {'stuck':>13s} {'swapped':>13s}"
+        f"{'fence':>6s} {'quantile':>8s} {'excluded':>8s} {'hold-out':>8s} "
+        f"{'scaled':>13s} {'stuck':>13s} {'swapped':>13s}"
     )
     for fence in SWEEP_FENCES:
         for q in SWEEP_QUANTILES:

@@ -108,12 +108,59 @@ def test_model_version_rollout_by_config_reconfigures_in_place(api, engineer, hd
     assert load.versions[0] == {old} and load.versions[-1] == {new}, load.versions
 
 
-class _Load:
-    """Two clients posting uncached diagnoses until the block ends; keeps every status, the
-    failures and the model versions of each answer."""
+def test_rolling_out_one_profile_leaves_the_other_untouched(api, engineer, hdx_env):
+    """A new version of uci-1hz alone, by config, under load on both profiles: no request of
+    either fails; uci-1hz answers go from the old version to the new one, basic answers stay
+    on their version throughout, and the model replicas keep holding basic's bundle."""
+    basic_system = f"press-{engineer['system']}"
+    r = api.http.post(
+        "/api/v1/systems",
+        json={"id": basic_system, "name": "press", "channels": ["pressure", "temperature", "flow", "vibration"]},
+        headers=engineer["headers"],
+    )
+    assert r.status_code == 201 and r.json()["profile"] == "basic", r.text
+    old, new = MODEL_VERSIONS[0], MODEL_VERSIONS[1]
+    _deploy_config({"uci-1hz": old, "basic": old}, hdx_env["env"])
+    _wait_models(api, engineer, old)
+    basic = _Load(api, {**engineer, "system": basic_system}, clients=1, body=_basic_request)
+    with _Load(api, engineer) as uci, basic:
+        time.sleep(1.0)
+        _deploy_config({"uci-1hz": new, "basic": old}, hdx_env["env"])
+        _wait_models(api, engineer, new)
+        time.sleep(1.0)
+    uci.assert_all_answered()
+    basic.assert_all_answered()
+    assert uci.versions[0] == {old} and uci.versions[-1] == {new}, uci.versions
+    assert all(v == {old} for v in basic.versions), basic.versions
+    info = api.http.get("/api/v1/models", headers=engineer["headers"]).json()
+    assert info["profiles"] == {"uci-1hz": new, "basic": old}
+    for entry in info["models"]:
+        assert f"basic@{old}" in {m for r in entry["replicas"] for m in r["models"]}, entry
+    _deploy_config({"uci-1hz": old, "basic": old}, hdx_env["env"])  # as the other tests expect
+    _wait_models(api, engineer, old)
 
-    def __init__(self, api, engineer, clients: int = 2):
-        self.api, self.engineer = api, engineer
+
+def _basic_request(system_id: str, seed: int) -> dict:
+    """An alias-form request (pressure, temperature, flow, vibration): the basic profile."""
+    from hydraulics.channels import ALIASES
+    from hydraulics.simulator import simulate_cycle
+
+    cycle = simulate_cycle(100, 100, 0, 130, rng=seed)
+    data = {alias: cycle[channel].round(4).tolist() for alias, channel in ALIASES.items() if channel in cycle}
+    return {"system_id": system_id, "sensor_data": data, "use_cache": False}
+
+
+def _uci_request(system_id: str, seed: int) -> dict:
+    return {**simulated_request(system_id, seed=seed), "use_cache": False}
+
+
+class _Load:
+    """Clients posting uncached diagnoses until the block ends; keeps every status, the
+    failures and the model versions of each answer. ``body(system_id, seed)`` makes a
+    request (default: a uci-1hz cycle)."""
+
+    def __init__(self, api, engineer, clients: int = 2, body=_uci_request):
+        self.api, self.engineer, self.body = api, engineer, body
         self.statuses: list[int] = []
         self.failures: list[str] = []
         self.versions: list[set[str]] = []
@@ -124,7 +171,7 @@ class _Load:
         with httpx.Client(base_url=self.api.base, timeout=30) as http:
             while not self.stop.is_set():
                 seed += 1
-                body = {**simulated_request(self.engineer["system"], seed=seed), "use_cache": False}
+                body = self.body(self.engineer["system"], seed)
                 r = http.post("/api/v1/diagnostics/predict", json=body, headers=self.engineer["headers"])
                 self.statuses.append(r.status_code)
                 if r.status_code != 200:
@@ -223,9 +270,9 @@ def _held(info: dict) -> set[str]:
     return {m["model_id"] for m in info.get("models", [])}
 
 
-def _deploy_config(versions: str, env: dict) -> None:
-    """What ``serve deploy`` sends the controller: the app by import path, the model
-    versions as each model deployment's ``user_config``."""
+def _deploy_config(versions: str | dict[str, str], env: dict) -> None:
+    """What ``serve deploy`` sends the controller: the app by import path, the versions
+    pinned per profile (one for both, or ``{profile: version}``) as the ensemble's ``user_config``."""
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
@@ -235,7 +282,7 @@ def _deploy_config(versions: str, env: dict) -> None:
     models = {spec.deployment for spec in FAMILIES.values()}
     # The file's options for the deployments of an app without the assistant; the versions
     # are the ensemble's user_config.profiles.
-    pinned = {"uci-1hz": versions, "basic": versions}
+    pinned = dict(versions) if isinstance(versions, dict) else {"uci-1hz": versions, "basic": versions}
     deployments = [
         {**d, "user_config": {**d["user_config"], "profiles": pinned}} if d["name"] == "DiagnosisEnsemble" else d
         for d in serve_config_application()["deployments"]
