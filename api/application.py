@@ -31,6 +31,7 @@ from configs.settings import Settings
 from storage.batch_writer import BatchWriter
 from storage.db import Database, migrate
 from storage.kv import make_kv
+from storage.payload_log import PayloadLog
 from storage.repositories import audit as audit_repo
 from storage.repositories import predictions as predictions_repo
 
@@ -166,6 +167,12 @@ def create_app(settings: Settings, echo_request_id: bool = True) -> FastAPI:
         )
         app.state.audit.start()  # writes what an earlier run left in the spool
         app.state.history = BatchWriter(app.state.db, predictions_repo.add_many, name="history", max_rows=500)
+        app.state.payloads = PayloadLog(
+            settings.payload_log_uri,
+            settings.payload_log_sample,
+            flush_interval_s=settings.payload_log_flush_s,
+            max_buffered=settings.payload_log_max_buffered,
+        )
 
         async def latest_diagnosis(system_id: str) -> dict | None:
             async with app.state.db.sessionmaker() as session:
@@ -176,6 +183,7 @@ def create_app(settings: Settings, echo_request_id: bool = True) -> FastAPI:
             yield
         finally:
             await app.state.history.close()
+            await app.state.payloads.close()
             await app.state.audit.close()  # before the database goes: nothing recorded is lost
             await app.state.kv.close()
             await app.state.db.dispose()

@@ -149,6 +149,18 @@ class Settings(BaseSettings):
         "outage loses none; default <home>/spool",
     )
 
+    # --- payload log: a sample of what was served, for retraining and audit -------
+    payload_log_uri: str = Field(
+        "", description="where the payload log's Parquet partitions go (folder or URI); default <home>/payloads"
+    )
+    payload_log_sample: float = Field(
+        0.1, ge=0.0, le=1.0, description="share of served requests logged (by trace id); 0 turns the log off"
+    )
+    payload_log_flush_s: float = Field(10.0, gt=0, description="seconds between payload log writes")
+    payload_log_max_buffered: int = Field(
+        20_000, ge=1, description="rows waiting to be written before new ones are dropped (and counted)"
+    )
+
     # --- online learning (Adaptive state revisions) -----------------------------
     adaptive_keep_revisions: int = Field(
         10, ge=1, description="learned-state revisions kept per Adaptive bundle; older ones are deleted"
@@ -161,6 +173,8 @@ class Settings(BaseSettings):
             self.model_store_uri = str(self.home / "models")
         if not self.index_store_uri:
             self.index_store_uri = str(self.home / "indexes")
+        if not self.payload_log_uri:
+            self.payload_log_uri = str(self.home / "payloads")
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.home / 'hdx.db'}"
         return self

@@ -22,7 +22,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +30,7 @@ import pyarrow.compute as pc
 from ray.data import Datasink
 
 from hydraulics.components import COMPONENT_NAMES
+from storage.files import filesystem
 
 if TYPE_CHECKING:
     from diagnosis.voting import VerdictColumns
@@ -183,12 +183,6 @@ def _system_ids(batch: pa.Table, default: str | None) -> pa.Array | pa.ChunkedAr
     return ids if default is None else pc.fill_null(ids, default)
 
 
-def _filesystem(uri: str):
-    import pyarrow.fs as pafs
-
-    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), str(Path(uri).resolve()))
-
-
 class OutputWriter:
     """Writes scored batches to the two outputs: ``predictions/`` and ``errors/`` under
     ``output_dir``, one Parquet file each named ``name``, opened when the first row of
@@ -198,7 +192,7 @@ class OutputWriter:
     benchmark's single-process loop."""
 
     def __init__(self, output_dir: str, predictions: pa.Schema, name: str | None = None):
-        self.fs, self.base = _filesystem(output_dir)
+        self.fs, self.base = filesystem(output_dir)
         self.name = name or f"part-{uuid.uuid4().hex[:12]}.parquet"
         self.schemas = {"prediction": predictions, "error": ERROR_SCHEMA}
         self.counts = {kind: 0 for kind, _ in KINDS}
@@ -279,5 +273,5 @@ class PredictionSink(Datasink):
                 self.counts[kind] += n
         times = [r["written_at"] for r in write_result.write_returns]
         self.first_write_at = min(times) if times else None
-        fs, base = _filesystem(self.output_dir)
+        fs, base = filesystem(self.output_dir)
         ensure_outputs(fs, base, self.predictions, f"part-{self.run}-empty.parquet")

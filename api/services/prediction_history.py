@@ -45,13 +45,17 @@ async def store_predictions(
 ) -> list[int] | None:
     """Store (diagnosis, raw sensor_data) pairs of served diagnoses; return their ids.
 
-    Also counts them in the metrics. ``store=False`` (a caller who may only read the
-    system) counts them and returns None. ``HistoryUnavailable`` when the database
+    Also counts them in the metrics and hands them to the payload log (which keeps a
+    sample). ``store=False`` (a caller who may only read the system) counts and logs
+    them and returns None. ``HistoryUnavailable`` when the database
     refuses them.
     """
     metrics = get_metrics()
-    for diagnosis, _ in served:
+    payloads = getattr(request.app.state, "payloads", None)
+    for diagnosis, raw in served:
         metrics.diagnosis(diagnosis)
+        if payloads is not None:  # a sample, off the request path (storage.payload_log)
+            payloads.record(request.state.trace_id, system_id, source, diagnosis, raw)
     if not store:
         return None
     if not served:
