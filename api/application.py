@@ -171,8 +171,9 @@ def create_app(settings: Settings, echo_request_id: bool = True) -> FastAPI:
             settings.payload_log_uri,
             settings.payload_log_sample,
             flush_interval_s=settings.payload_log_flush_s,
-            max_buffered=settings.payload_log_max_buffered,
+            max_buffered_bytes=int(settings.payload_log_max_buffered_mb * 2**20),
         )
+        app.state.payloads.start()
 
         async def latest_diagnosis(system_id: str) -> dict | None:
             async with app.state.db.sessionmaker() as session:
@@ -183,8 +184,8 @@ def create_app(settings: Settings, echo_request_id: bool = True) -> FastAPI:
             yield
         finally:
             await app.state.history.close()
-            await app.state.payloads.close()
             await app.state.audit.close()  # before the database goes: nothing recorded is lost
+            await app.state.payloads.close()
             await app.state.kv.close()
             await app.state.db.dispose()
 

@@ -15,27 +15,23 @@ import typer
 def batch_predict(
     source: str = typer.Option(..., help="cycles: .parquet/.csv file, directory or URI, or a UCI folder"),
     output: str = typer.Option(..., help="output directory or URI (predictions/, errors/, summary.json)"),
-    model_version: str = typer.Option("latest", help="bundle version of all four families, or 'latest'"),
+    model_version: str = typer.Option(
+        "latest", help="'latest', a version (training run) of --profile, or PROFILE=VERSION[,...]"
+    ),
+    profile: str = typer.Option(
+        "", help="profile of rows without a 'profile' column value (default: settings' default_profile)"
+    ),
     system_id: str = typer.Option(None, help="system id for inputs without a system_id column"),
     batch_size: int = typer.Option(0, help="cycles per model call (default from settings)"),
     workers: int = typer.Option(0, help="max actors in the pool (default from settings)"),
     cycles: str = typer.Option(None, help="only these cycle ids, e.g. '0-99,150'"),
+    store_uri: str = typer.Option("", help="model store URI (default from settings)"),
 ) -> None:
-    """Diagnose stored cycles with Ray Data; write predictions and rejected rows as Parquet."""
-    from configs.settings import get_settings
-    from pipelines.batch_predict import format_summary, parse_cycles, run_batch_predict
+    """Diagnose stored cycles with Ray Data; write predictions and rejected rows as Parquet.
+    The same job as ``python -m pipelines.batch_predict`` (its ``main``, imported only when run)."""
+    from pipelines.batch_predict import main
 
-    summary = run_batch_predict(
-        source,
-        output,
-        model_version,
-        get_settings(),
-        batch_size or None,
-        workers or None,
-        system_id,
-        parse_cycles(cycles),
-    )
-    typer.echo(format_summary(summary))
+    main(source, output, model_version, profile, system_id, batch_size, workers, cycles, store_uri)
 
 
 def serve_config(

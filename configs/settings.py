@@ -157,8 +157,8 @@ class Settings(BaseSettings):
         0.1, ge=0.0, le=1.0, description="share of served requests logged (by trace id); 0 turns the log off"
     )
     payload_log_flush_s: float = Field(10.0, gt=0, description="seconds between payload log writes")
-    payload_log_max_buffered: int = Field(
-        20_000, ge=1, description="rows waiting to be written before new ones are dropped (and counted)"
+    payload_log_max_buffered_mb: float = Field(
+        256.0, gt=0, description="MiB of rows waiting to be written before new ones are dropped (and counted)"
     )
 
     # --- online learning (Adaptive state revisions) -----------------------------

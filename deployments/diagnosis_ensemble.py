@@ -201,8 +201,10 @@ class DiagnosisEnsemble:
             except Exception as exc:  # reported, not raised: /ready names the failing part
                 return name, {"ml_model": name, "error": describe(exc)}
 
-        info = dict(await asyncio.gather(*(one(n, h) for n, h in self.models.items())))
-        held = await held_by_family(self.timeout_s)
+        answers, held = await asyncio.gather(
+            asyncio.gather(*(one(n, h) for n, h in self.models.items())), held_by_family()
+        )
+        info = dict(answers)
         for name, entry in info.items():
             reported = held.get(name) if held is not None else None
             if reported is None and "error" not in entry:

@@ -47,7 +47,7 @@ import pandas as pd
 import ray
 from ray import serve
 
-from deployments.replica_directory import REPORT_INTERVAL_S, replica_directory, this_replica
+from deployments.replica_directory import REPORT_INTERVAL_S, forget_handle, replica_directory, this_replica
 from diagnosis.batching import GreedyBatcher
 from diagnosis.failures import ModelCannotLearn
 from diagnosis.learning import learn_and_save
@@ -94,8 +94,9 @@ class ModelServer:
         self._batchers: dict[str, GreedyBatcher] = {}
         # What the multiplexing LRU holds, without holding it: an evicted bundle drops out.
         self._held: weakref.WeakValueDictionary[str, HeldBundle] = weakref.WeakValueDictionary()
-        self._directory = None
         self._report_task: asyncio.Task | None = None
+        self._reports: set[asyncio.Task] = set()  # one-off reports after a load, referenced until done
+        self._closing = False
 
         async def load(model_id: str) -> HeldBundle:
             return await self._load(model_id)
@@ -130,38 +131,50 @@ class ModelServer:
         log.info("%s loaded %s (bundle %s)", self.family, model_id, bundle.version)
         if self.learns and self._sync_task is None:
             self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
-        self._start_reporting()
-        # Serve's LRU has evicted its oldest bundle before this load: the report is what it holds.
-        asyncio.get_running_loop().create_task(self._report())
+        if self._start_reporting():
+            # Serve's LRU has evicted its oldest bundle before this load: the report is what it holds.
+            task = asyncio.get_running_loop().create_task(self._report())
+            self._reports.add(task)
+            task.add_done_callback(self._reports.discard)
         return held
 
     # --- what this replica holds, for GET /models and /ready ------------------------
-    def _start_reporting(self) -> None:
-        if self._report_task is None and _in_replica():
-            self._report_task = asyncio.get_running_loop().create_task(self._report_loop())
+    def _start_reporting(self) -> bool:
+        """Start the heartbeat (in a Serve replica, in its event loop); whether it runs."""
+        if self._report_task is None and not self._closing and _in_replica():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not called from the replica's loop: the next async call starts it
+                return False
+            self._report_task = loop.create_task(self._report_loop())
+        return self._report_task is not None
 
     async def _report_loop(self) -> None:
-        while True:
+        while not self._closing:
             await self._report()
             await asyncio.sleep(REPORT_INTERVAL_S)
 
     async def _report(self) -> None:
+        if self._closing:
+            return
         try:
-            if self._directory is None:
-                self._directory = replica_directory()
             info = await self.info()
             info |= {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
-            await asyncio.wait_for(self._directory.report.remote(*this_replica(), info), 10.0)
+            directory = await asyncio.to_thread(replica_directory)
+            await asyncio.wait_for(directory.report.remote(*this_replica(), info), 10.0)
         except Exception as exc:  # a report only: serving goes on, the next heartbeat tries again
-            self._directory = None
+            forget_handle()
             log.warning("%s could not report to the replica directory: %s", self.family, exc)
 
     def __del__(self) -> None:
-        # Serve calls this when it stops the replica: leave the directory at once.
-        if self._directory is not None:
+        # Serve calls this when it stops the replica: no more reports, and leave the directory.
+        self._closing = True
+        task = getattr(self, "_report_task", None)
+        if task is not None:
+            task.cancel()
             try:
-                self._directory.forget.remote(*this_replica())
-            except Exception:  # shutting down: the entry goes stale instead
+                ray.get(replica_directory().forget.remote(*this_replica()), timeout=2.0)
+            except Exception:  # shutting down anyway: the entry goes stale and drops out
                 pass
 
     def _batcher(self, model_id: str) -> GreedyBatcher:

@@ -10,9 +10,14 @@ that died without saying goodbye drops out after ``STALE_AFTER_S``), and when it
 shuts down. ``GET /models`` and ``/ready`` read it through the ensemble.
 
 The actor asks for no CPU and does nothing between reports: at 4 model
-deployments of one replica each, 4 small calls a minute. It is detached, so a
-restarting replica finds it again; entries are keyed by Serve application,
-deployment and replica, so applications on one cluster never see each other's.
+deployments of one replica each, 8 small calls a minute. It is detached, so a
+restarting replica finds it again, and placed on the head node (it must not keep
+an autoscaled worker alive). Its name carries ``FORMAT``: a new release whose
+directory speaks another format starts its own instead of calling an old one.
+Entries are keyed by Serve application, deployment and replica, so applications
+on one cluster never see each other's. ``ray kill`` of the actor (``ray list
+actors --filter name=hdx-replica-directory-v1``) loses nothing that matters: the
+replicas' next reports fill a new one.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ from ray import serve
 
 log = logging.getLogger(__name__)
 
-DIRECTORY_NAME = "hdx-replica-directory"
+FORMAT = 1
+DIRECTORY_NAME = f"hdx-replica-directory-v{FORMAT}"
 NAMESPACE = "hdx"
+READ_TIMEOUT_S = 2.0  # /ready must not wait on this: a slow directory means "replicas unknown"
 REPORT_INTERVAL_S = 30.0
 STALE_AFTER_S = 3 * REPORT_INTERVAL_S + 5.0
 
@@ -57,11 +64,28 @@ class ReplicaDirectory:
         return out
 
 
+_handle = None
+
+
 def replica_directory():
-    """The cluster's directory actor, started by whoever asks first."""
-    return ReplicaDirectory.options(
-        name=DIRECTORY_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
-    ).remote()
+    """The cluster's directory actor, started on the head node by whoever asks first; the
+    handle is kept per process (a lookup asks the GCS)."""
+    global _handle
+    if _handle is None:
+        _handle = ReplicaDirectory.options(
+            name=DIRECTORY_NAME,
+            namespace=NAMESPACE,
+            lifetime="detached",
+            get_if_exists=True,
+            resources={"node:__internal_head__": 0.001},
+        ).remote()
+    return _handle
+
+
+def forget_handle() -> None:
+    """Look the actor up again next time (after a failed call: it may have been restarted)."""
+    global _handle
+    _handle = None
 
 
 def this_replica() -> tuple[str, str, str]:
@@ -70,16 +94,19 @@ def this_replica() -> tuple[str, str, str]:
     return context.app_name, context.deployment, context.replica_id.unique_id
 
 
-async def held_by_family(timeout_s: float) -> dict[str, list[dict]] | None:
+async def held_by_family(timeout_s: float = READ_TIMEOUT_S) -> dict[str, list[dict]] | None:
     """What every live replica of the calling replica's application reported, by the
-    ``ml_model`` (family) it serves; None outside Serve or when the directory cannot be read."""
+    ``ml_model`` (family) it serves; None outside Serve or when the directory cannot be read
+    within ``timeout_s``."""
     try:
         app = serve.get_replica_context().app_name
     except Exception:  # not in a Serve replica
         return None
     try:
-        by_deployment = await asyncio.wait_for(replica_directory().held.remote(app), timeout_s)
+        directory = await asyncio.to_thread(replica_directory)  # a first lookup blocks: not on the loop
+        by_deployment = await asyncio.wait_for(directory.held.remote(app), timeout_s)
     except Exception as exc:
+        forget_handle()
         log.warning("reading the replica directory failed: %s", exc)
         return None
     out: dict[str, list[dict]] = {}

@@ -169,6 +169,8 @@ def diagnose_columns(
 
     severity = _SEVERITY_NAMES[rank]
     confidence = round6(top_p * coverage)
+    if withheld is not None and len(withheld) != n:
+        raise ValueError(f"withheld has {len(withheld)} rows, the probabilities {n}")
     if withheld is not None and np.any(withheld):
         withheld = np.asarray(withheld, dtype=bool)
         severity = np.where(withheld, WITHHELD_SEVERITY, severity).astype(object)

@@ -103,6 +103,12 @@ def pin_profiles(
     default = profile or settings.default_profile
     wanted = parse_versions(model_version, default)
     names, some_unnamed = profile_names(source) or ([], True)
+    unused = sorted(set(wanted) - set(names) - ({default} if some_unnamed else set()))
+    if unused and "=" in model_version:
+        raise BatchInputError(
+            f"--model-version names {unused}, but no row of {source} is of that profile "
+            f"(its rows are of {sorted(set(names) | ({default} if some_unnamed else set()))})"
+        )
     pinned, rejected = {}, {}
     if some_unnamed:
         pinned[default] = resolve_versions(settings, wanted.get(default, LATEST), default)
@@ -154,15 +160,16 @@ def plan(
     import ray
 
     profile = profile or settings.default_profile
-    store = ModelStore(settings.model_store_uri)
-    channels = list(dict.fromkeys(c for name in pinned for c in store.profile(name).channels))
+    # Loaded and verified here, once; every actor gets them from the object store. The
+    # channels to read are those of the pinned versions' profiles (as trained).
+    bundles = {name: load_bundles(settings.model_store_uri, name, v) for name, v in pinned.items()}
+    channels = list(dict.fromkeys(c for _, reference in bundles.values() for c in reference.profile.channels))
     # Blocks of a few batches, so that a single large file is spread over the whole pool.
     # In Ray 2.60 this is a streaming split (no all-to-all barrier), run in the read tasks.
     ds = read_cycles(source, channels, cycles).repartition(target_num_rows_per_block=batch_size * BATCHES_PER_BLOCK)
     if "system_id" not in ds.schema().names and system_id is None:
         raise BatchInputError(f"{source} has no system_id column; pass --system-id to name the system")
-    # Loaded and verified here, once; every actor gets them from the object store.
-    loaded = ray.put({name: load_bundles(settings.model_store_uri, name, v) for name, v in pinned.items()})
+    loaded = ray.put(bundles)
     return ds.map_batches(
         EnsemblePredictor,
         fn_constructor_kwargs={

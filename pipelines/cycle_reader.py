@@ -82,29 +82,40 @@ def source_format(source: str) -> str:
     )
 
 
+def row_profiles(column: pa.ChunkedArray | pa.Array, default: str) -> np.ndarray:
+    """Each row's profile name (object array): the ``profile`` cell, stripped; ``default``
+    where it is null or blank (a CSV's empty cell reads as ``""``, not null)."""
+    names = pc.utf8_trim_whitespace(column.cast(pa.string()))
+    blank = pc.fill_null(pc.equal(names, ""), True)
+    return np.asarray(pc.if_else(blank, default, names).to_pylist(), dtype=object)
+
+
 def profile_names(source: str) -> tuple[list[str], bool] | None:
     """The profiles an input's ``profile`` column names (sorted) and whether some rows name
-    none; None when the input has no such column (a UCI folder never has). Reads that one
-    column only, before the job starts, so the job can load exactly those profiles' models."""
+    none (null or blank); None when the input has no such column (a UCI folder never has).
+    Reads that one column only, before the job starts, so the job loads exactly those
+    profiles' models."""
     import pyarrow.dataset as pads
+
+    from storage.files import filesystem
 
     fmt = source_format(source)
     if fmt == "uci":
         return None
-    path = source if "://" in source else str(Path(source).resolve())
+    fs, path = filesystem(source)
     try:
         if fmt == "parquet":
-            dataset = pads.dataset(path, format="parquet")
+            dataset = pads.dataset(path, filesystem=fs, format="parquet")
         else:
             options = pads.CsvFileFormat(convert_options=_csv_types({PROFILE_COLUMN: pa.string()}))
-            dataset = pads.dataset(path, format=options)
+            dataset = pads.dataset(path, filesystem=fs, format=options)
         if PROFILE_COLUMN not in dataset.schema.names:
             return None
-        column = dataset.to_table(columns=[PROFILE_COLUMN])[PROFILE_COLUMN].cast(pa.string())
-    except (FileNotFoundError, pa.ArrowInvalid) as exc:
+        column = dataset.to_table(columns=[PROFILE_COLUMN])[PROFILE_COLUMN]
+    except (OSError, pa.ArrowInvalid) as exc:
         raise BatchInputError(f"{source}: cannot read its {PROFILE_COLUMN} column ({exc})") from exc
-    names = sorted(v for v in pc.unique(column).to_pylist() if v is not None)
-    return names, column.null_count > 0
+    named = row_profiles(column, "")
+    return sorted({str(n) for n in named if n}), bool((named == "").any())
 
 
 def _csv_types(types: dict[str, pa.DataType]):

@@ -31,20 +31,20 @@ oversubscribes the CPUs an actor pool was given, and makes the benchmark's
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from diagnosis.profiles import ProfileReference, prepare_cycles
+from diagnosis.profiles import MissingChannels, Profile, ProfileReference, fitting_profiles, prepare_cycles
 from diagnosis.registry import FAMILY_NAMES
 from diagnosis.scoring import answer_blocks
 from diagnosis.store import ModelBundle, ModelStore
 from diagnosis.voting import VerdictColumns, combine_columns
+from hydraulics.channels import CHANNELS
 from hydraulics.validation import SensorDataError
-from pipelines.cycle_reader import batch_to_cycles, fast_block
+from pipelines.cycle_reader import batch_to_cycles, fast_block, row_profiles
 from pipelines.prediction_output import PROFILE_COLUMN, combined_schema, prediction_schema, scored_table, verdict_arrays
 
 Loaded = tuple[dict[str, ModelBundle], ProfileReference]
@@ -72,8 +72,16 @@ class BatchRows:
 class ProfileScorer:
     """One profile version's four bundles and reference: diagnoses batches of its cycles."""
 
-    def __init__(self, loaded: Loaded, weights: Mapping[str, float], threshold: float, threads: int = 1):
+    def __init__(
+        self,
+        loaded: Loaded,
+        weights: Mapping[str, float],
+        threshold: float,
+        threads: int = 1,
+        trained: Sequence[Profile] = (),
+    ):
         bundles, self.reference = loaded
+        self.trained = list(trained)  # named in a missing-channel error: the profiles the row would fit
         self.bundles: dict[str, ModelBundle] = dict(bundles)
         self.versions = {f: b.version for f, b in self.bundles.items()}
         for bundle in self.bundles.values():
@@ -118,8 +126,10 @@ class ProfileScorer:
                 errors[int(slow[k])] = err
             todo = [k for k in range(len(cycles)) if k not in bad]
             if todo:
-                prepared = prepare_cycles(self.reference, [cycles[k] for k in todo])
+                prepared = prepare_cycles(self.reference, [cycles[k] for k in todo], self.trained)
                 for j, err in prepared.errors.items():
+                    if isinstance(err, MissingChannels):  # name the profiles all the row's channels fit
+                        err = MissingChannels(self.profile, err.missing, self._fitting(part, todo[j]))
                     errors[int(slow[todo[j]])] = err
                 if prepared.rows is not None:
                     put(slow[[todo[j] for j in prepared.valid]], prepared.rows)
@@ -131,6 +141,11 @@ class ProfileScorer:
             None if novelty is None else novelty[rows],
             None if flagged is None else flagged[rows],
         )
+
+    def _fitting(self, part: pa.Table, k: int) -> list[str]:
+        """The trained profiles whose channels row ``k`` of ``part`` has (non-null cells)."""
+        present = [c for c in part.column_names if c in CHANNELS and part[c][k].is_valid]
+        return fitting_profiles(present, self.trained)
 
     def verdicts(self, X: np.ndarray, withheld: np.ndarray | None = None) -> VerdictColumns:
         """The verdict of every feature row by every loaded family, as columns: the
@@ -173,7 +188,8 @@ class EnsemblePredictor:
             import ray
 
             loaded = ray.get(loaded)
-        self.scorers = {name: ProfileScorer(one, weights, threshold, threads) for name, one in loaded.items()}
+        trained = [reference.profile for _, reference in loaded.values()]
+        self.scorers = {name: ProfileScorer(one, weights, threshold, threads, trained) for name, one in loaded.items()}
         self.default_profile = default_profile
         self.rejected = dict(rejected or {})
         self.schema = combined_schema(prediction_schema(FAMILY_NAMES))
@@ -191,8 +207,7 @@ class EnsemblePredictor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         if PROFILE_COLUMN not in batch.column_names:
             return self._score(batch, self.default_profile)
-        names = pc.fill_null(batch[PROFILE_COLUMN].cast(pa.string()), self.default_profile)
-        names = np.asarray(names.to_pylist(), dtype=object)
+        names = row_profiles(batch[PROFILE_COLUMN], self.default_profile)
         kinds = np.unique(names)
         if len(kinds) == 1:
             return self._score(batch, str(kinds[0]))

@@ -9,13 +9,16 @@ diagnosis as JSON. Rows are written under ``uri`` (a local folder or any fsspec/
 URI) in Hive partitions, ``day=YYYY-MM-DD/profile=NAME/part-*.parquet``, which
 ``pyarrow.dataset.dataset(uri, partitioning="hive")`` and Ray Data read back as columns.
 
-Off the request path: ``record`` only appends to a buffer. A writer task flushes it
-every ``flush_interval_s`` or as soon as ``rows_per_file`` rows wait, converting and
-writing in a thread. Memory is bounded: beyond ``max_buffered`` waiting rows, new
-rows are dropped and counted (``hdx_payload_rows_dropped``): the log is a sample,
-and a store that stops accepting writes must not grow the ingress without bound.
-A failed write keeps its rows for the next flush (within the same bound).
-``close()`` (the app's shutdown) writes what is buffered.
+Off the request path: ``record`` copies the row into a buffer (the samples as
+float arrays, the diagnosis as its JSON: microseconds). A writer task (``start``)
+flushes the buffer every ``flush_interval_s``, or as soon as ``rows_per_file`` rows
+wait, converting and writing in a thread; each file is written under a temporary
+name and then renamed, so a reader never sees half a file. Memory is bounded by
+bytes: beyond ``max_buffered_bytes`` waiting, new rows are dropped and counted
+(``hdx_payload_rows_dropped``): the log is a sample, and a store that stops
+accepting writes must not grow the ingress without bound. A failed write keeps its
+rows for the next flush (within the same bound). ``close()`` (the app's shutdown)
+lets a write in progress finish, then writes what is left.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from storage.telemetry import make_counter
@@ -62,10 +65,6 @@ def sampled(trace_id: str, share: float) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < share
 
 
-def _samples(values: Any) -> list[float]:
-    return [float(v) for v in values]
-
-
 class PayloadLog:
     """The ingress's payload log (see the module docstring); one per ingress replica."""
 
@@ -75,15 +74,17 @@ class PayloadLog:
         sample: float,
         flush_interval_s: float = 10.0,
         rows_per_file: int = 5000,
-        max_buffered: int = 20_000,
+        max_buffered_bytes: int = 256 * 2**20,
     ):
         self.uri = uri.rstrip("/")
         self.sample = sample
         self.flush_interval_s = flush_interval_s
         self.rows_per_file = rows_per_file
-        self.max_buffered = max_buffered
+        self.max_buffered_bytes = max_buffered_bytes
         self._rows: list[dict] = []
+        self._bytes = 0
         self._wake = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
         self.written = 0
@@ -91,6 +92,15 @@ class PayloadLog:
         self._dropped_counter = make_counter(
             "hdx_payload_rows_dropped", "payload log rows dropped: the buffer was full (the store not writing)"
         )
+
+    def start(self) -> None:
+        """Start the writer task (from the app's startup, in its event loop)."""
+        if self._task is None and self.sample > 0:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _drop(self, n: int = 1) -> None:
+        self.dropped += n
+        self._dropped_counter.inc(n)
 
     def record(
         self,
@@ -104,37 +114,37 @@ class PayloadLog:
         Never raises: the answer has been served, and a log row is not worth failing it."""
         if not sampled(trace_id, self.sample):
             return False
-        if len(self._rows) >= self.max_buffered:
-            self.dropped += 1
-            self._dropped_counter.inc()
-            return False
         now = datetime.now(UTC)
         try:
+            samples = {name: np.asarray(values, dtype=np.float64) for name, values in sensor_data.items()}
             row = {
                 "served_at": now,
                 "trace_id": trace_id,
                 "system_id": system_id,
                 "source": source,
                 "model_versions": list(diagnosis.model_versions.items()),
-                "sensor_data": [(name, _samples(values)) for name, values in sensor_data.items()],
+                "sensor_data": samples,
                 "diagnosis": diagnosis.model_dump_json(),
                 "day": now.strftime("%Y-%m-%d"),
                 "profile": diagnosis.profile or "",
             }
         except Exception:
             log.exception("payload log: could not make a row of trace %s", trace_id)
-            self.dropped += 1
-            self._dropped_counter.inc()
+            self._drop()
             return False
+        size = sum(a.nbytes for a in samples.values()) + len(row["diagnosis"]) + 200
+        if self._bytes + size > self.max_buffered_bytes:
+            self._drop()
+            return False
+        row["_bytes"] = size
         self._rows.append(row)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._bytes += size
         if len(self._rows) >= self.rows_per_file:
             self._wake.set()
         return True
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval_s)
             except TimeoutError:
@@ -145,48 +155,57 @@ class PayloadLog:
     async def flush(self) -> int:
         """Write what is buffered now; the number of rows written."""
         async with self._lock:
-            rows, self._rows = self._rows, []
+            rows, self._rows, self._bytes = self._rows, [], 0
             if not rows:
                 return 0
             try:
                 await asyncio.to_thread(self._write, rows)
             except Exception:
                 log.exception("payload log: writing %d rows to %s failed; kept for the next flush", len(rows), self.uri)
-                room = max(0, self.max_buffered - len(self._rows))
-                kept, lost = rows[:room], len(rows) - min(room, len(rows))
+                kept: list[dict] = []
+                room = self.max_buffered_bytes - self._bytes
+                for row in rows:  # the oldest first, as far as the bound allows
+                    if row["_bytes"] > room:
+                        break
+                    kept.append(row)
+                    room -= row["_bytes"]
+                if len(kept) < len(rows):
+                    self._drop(len(rows) - len(kept))
                 self._rows[:0] = kept
-                if lost:
-                    self.dropped += lost
-                    self._dropped_counter.inc(lost)
+                self._bytes += sum(r["_bytes"] for r in kept)
                 return 0
             self.written += len(rows)
             return len(rows)
 
     def _write(self, rows: list[dict]) -> None:
+        """One Parquet file per (day, profile) partition, written under a temporary name and renamed."""
         import pyarrow.parquet as pq
 
         from storage.files import filesystem
 
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
         fs, root = filesystem(self.uri)
         stamp = f"{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}"
-        pq.write_to_dataset(
-            table,
-            root,
-            partition_cols=list(PARTITIONS),
-            filesystem=fs,
-            basename_template=f"part-{stamp}-{{i}}.parquet",
-            existing_data_behavior="overwrite_or_ignore",
-        )
+        parts: dict[tuple[str, str], list[dict]] = {}
+        for row in rows:
+            parts.setdefault((row["day"], row["profile"]), []).append(row)
+        columns = [f for f in SCHEMA if f.name not in PARTITIONS]
+        for (day, profile), members in parts.items():
+            table = pa.Table.from_pylist(
+                [{**r, "sensor_data": [(k, v.tolist()) for k, v in r["sensor_data"].items()]} for r in members],
+                schema=pa.schema(columns),
+            )
+            folder = f"{root}/day={day}/profile={profile}"
+            fs.create_dir(folder, recursive=True)
+            # Readers (pyarrow datasets, Ray Data) skip names starting with a dot: the half-written file.
+            pq.write_table(table, f"{folder}/.part-{stamp}.parquet.tmp", filesystem=fs)
+            fs.move(f"{folder}/.part-{stamp}.parquet.tmp", f"{folder}/part-{stamp}.parquet")
 
     async def close(self) -> None:
-        """Write what is buffered and stop."""
+        """Let a write in progress finish, write what is left, and stop."""
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await self._task
             self._task = None
         await self.flush()
 

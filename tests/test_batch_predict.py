@@ -383,3 +383,40 @@ def test_columns_are_exactly_the_online_diagnoses(settings):
                 f"{c}_nominal_probability": comp.nominal_probability,
             }
         assert row == expected  # exact: the same combination and the same rounding
+
+
+def test_a_mixed_batch_keeps_its_row_order_and_blank_profiles_are_the_default(settings):
+    """One batch of interleaved profiles, blank and null profile cells among them, through the
+    actor's code without Ray: rows come back in input order, each with the profile it was
+    diagnosed with; a row missing a channel names the loaded profiles it would fit."""
+    from pipelines.ensemble_predictor import EnsemblePredictor, load_bundles
+
+    basic = builtin_profile(OTHER_PROFILE)
+    channels = list(dict.fromkeys([*CHANNELS, *basic.channels]))
+    uci = simulate_dataset(1, seed=47, channels=CHANNELS)
+    other = simulate_dataset(1, seed=48, channels=list(basic.channels))
+    rows = []
+    for i in range(6):
+        rows.append({"cycle_id": 10 + i, "profile": [PROFILE, "", None][i % 3],
+                     **{c: uci.channels[c][i].tolist() for c in CHANNELS}})  # fmt: skip
+        rows.append({"cycle_id": 20 + i, "profile": f" {OTHER_PROFILE} ",
+                     **{c: other.channels[c][i].tolist() for c in basic.channels}})  # fmt: skip
+    rows.append({"cycle_id": 30, "profile": OTHER_PROFILE, **{c: uci.channels[c][0].tolist() for c in CHANNELS}})
+    schema = pa.schema(
+        [("cycle_id", pa.int64()), ("profile", pa.string())] + [(c, pa.list_(pa.float64())) for c in channels]
+    )
+    batch = pa.Table.from_pylist(rows, schema=schema)
+    versions = {f: "v-batch-test" for f in FAMILY_NAMES}
+    predictor = EnsemblePredictor(
+        {name: load_bundles(settings.model_store_uri, name, versions) for name in (PROFILE, OTHER_PROFILE)},
+        PROFILE,
+        ensemble_weights(settings.ensemble_weights),
+        settings.anomaly_threshold,
+        "rig",
+    )
+    out = predictor(batch)
+    assert out["cycle_id"].to_pylist() == [r["cycle_id"] for r in rows]
+    assert out["profile"].to_pylist() == [PROFILE, OTHER_PROFILE] * 6 + [OTHER_PROFILE]
+    assert out["_kind"].to_pylist() == ["prediction"] * 12 + ["error"]
+    problem = out["problem"][12].as_py()  # a uci-1hz cycle labelled basic: PS1 and FS1 missing
+    assert "required by profile basic" in problem and f"fit the trained profiles ['{PROFILE}']" in problem

@@ -107,3 +107,20 @@ def test_answers_name_the_learned_state_they_were_made_with():
     assert d.model_versions == {"xgboost": "v1", "adaptive": "v1"}
     assert d.state_revisions == {"adaptive": "r00000004"}  # only a family that has learned
     assert {r.ml_model: r.state_revision for r in d.ml_predictions} == {"xgboost": None, "adaptive": "r00000004"}
+
+
+def test_a_withheld_cycle_is_neither_a_confident_normal_nor_a_confident_fault():
+    """A cycle unlike the training data (``withheld``): severity unknown, confidence 0,
+    anomaly type out_of_distribution, whatever the levels say; the levels are still given."""
+    from diagnosis.voting import diagnose_columns
+
+    healthy, faulty = _probas(), _probas(valve=[0.0, 0.0, 0.0, 1.0])
+    both = {t: np.vstack([healthy[t], faulty[t]]) for t in TARGETS}
+    plain = diagnose_columns(both)
+    withheld = diagnose_columns(both, withheld=np.array([True, True]))
+    assert list(plain.severity) == ["normal", "critical"] and list(plain.confidence) == [1.0, 1.0]
+    assert list(withheld.severity) == ["unknown", "unknown"] and list(withheld.confidence) == [0.0, 0.0]
+    assert list(withheld.anomaly_type) == ["out_of_distribution"] * 2
+    assert list(withheld.level_values("valve")) == list(plain.level_values("valve"))
+    with pytest.raises(ValueError, match="withheld has 1 rows"):
+        diagnose_columns(both, withheld=np.array([True]))

@@ -33,7 +33,12 @@ def logged_app(db, tmp_path, database_url, model_store):
 
     uri = str(tmp_path / "payloads")
     settings = platform_settings(
-        tmp_path, database_url, model_store_uri=model_store, payload_log_uri=uri, payload_log_sample=1.0
+        tmp_path,
+        database_url,
+        model_store_uri=model_store,
+        payload_log_uri=uri,
+        payload_log_sample=1.0,
+        payload_log_flush_s=3600,  # nothing written before the shutdown, however slow the run
     )
     client = TestClient(create_app(settings))
 
@@ -110,8 +115,10 @@ def test_memory_is_bounded_and_a_failed_write_keeps_its_rows(tmp_path, model_sto
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the log's folder should be")
 
+    one_row = 60 * 8 + len(diagnosis.model_dump_json()) + 200  # what record counts for a row of 60 samples
+
     async def scenario() -> tuple[list[bool], int, int, int]:
-        log = PayloadLog(str(blocked), sample=1.0, flush_interval_s=60, max_buffered=5)
+        log = PayloadLog(str(blocked), sample=1.0, flush_interval_s=60, max_buffered_bytes=5 * one_row)
         kept = [log.record(f"t{i}", "rig", "predict", diagnosis, {"TS1": [1.0] * 60}) for i in range(8)]
         failed = await log.flush()  # the store refuses: the rows stay buffered
         log.uri = str(tmp_path / "payloads")  # the store is back

@@ -123,21 +123,23 @@ def test_rolling_out_one_profile_leaves_the_other_untouched(api, engineer, hdx_e
     _deploy_config({"uci-1hz": old, "basic": old}, hdx_env["env"])
     _wait_models(api, engineer, old)
     basic = _Load(api, {**engineer, "system": basic_system}, clients=1, body=_basic_request)
-    with _Load(api, engineer) as uci, basic:
-        time.sleep(1.0)
-        _deploy_config({"uci-1hz": new, "basic": old}, hdx_env["env"])
-        _wait_models(api, engineer, new)
-        time.sleep(1.0)
+    try:
+        with _Load(api, engineer) as uci, basic:
+            time.sleep(1.0)  # both profiles answering before the rollout starts
+            _deploy_config({"uci-1hz": new, "basic": old}, hdx_env["env"])
+            _wait_models(api, engineer, new)
+            time.sleep(1.0)  # and after it is over
+        info = api.http.get("/api/v1/models", headers=engineer["headers"]).json()
+    finally:
+        _deploy_config({"uci-1hz": old, "basic": old}, hdx_env["env"])  # as the other tests expect
+        _wait_models(api, engineer, old)
     uci.assert_all_answered()
     basic.assert_all_answered()
     assert uci.versions[0] == {old} and uci.versions[-1] == {new}, uci.versions
     assert all(v == {old} for v in basic.versions), basic.versions
-    info = api.http.get("/api/v1/models", headers=engineer["headers"]).json()
     assert info["profiles"] == {"uci-1hz": new, "basic": old}
     for entry in info["models"]:
         assert f"basic@{old}" in {m for r in entry["replicas"] for m in r["models"]}, entry
-    _deploy_config({"uci-1hz": old, "basic": old}, hdx_env["env"])  # as the other tests expect
-    _wait_models(api, engineer, old)
 
 
 def _basic_request(system_id: str, seed: int) -> dict:

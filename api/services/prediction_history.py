@@ -51,12 +51,10 @@ async def store_predictions(
     refuses them.
     """
     metrics = get_metrics()
-    payloads = getattr(request.app.state, "payloads", None)
-    for diagnosis, raw in served:
+    for diagnosis, _ in served:
         metrics.diagnosis(diagnosis)
-        if payloads is not None:  # a sample, off the request path (storage.payload_log)
-            payloads.record(request.state.trace_id, system_id, source, diagnosis, raw)
     if not store:
+        _log_payloads(request, system_id, served, source)
         return None
     if not served:
         return []
@@ -73,10 +71,20 @@ async def store_predictions(
         for diagnosis, raw in served
     ]
     try:
-        return await request.app.state.history.write(rows)
+        ids = await request.app.state.history.write(rows)
     except Exception as exc:
         log.exception("could not store %d predictions of system %s", len(rows), system_id)
         raise HistoryUnavailable(len(rows), system_id) from exc
+    _log_payloads(request, system_id, served, source)  # only what is served: after the history took it
+    return ids
+
+
+def _log_payloads(request: Request, system_id: str, served: Sequence[tuple[Diagnosis, Mapping]], source: str) -> None:
+    """Hand the served diagnoses to the payload log, which keeps a sample (``storage.payload_log``)."""
+    payloads = getattr(request.app.state, "payloads", None)
+    if payloads is not None:
+        for diagnosis, raw in served:
+            payloads.record(request.state.trace_id, system_id, source, diagnosis, raw)
 
 
 async def load_prediction(session: AsyncSession, system_id: str, prediction_id: int) -> PredictionRecord:
