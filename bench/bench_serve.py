@@ -81,10 +81,9 @@ class LocalEnsemble:
         return self.loaded[name]
 
     async def _diagnose(self, cycles, profile=None, components=None):
-        from diagnosis.profiles import annotate, prepare_cycles
+        from diagnosis.profiles import diagnose_prepared, prepare_cycles
         from diagnosis.report import CycleRejected
         from diagnosis.scoring import answer_blocks
-        from diagnosis.voting import diagnose_answers
 
         start = time.perf_counter()
         profile = profile or self.default_profile
@@ -95,11 +94,9 @@ class LocalEnsemble:
             X = prepared.rows.features
             answers = {family: answer_blocks(bundle, [X])[0] for family, bundle in bundles.items()}
             wanted = [c for c in reference.profile.components if components is None or c in components]
-            diagnoses = diagnose_answers(
-                answers, self.weights, self.threshold, X.shape[1], components=wanted, withheld=prepared.rows.flagged
-            )
-            for row, (i, d) in enumerate(zip(prepared.valid, diagnoses)):
-                annotate(d, profile, prepared.rows, row, prepared.notes.get(i))
+            for i, d in diagnose_prepared(
+                prepared, profile, answers, self.weights, self.threshold, None, wanted
+            ).items():
                 d.total_processing_time_ms = round((time.perf_counter() - start) * 1000, 3)
                 out[i] = d
         return [out[i] for i in range(len(cycles))]

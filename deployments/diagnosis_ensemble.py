@@ -26,8 +26,9 @@ Concurrent requests for the same model id share one call per model family
 (``diagnosis.batching.GreedyBatcher``, one per model id): a request that finds
 its batcher idle goes at once; those that arrive while a batch is with the
 models form the next one. Requests of different profiles never wait for each
-other. The vote (``diagnosis.voting.diagnose_answers``, the function the batch
-job calls too) runs per request, over the components that request's system has.
+other. The vote (``diagnosis.profiles.diagnose_prepared``: ``diagnosis.voting``'s,
+whose columns the batch job writes) runs per request, over the components that
+request's system has, a cycle unlike the training data withheld.
 
 The prediction cache sits in front of this deployment, in the ingress
 (``api.services.diagnosis_client``): a cached answer never costs a hop to here.
@@ -52,7 +53,7 @@ from diagnosis.profiles import (
     Profile,
     ProfileError,
     ProfileReference,
-    annotate,
+    diagnose_prepared,
     model_id,
     parse_model_id,
     prepare_cycles,
@@ -60,7 +61,6 @@ from diagnosis.profiles import (
 from diagnosis.registry import FAMILIES
 from diagnosis.report import CycleRejected, Diagnosis, FamilyAnswer
 from diagnosis.store import LATEST, BundleError, ModelStore
-from diagnosis.voting import diagnose_answers
 from hydraulics.validation import SensorDataError
 
 log = logging.getLogger("ray.serve")
@@ -257,16 +257,10 @@ class DiagnosisEnsemble:
         answered, failed = await self._batcher(mid).submit(X)
         if not answered:
             raise NoModelAvailable(f"no model deployment answered: {failed}")
-        withheld = prepared.rows.flagged  # unlike the training data: the models cannot vouch for it
-        diagnoses = diagnose_answers(
-            answered, self.weights, self.threshold, X.shape[1], failed, components=wanted, withheld=withheld
-        )
-        results: dict[int, Diagnosis] = {}
-        for row, (i, diagnosis) in enumerate(zip(prepared.valid, diagnoses)):
-            annotate(diagnosis, profile, prepared.rows, row, prepared.notes.get(i))
+        results = diagnose_prepared(prepared, profile, answered, self.weights, self.threshold, failed, wanted)
+        for diagnosis in results.values():
             diagnosis.feature_extraction_ms = round(features_ms, 3)
             diagnosis.total_processing_time_ms = round((time.perf_counter() - start) * 1000, 3)
-            results[i] = diagnosis
         rejected = iter(out)
         return [results[i] if i in results else next(rejected) for i in range(len(cycles))]
 

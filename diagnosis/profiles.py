@@ -426,3 +426,29 @@ def annotate(diagnosis, profile: str, rows: Prepared, row: int, note: CycleNotes
                 f"{float(rows.novelty[row]):.2f}, threshold 1; furthest features: "
                 f"{', '.join(rows.top_features[row])}): the models cannot vouch for this diagnosis"
             )
+
+
+def diagnose_prepared(
+    prepared: PreparedCycles,
+    profile: str,
+    answers: Mapping,
+    weights: Mapping[str, float],
+    threshold: float,
+    failed: Mapping[str, str] | None = None,
+    components: Sequence[str] | None = None,
+) -> dict[int, object]:
+    """The ``Diagnosis`` of every valid cycle of ``prepared`` (by input position), from the
+    families' ``answers`` to its feature rows: the vote (``diagnosis.voting.diagnose_answers``)
+    over ``components``, the novel cycles withheld, then ``annotate``. The online ensemble and
+    the one-process benchmark call it; the batch job keeps the same vote as columns."""
+    from diagnosis.voting import diagnose_answers
+
+    rows = prepared.rows
+    diagnoses = diagnose_answers(
+        answers, weights, threshold, rows.features.shape[1], failed, components=components, withheld=rows.flagged
+    )
+    out = {}
+    for row, (i, diagnosis) in enumerate(zip(prepared.valid, diagnoses)):
+        annotate(diagnosis, profile, rows, row, prepared.notes.get(i))
+        out[i] = diagnosis
+    return out

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from configs.settings import Settings
-from diagnosis.profiles import annotate, builtin_profile, prepare_cycles
+from diagnosis.profiles import builtin_profile, diagnose_prepared, prepare_cycles
 from diagnosis.registry import FAMILY_NAMES, ensemble_weights
 from diagnosis.scoring import answer_blocks
 from diagnosis.store import BundleError, ModelStore
@@ -53,24 +53,17 @@ def settings(tmp_path_factory):
 def online_answers(settings, cycles, profile=PROFILE):
     """What the online path computes (deployments/model_servers.py and
     deployments/diagnosis_ensemble.py): prepare_cycles (align, extract, novelty) -> each
-    family's answer -> diagnose_answers with the configured weights and threshold, the
-    novel cycles withheld -> annotate."""
+    family's answer -> diagnose_prepared (the vote with the configured weights and
+    threshold, the novel cycles withheld, annotate)."""
     store = ModelStore(settings.model_store_uri).for_profile(profile)
     bundles = {f: store.load(f) for f in FAMILY_NAMES}
     prepared = prepare_cycles(store.load_reference(), cycles)
     assert not prepared.errors
     X = prepared.rows.features
     answers = {f: answer_blocks(b, [X])[0] for f, b in bundles.items()}
-    diagnoses = diagnose_answers(
-        answers,
-        ensemble_weights(settings.ensemble_weights),
-        settings.anomaly_threshold,
-        X.shape[1],
-        withheld=prepared.rows.flagged,
-    )
-    for row, diagnosis in enumerate(diagnoses):
-        annotate(diagnosis, profile, prepared.rows, row, None)
-    return diagnoses
+    weights = ensemble_weights(settings.ensemble_weights)
+    diagnoses = diagnose_prepared(prepared, profile, answers, weights, settings.anomaly_threshold)
+    return [diagnoses[i] for i in range(len(cycles))]
 
 
 def assert_matches_online(frame, diagnoses, cycle_ids):
