@@ -28,6 +28,7 @@ from hydraulics.channels import CHANNELS
 from hydraulics.features import FeatureSet
 from hydraulics.validation import SensorDataError
 from pipelines.prediction_output import PROFILE_COLUMN
+from storage.files import filesystem
 
 # CPUs asked for by the read tasks: they are short and mostly I/O, so several can
 # share the CPU that the actor pool leaves free (see pipelines.batch_predict._actor_cpus).
@@ -65,11 +66,7 @@ def source_format(source: str) -> str:
         if (folder / "profile.txt").is_file() or any((folder / f"{c}.txt").is_file() for c in CHANNELS):
             return "uci"
     try:
-        fs, path = (
-            pafs.FileSystem.from_uri(source)
-            if "://" in source
-            else (pafs.LocalFileSystem(), str(Path(source).resolve()))
-        )
+        fs, path = filesystem(source)
         names = [i.path for i in fs.get_file_info(pafs.FileSelector(path)) if i.type == pafs.FileType.File]
     except (FileNotFoundError, OSError, pa.ArrowInvalid):
         names = []
@@ -96,8 +93,6 @@ def profile_names(source: str) -> tuple[list[str], bool] | None:
     Reads that one column only, before the job starts, so the job loads exactly those
     profiles' models."""
     import pyarrow.dataset as pads
-
-    from storage.files import filesystem
 
     fmt = source_format(source)
     if fmt == "uci":
@@ -186,7 +181,8 @@ def _parquet_columns(source: str) -> list[str]:
     import pyarrow.dataset as pads
 
     try:
-        return pads.dataset(source if "://" in source else str(Path(source).resolve()), format="parquet").schema.names
+        fs, path = filesystem(source)
+        return pads.dataset(path, filesystem=fs, format="parquet").schema.names
     except (FileNotFoundError, pa.ArrowInvalid) as exc:
         raise BatchInputError(f"{source}: cannot open as Parquet ({exc})") from exc
 
